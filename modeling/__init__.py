@@ -1,0 +1,1 @@
+"""Auto-DeepLab models: search space, operations, supernet, retrain network, genotypes."""

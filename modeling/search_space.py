@@ -1,0 +1,87 @@
+"""The Auto-DeepLab search space in one place (SPEC section 2).
+
+Everything that both the supernet and decoding need to agree on lives here: the operation
+list, the edge numbering inside a cell, the table of allowed network-level transitions and
+the one normalisation of the architecture parameters.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+# Index order is the contract with genotype.npy; never reorder.
+PRIMITIVES: tuple[str, ...] = (
+    "none",
+    "max_pool_3x3",
+    "avg_pool_3x3",
+    "skip_connect",
+    "sep_conv_3x3",
+    "sep_conv_5x5",
+    "atrous_conv_3x3",
+    "atrous_conv_5x5",
+)
+
+NUM_LEVELS = 4  # output strides 4, 8, 16, 32
+# Direction d of a transition from level s: 0 -> s-1 (up in resolution), 1 -> s, 2 -> s+1.
+DIRECTIONS = (-1, 0, 1)
+
+
+def num_edges(steps: int) -> int:
+    """Edges in a cell of `steps` blocks: block i (0-based) reads 2 + i states."""
+    return sum(2 + i for i in range(steps))
+
+
+def edge_offset(block: int) -> int:
+    """Index of the first edge of `block` (0-based) in the block-by-block edge numbering."""
+    return sum(2 + i for i in range(block))
+
+
+def cell_edges(steps: int) -> list[tuple[int, int]]:
+    """(block, input_index) of every edge, in edge-index order.
+
+    Input index convention (SPEC section 2): 0 = H(l-2), 1 = H(l-1), k + 1 = block k (1-based).
+    """
+    return [(block, inp) for block in range(steps) for inp in range(2 + block)]
+
+
+def level_exists(layer: int, level: int) -> bool:
+    """Node (layer, level) exists; layer -1 is the stem, which sits at level 0 only."""
+    if layer < 0:
+        return layer == -1 and level == 0
+    return 0 <= level < NUM_LEVELS and level <= layer + 1
+
+
+def transition_mask(num_layers: int) -> np.ndarray:
+    """Boolean (L, 4, 3): mask[l, s, d] says node (l-1, s) may move in direction d into layer l.
+
+    For l = 0 the source is the stem at level 0, so only d = 1 and d = 2 are valid.
+    """
+    mask = np.zeros((num_layers, NUM_LEVELS, len(DIRECTIONS)), dtype=bool)
+    for layer in range(num_layers):
+        for level in range(NUM_LEVELS):
+            if not level_exists(layer - 1, level):
+                continue
+            for d, step in enumerate(DIRECTIONS):
+                target = level + step
+                mask[layer, level, d] = 0 <= target < NUM_LEVELS and level_exists(layer, target)
+    return mask
+
+
+def normalize_alphas(alphas: torch.Tensor) -> torch.Tensor:
+    """Softmax over operations for every edge: (E, ops) -> (E, ops)."""
+    return F.softmax(alphas, dim=-1)
+
+
+def normalize_betas(betas: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Paper Eq. 7: softmax of each source node's betas over its valid outgoing directions.
+
+    betas: (L, 4, 3) raw; mask: (L, 4, 3) bool. Invalid transitions get exactly 0 and the
+    weights leaving every existing node sum to one. This is the only beta normalisation in
+    the project: the supernet's forward and decoding both call it.
+    """
+    mask = mask.to(device=betas.device, dtype=torch.bool)
+    logits = betas.masked_fill(~mask, float("-inf"))
+    probs = F.softmax(logits, dim=-1)
+    # Rows with no valid direction (nodes that do not exist) are all -inf -> NaN; zero them.
+    return torch.where(mask, probs, torch.zeros_like(probs))
