@@ -1,0 +1,71 @@
+"""Checkpoint and file I/O: atomic writes, and loading that fails with one clear line."""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from utils.errors import UserError
+
+SEARCH_KIND = "autodeeplab-search"
+RETRAIN_KIND = "autodeeplab-retrain"
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
+    """Call `write(tmp_path)`, flush it to disk, then rename over `path`.
+
+    A crash or an exception inside `write` leaves the previous file at `path` untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
+    """torch.save `state` to `path` atomically."""
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def write_json(obj: Any, path: str | os.PathLike) -> None:
+    """Write `obj` as indented JSON to `path` atomically."""
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2) + "\n"))
+
+
+def load_checkpoint(path: str | os.PathLike, kind: str | None = None) -> dict:
+    """Load a checkpoint dict on the CPU with `weights_only=True` (no pickled code runs).
+
+    Raises UserError naming the file if it is missing, truncated, not a checkpoint of this
+    project, or (when `kind` is given) a checkpoint of another kind.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist; pass the path of a checkpoint.pth.tar")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile,
+            pickle.UnpicklingError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"checkpoint {path} cannot be read (truncated or not a PyTorch "
+                        f"checkpoint: {first[:200]})") from err
+    if not isinstance(state, dict) or "kind" not in state:
+        raise UserError(f"checkpoint {path} is not an Auto-DeepLab checkpoint (no 'kind' entry)")
+    if kind is not None and state["kind"] != kind:
+        raise UserError(f"checkpoint {path} is a '{state['kind']}' checkpoint, "
+                        f"expected '{kind}'")
+    return state
