@@ -1,0 +1,225 @@
+"""Datasets and loaders for segmentation: one place to name a dataset and get batches.
+
+Every dataset item is ``(image, mask)``: image float32 (3, H, W) normalised with the dataset's
+mean/std, mask int64 (H, W) holding class ids 0..num_classes-1 or ``IGNORE_INDEX``.
+
+Reproducibility: augmentation draws from torch's RNG. ``build_loader`` seeds the shuffle
+order and the loader's generator, from which DataLoader derives every worker's torch seed, so
+the same seed gives the same batches. To make each *epoch* a function of (seed, epoch) alone,
+so that a run resumed at epoch k sees exactly the batches an uninterrupted run would have seen
+(persistent workers keep their RNG state from epoch to epoch otherwise), call
+``loader.set_epoch(epoch)`` before iterating each epoch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, RandomSampler
+
+from utils.errors import UserError
+
+IGNORE_INDEX = 255
+SPLITS = ("train", "val", "test")
+# Seed streams derived from a loader's seed, so that order and augmentation never share draws.
+_ORDER_STREAM, _AUGMENT_STREAM = 0, 1
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What the model and the reports need to know about a dataset."""
+
+    name: str
+    num_classes: int
+    class_names: tuple[str, ...]
+    palette: tuple[tuple[int, int, int], ...]  # RGB per class, for colouring predictions
+    mean: tuple[float, float, float]  # per channel, images scaled to [0, 1]
+    std: tuple[float, float, float]
+
+
+def _registry() -> dict:
+    # Imported here, not at the top: the dataset modules import IGNORE_INDEX and DatasetInfo
+    # from this package, which must be fully defined first.
+    from dataloaders.datasets import camvid, synthetic
+
+    return {"synthetic": synthetic, "camvid": camvid}
+
+
+def dataset_names() -> tuple[str, ...]:
+    """The names accepted by ``dataset_info`` and ``build_dataset``."""
+    return tuple(sorted(_registry()))
+
+
+def _module(name: str):
+    registry = _registry()
+    if name not in registry:
+        raise UserError(
+            f"unknown dataset '{name}'; pass --dataset with one of: {', '.join(sorted(registry))}"
+        )
+    return registry[name]
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    """Class names, palette and normalisation constants of dataset ``name``."""
+    return _module(name).INFO
+
+
+def build_dataset(
+    name: str,
+    split: str,
+    *,
+    data_root: str | None = None,
+    train: bool,
+    crop_size: int,
+    resize: int | None = None,
+    scale_range: tuple[float, float] = (0.5, 2.0),
+    num_samples: int | None = None,
+    image_size: tuple[int, int] | None = None,
+    seed: int = 0,
+    max_samples: int | None = None,
+) -> Dataset:
+    """Build split ``split`` ('train' | 'val' | 'test') of dataset ``name``.
+
+    ``train=True`` applies the joint augmentation (optional resize of the shorter side to
+    ``resize``, random scale in ``scale_range``, pad, random ``crop_size`` crop, random flip);
+    ``train=False`` keeps the whole image (after the optional resize). ``num_samples`` and
+    ``image_size`` (height, width) only concern 'synthetic', ``data_root`` only real datasets.
+    ``max_samples`` keeps the first N samples, for quick runs.
+    """
+    module = _module(name)
+    if split not in SPLITS:
+        raise UserError(f"unknown split '{split}'; use one of: {', '.join(SPLITS)}")
+    if train and crop_size <= 0:
+        raise UserError(f"crop size must be positive, got {crop_size}; fix --crop-size")
+    if resize is not None and resize <= 0:
+        raise UserError(f"resize must be positive, got {resize}; fix --resize")
+    low, high = scale_range
+    if not 0 < low <= high:
+        raise UserError(
+            f"scale range must satisfy 0 < min <= max, got {tuple(scale_range)}; fix --scale-range"
+        )
+    if max_samples is not None and max_samples <= 0:
+        raise UserError(f"max samples must be positive, got {max_samples}; fix --max-samples")
+    return module.build(
+        split,
+        data_root=data_root,
+        train=train,
+        crop_size=crop_size,
+        resize=resize,
+        scale_range=(float(low), float(high)),
+        num_samples=num_samples,
+        image_size=image_size,
+        seed=seed,
+        max_samples=max_samples,
+    )
+
+
+def derive_seed(*parts: int) -> int:
+    """A well-mixed 64-bit seed from several integers (e.g. run seed, epoch, index)."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, np.uint64)[0])
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: seed numpy and ``random`` from the worker's torch seed.
+
+    DataLoader already seeds torch in each worker from the loader generator; this extends that
+    seed to any library code that uses numpy or ``random``.
+    """
+    import random
+
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def _segmentation_datasets(dataset) -> Iterator:
+    """The SegmentationDatasets underneath Subset / ConcatDataset wrappers."""
+    from dataloaders.datasets import SegmentationDataset
+
+    stack = [dataset]
+    while stack:
+        ds = stack.pop()
+        if isinstance(ds, SegmentationDataset):
+            yield ds
+        elif hasattr(ds, "datasets"):
+            stack.extend(ds.datasets)
+        elif hasattr(ds, "dataset"):
+            stack.append(ds.dataset)
+
+
+class SeededDataLoader(DataLoader):
+    """A DataLoader that remembers its seed and can make an epoch depend on (seed, epoch) only."""
+
+    def __init__(self, *args, seed: int, order_generator: torch.Generator | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.seed = seed
+        self.order_generator = order_generator
+
+    def set_epoch(self, epoch: int) -> None:
+        """Call before iterating epoch ``epoch``: fixes its order and its augmentations.
+
+        Reseeds the shuffle generator, gives the datasets underneath a per-(seed, epoch)
+        augmentation seed that the (possibly persistent) workers read from shared memory, and
+        forwards to the sampler's ``set_epoch`` (e.g. DistributedSampler) when it has one.
+        """
+        if self.order_generator is not None:
+            self.order_generator.manual_seed(derive_seed(self.seed, epoch, _ORDER_STREAM))
+        self.generator.manual_seed(derive_seed(self.seed, epoch, _AUGMENT_STREAM))
+        for ds in _segmentation_datasets(self.dataset):
+            ds.set_augmentation_seed(derive_seed(self.seed, epoch, _AUGMENT_STREAM))
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+
+def build_loader(
+    dataset,
+    *,
+    batch_size: int,
+    shuffle: bool,
+    workers: int,
+    device: torch.device,
+    drop_last: bool,
+    seed: int,
+    sampler=None,
+) -> SeededDataLoader:
+    """A seeded DataLoader: pinned memory only for CUDA, persistent workers when workers > 0.
+
+    With ``sampler`` given (e.g. DistributedSampler) ``shuffle`` is ignored: the sampler owns
+    the order. Raises UserError when ``drop_last`` would leave no batch at all.
+    """
+    if batch_size <= 0:
+        raise UserError(f"batch size must be positive, got {batch_size}; fix --batch-size")
+    if workers < 0:
+        raise UserError(f"number of workers must be >= 0, got {workers}; fix --workers")
+    n = len(sampler) if sampler is not None else len(dataset)
+    if n == 0 or (drop_last and n < batch_size):
+        raise UserError(
+            f"{n} samples cannot fill one batch of {batch_size}; "
+            "lower --batch-size or raise --max-samples"
+        )
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    order_generator = None
+    if sampler is None and shuffle:
+        # The order gets a generator of its own: DataLoader's generator also feeds the worker
+        # seeds, and a persistent-worker iterator skips that draw after its first epoch, which
+        # would shift the order of a resumed run against an uninterrupted one.
+        order_generator = torch.Generator()
+        order_generator.manual_seed(derive_seed(seed, _ORDER_STREAM))
+        sampler = RandomSampler(dataset, generator=order_generator)
+    return SeededDataLoader(
+        dataset,
+        seed=seed,
+        order_generator=order_generator,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=torch.device(device).type == "cuda",
+        persistent_workers=workers > 0,
+        drop_last=drop_last,
+        generator=generator,
+        worker_init_fn=seed_worker,
+    )
