@@ -1,0 +1,208 @@
+"""The search cell, evaluated source state by source state (SPEC section 2, paper Eq. 1-2, 6).
+
+A node (layer, level) of the trellis applies one cell to each of its up to three incoming
+states (paper Eq. 6); the cell's operation weights are shared by those applications, its
+batch-norm statistics are not (every application is a separate call in the paper's
+formulation). Instead of one module per edge and one call per edge and incoming state, this
+file evaluates:
+
+- every incoming state of a node at once, stacked along channels as groups `g`, so a single
+  batch-norm call keeps per-application statistics and the maths does not change;
+- every edge that reads one state at once: the ReLU in front of the convolutions is computed
+  once, the parameter-free operations (pools followed by affine-free BN, identity) give the
+  same tensor for every edge, and the convolutions of all edges run as one grouped conv;
+- the H(l-2) input once, since it is the same tensor for all incoming states of a node;
+- `none` not at all (its contribution is zero; its alpha still gets a gradient through the
+  softmax).
+
+Channel layout of a state read by `k` edges with `G` groups: (N, G*C) in, (N, G, k, C) out.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from modeling.operations import ATROUS_DILATION, FactorizedReduce, ReLUConvBN, Upsample
+from modeling.search_space import PRIMITIVES, edge_offset
+
+OP = {name: i for i, name in enumerate(PRIMITIVES)}
+BN_MOMENTUM = 0.1
+BN_EPS = 1e-5
+
+
+class AffineFreeBN(nn.Module):
+    """Batch norm without scale and shift (DARTS search convention), `channels` wide.
+
+    With channels laid out as (group, edge, channel) every (group, edge) gets its own
+    statistics in one call, exactly as separate per-edge, per-application BNs would.
+    """
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.register_buffer("running_mean", torch.zeros(channels))
+        self.register_buffer("running_var", torch.ones(channels))
+
+    def forward(self, x):
+        return F.batch_norm(x, self.running_mean, self.running_var, None, None,
+                            self.training, BN_MOMENTUM, BN_EPS)
+
+
+def _conv_weight(num_edges: int, channels: int, in_per_group: int, k: int) -> nn.Parameter:
+    """Stacked conv weights of `num_edges` edges, initialised like nn.Conv2d per edge."""
+    w = torch.empty(num_edges * channels, in_per_group, k, k)
+    nn.init.kaiming_uniform_(w, a=math.sqrt(5))  # fan_in = in_per_group * k * k, as per edge
+    return nn.Parameter(w)
+
+
+class SharedSourceOps(nn.Module):
+    """The mixed operations of all `num_edges` edges that read one state.
+
+    Edge e of this state goes to block `first_block + e`. Parameters are stacked per edge
+    along dim 0 in blocks of `channels` rows: rows [e*C, (e+1)*C) belong to edge e.
+    """
+
+    def __init__(self, channels: int, num_edges: int, groups: int):
+        super().__init__()
+        self.channels, self.num_edges, self.groups = channels, num_edges, groups
+        c, k, wide = channels, num_edges, groups * num_edges * channels
+        for name, size in (("sep_conv_3x3", 3), ("sep_conv_5x5", 5)):
+            setattr(self, f"{name}_dw1", _conv_weight(k, c, 1, size))
+            setattr(self, f"{name}_pw1", _conv_weight(k, c, c, 1))
+            setattr(self, f"{name}_dw2", _conv_weight(k, c, 1, size))
+            setattr(self, f"{name}_pw2", _conv_weight(k, c, c, 1))
+            setattr(self, f"{name}_bn1", AffineFreeBN(wide))
+            setattr(self, f"{name}_bn2", AffineFreeBN(wide))
+        for name, size in (("atrous_conv_3x3", 3), ("atrous_conv_5x5", 5)):
+            setattr(self, name, _conv_weight(k, c, c, size))
+            setattr(self, f"{name}_bn", AffineFreeBN(wide))
+        self.max_pool_bn = AffineFreeBN(groups * c)
+        self.avg_pool_bn = AffineFreeBN(groups * c)
+
+    def _per_group(self, weight: torch.Tensor) -> torch.Tensor:
+        # The same weights serve every group (incoming state): repeat the small tensor,
+        # never the activations.
+        return weight if self.groups == 1 else weight.repeat(self.groups, 1, 1, 1)
+
+    def _sep_conv(self, r_rep, name, size):
+        pad = (size - 1) // 2
+        wide, per_edge = r_rep.shape[1], self.groups * self.num_edges
+        y = F.conv2d(r_rep, self._per_group(getattr(self, f"{name}_dw1")), padding=pad,
+                     groups=wide)
+        y = F.conv2d(y, self._per_group(getattr(self, f"{name}_pw1")), groups=per_edge)
+        y = F.relu(getattr(self, f"{name}_bn1")(y))
+        y = F.conv2d(y, self._per_group(getattr(self, f"{name}_dw2")), padding=pad,
+                     groups=wide)
+        y = F.conv2d(y, self._per_group(getattr(self, f"{name}_pw2")), groups=per_edge)
+        return getattr(self, f"{name}_bn2")(y)
+
+    def _atrous_conv(self, r, name, size):
+        pad = ATROUS_DILATION * (size - 1) // 2
+        y = F.conv2d(r, self._per_group(getattr(self, name)), padding=pad,
+                     dilation=ATROUS_DILATION, groups=self.groups)
+        return getattr(self, f"{name}_bn")(y)
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """x: (N, G*C, H, W); weights: (k, len(PRIMITIVES)) normalised alphas of the edges.
+
+        Returns (N, G, k, C, H, W): the mixed operation of every edge (paper Eq. 2).
+        """
+        n, _, h, w = x.shape
+        g, k, c = self.groups, self.num_edges, self.channels
+        r = F.relu(x)  # shared by all four convolution types of all k edges
+        r_rep = r.view(n, g, 1, c, h, w).expand(n, g, k, c, h, w).reshape(n, g * k * c, h, w)
+
+        def edge_weight(name):  # (1, 1, k, 1, 1, 1)
+            return weights[:, OP[name]].view(1, 1, k, 1, 1, 1)
+
+        out = self._sep_conv(r_rep, "sep_conv_3x3", 3).view(n, g, k, c, h, w) \
+            * edge_weight("sep_conv_3x3")
+        out = out + self._sep_conv(r_rep, "sep_conv_5x5", 5).view(n, g, k, c, h, w) \
+            * edge_weight("sep_conv_5x5")
+        out = out + self._atrous_conv(r, "atrous_conv_3x3", 3).view(n, g, k, c, h, w) \
+            * edge_weight("atrous_conv_3x3")
+        out = out + self._atrous_conv(r, "atrous_conv_5x5", 5).view(n, g, k, c, h, w) \
+            * edge_weight("atrous_conv_5x5")
+        # Parameter-free operations: one tensor for all k edges, broadcast over them.
+        max_pool = self.max_pool_bn(F.max_pool2d(x, 3, 1, 1))
+        avg_pool = self.avg_pool_bn(F.avg_pool2d(x, 3, 1, 1, count_include_pad=False))
+        out = out + max_pool.view(n, g, 1, c, h, w) * edge_weight("max_pool_3x3")
+        out = out + avg_pool.view(n, g, 1, c, h, w) * edge_weight("avg_pool_3x3")
+        out = out + x.view(n, g, 1, c, h, w) * edge_weight("skip_connect")
+        return out
+
+
+class SearchCell(nn.Module):
+    """One node of the trellis: the cell applied to each incoming state, beta-weighted.
+
+    Args:
+        steps: blocks per cell (B in the paper's cell, 5).
+        block_multiplier: how many of the last blocks are concatenated into the output.
+        channels: C = F * 2^level, the width of every block.
+        incoming: for each incoming state, (direction, input channels); direction -1 means the
+            state comes from one level finer (stride-2 reduction), 0 the same level, +1 one
+            level coarser (bilinear upsampling).
+        prev_prev_channels: channels of H(l-2) at this level, or None where it does not exist
+            (then the edges from input 0 contribute nothing, as a zero input would).
+    """
+
+    def __init__(self, steps: int, block_multiplier: int, channels: int,
+                 incoming: list[tuple[int, int]], prev_prev_channels: int | None):
+        super().__init__()
+        self.steps, self.block_multiplier, self.channels = steps, block_multiplier, channels
+        self.directions = [d for d, _ in incoming]
+        groups = len(incoming)
+        self.preprocess = nn.ModuleList()
+        for direction, c_in in incoming:
+            if direction < 0:
+                self.preprocess.append(FactorizedReduce(c_in, channels, affine=False))
+            elif direction == 0:
+                self.preprocess.append(ReLUConvBN(c_in, channels, 1, affine=False))
+            else:
+                self.preprocess.append(Upsample(c_in, channels, affine=False))
+        self.preprocess_prev_prev = (ReLUConvBN(prev_prev_channels, channels, 1, affine=False)
+                                     if prev_prev_channels is not None else None)
+        # State j (0 = H(l-2), 1 = H(l-1), k+1 = block k) is read by blocks max(0, j-1)..steps-1.
+        self.prev_prev_ops = (SharedSourceOps(channels, steps, 1)
+                              if prev_prev_channels is not None else None)
+        self.source_ops = nn.ModuleList(
+            SharedSourceOps(channels, steps - max(0, j - 1), groups) for j in range(1, steps + 1))
+        for j in range(steps + 1):
+            first = max(0, j - 1)
+            edges = [edge_offset(b) + j for b in range(first, steps)]
+            self.register_buffer(f"edges_{j}", torch.tensor(edges), persistent=False)
+
+    def forward(self, inputs: list[torch.Tensor], prev_prev: torch.Tensor | None,
+                alphas: torch.Tensor, betas: torch.Tensor, size: tuple[int, int]):
+        """inputs: the incoming states in `incoming` order; prev_prev: H(l-2) at this level;
+        alphas: (E, ops) normalised; betas: (G,) normalised weights of the incoming
+        transitions; size: this level's (H, W). Returns (N, block_multiplier * C, H, W).
+        """
+        c, groups = self.channels, len(inputs)
+        states = []
+        for pre, direction, h in zip(self.preprocess, self.directions, inputs):
+            states.append(pre(h, size) if direction > 0 else pre(h))
+        n = states[0].shape[0]
+        x = torch.stack(states, dim=1).view(n, groups * c, *size)  # (N, G*C, H, W)
+
+        blocks: list[torch.Tensor | None] = [None] * self.steps  # each (N, G or 1, C, H, W)
+
+        def scatter(out: torch.Tensor, j: int):
+            for e, block in enumerate(range(max(0, j - 1), self.steps)):
+                term = out[:, :, e]
+                blocks[block] = term if blocks[block] is None else blocks[block] + term
+
+        if self.preprocess_prev_prev is not None:
+            s0 = self.preprocess_prev_prev(prev_prev)
+            scatter(self.prev_prev_ops(s0, alphas[self.edges_0]), 0)
+        for j, ops in enumerate(self.source_ops, start=1):
+            # Block j-1 is complete once states 0..j have been read (it is state j+1).
+            source = x if j == 1 else blocks[j - 2].reshape(n, groups * c, *size)
+            scatter(ops(source, alphas[getattr(self, f"edges_{j}")]), j)
+
+        out = torch.cat(blocks[-self.block_multiplier:], dim=2)  # (N, G, mult*C, H, W)
+        # Paper Eq. 6: the beta-weighted sum over incoming states.
+        out = (out * betas.view(1, groups, 1, 1, 1)).sum(dim=1)
+        return out

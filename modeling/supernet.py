@@ -1,0 +1,177 @@
+"""The Auto-DeepLab supernet: cell-level alphas and network-level betas (SPEC section 2)."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torch.utils.checkpoint
+
+from modeling.aspp import ASPPHead
+from modeling.operations import stem
+from modeling.search_cell import SearchCell
+from modeling.search_space import (DIRECTIONS, NUM_LEVELS, PRIMITIVES, level_exists,
+                                   normalize_alphas, normalize_betas, num_edges,
+                                   transition_mask)
+
+# ASPP rate at level s is ASPP_RATE_BASE / stride (paper section 4.1): 24, 12, 6, 3.
+ASPP_RATE_BASE = 96
+STEM_STRIDE = 4
+ARCH_INIT_SCALE = 1e-3  # alphas and betas ~ 1e-3 * N(0, 1) (SPEC section 3)
+
+
+@dataclass(frozen=True)
+class SupernetConfig:
+    """Constructor arguments of the supernet; stored in checkpoints so they rebuild it."""
+
+    num_classes: int
+    num_layers: int = 12
+    filter_multiplier: int = 8
+    block_multiplier: int = 5
+    steps: int = 5
+    stem_widths: tuple[int, int, int] = (64, 64, 128)
+    # Width of each level's ASPP; None means the width of the level's cell output.
+    aspp_channels: int | None = None
+
+    def __post_init__(self):
+        if not 1 <= self.block_multiplier <= self.steps:
+            raise ValueError("block_multiplier must be between 1 and steps")
+        object.__setattr__(self, "stem_widths", tuple(self.stem_widths))
+
+    def level_channels(self, level: int) -> int:
+        """Width of one block at `level`: F * 2^level."""
+        return self.filter_multiplier * 2 ** level
+
+    def output_channels(self, layer: int, level: int) -> int:
+        """Channels of node (layer, level); layer -1 is the stem."""
+        if layer < 0:
+            return self.stem_widths[-1]
+        return self.block_multiplier * self.level_channels(level)
+
+
+class AutoDeepLabSearch(nn.Module):
+    """Supernet over the L x 4 trellis with a shared cell (paper section 3-4.1).
+
+    `forward(images)` returns logits at the input size: the sum of one ASPP head per level
+    of the last layer, upsampled. `checkpoint_cells=True` recomputes each cell's activations
+    in the backward pass instead of storing them (less memory, same gradients).
+    """
+
+    def __init__(self, config: SupernetConfig, checkpoint_cells: bool = False):
+        super().__init__()
+        self.config = config
+        self.checkpoint_cells = checkpoint_cells
+        cfg = config
+        self.stem = stem(3, cfg.stem_widths)
+        mask = transition_mask(cfg.num_layers)
+        self.register_buffer("beta_mask", torch.from_numpy(mask), persistent=False)
+        self.alphas = nn.Parameter(ARCH_INIT_SCALE * torch.randn(num_edges(cfg.steps),
+                                                                 len(PRIMITIVES)))
+        self.betas = nn.Parameter(ARCH_INIT_SCALE * torch.randn(cfg.num_layers, NUM_LEVELS,
+                                                                len(DIRECTIONS)))
+        # The trellis, from the table of allowed transitions: node (l, t) receives from every
+        # (l-1, s) with mask[l, s, d] and s + DIRECTIONS[d] == t.
+        self.cells = nn.ModuleDict()
+        self.incoming: dict[tuple[int, int], list[tuple[int, int]]] = {}
+        for layer in range(cfg.num_layers):
+            for target in range(NUM_LEVELS):
+                sources = [(s, d) for s in range(NUM_LEVELS) for d, step in enumerate(DIRECTIONS)
+                           if mask[layer, s, d] and s + step == target]
+                if not sources:
+                    continue
+                self.incoming[(layer, target)] = sources
+                prev_prev = (cfg.output_channels(layer - 2, target)
+                             if level_exists(layer - 2, target) else None)
+                # A move to a coarser level is direction +1 in DIRECTIONS, which the cell
+                # sees as an input from one level finer (-1): it reduces.
+                incoming = [(-DIRECTIONS[d], cfg.output_channels(layer - 1, s))
+                            for s, d in sources]
+                self.cells[self._key(layer, target)] = SearchCell(
+                    cfg.steps, cfg.block_multiplier, cfg.level_channels(target), incoming,
+                    prev_prev)
+        last = cfg.num_layers - 1
+        self.head_levels = [s for s in range(NUM_LEVELS) if level_exists(last, s)]
+        self.heads = nn.ModuleDict({
+            str(s): ASPPHead(cfg.output_channels(last, s),
+                             cfg.aspp_channels or cfg.output_channels(last, s),
+                             ASPP_RATE_BASE // (STEM_STRIDE * 2 ** s), cfg.num_classes)
+            for s in self.head_levels})
+
+    @staticmethod
+    def _key(layer: int, level: int) -> str:
+        return f"{layer}_{level}"
+
+    def arch_parameters(self) -> list[nn.Parameter]:
+        """The architecture parameters: cell alphas (E, ops) and network betas (L, 4, 3)."""
+        return [self.alphas, self.betas]
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        """Every other parameter: what the weight optimiser trains."""
+        arch = {id(p) for p in self.arch_parameters()}
+        return [p for p in self.parameters() if id(p) not in arch]
+
+    def normalized_alphas(self) -> torch.Tensor:
+        return normalize_alphas(self.alphas)
+
+    def normalized_betas(self) -> torch.Tensor:
+        return normalize_betas(self.betas, self.beta_mask)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """images: (N, 3, H, W) -> logits (N, num_classes, H, W)."""
+        cfg = self.config
+        alphas = self.normalized_alphas()  # (E, ops)
+        betas = self.normalized_betas()  # (L, 4, 3)
+        prev = {0: self.stem(images)}  # layer -1: the stem at level 0, (N, 128, H/4, W/4)
+        sizes = [tuple(prev[0].shape[-2:])]
+        for _ in range(1, NUM_LEVELS):
+            sizes.append(tuple((v + 1) // 2 for v in sizes[-1]))
+        prev_prev: dict[int, torch.Tensor] = {}
+        for layer in range(cfg.num_layers):
+            current = {}
+            for target in range(NUM_LEVELS):
+                sources = self.incoming.get((layer, target))
+                if sources is None:
+                    continue
+                cell = self.cells[self._key(layer, target)]
+                inputs = [prev[s] for s, _ in sources]
+                src = torch.tensor([s for s, _ in sources])
+                dirs = torch.tensor([d for _, d in sources])
+                weights = betas[layer, src, dirs]  # (G,)
+                args = (inputs, prev_prev.get(target), alphas, weights, sizes[target])
+                if self.checkpoint_cells and self.training:
+                    current[target] = torch.utils.checkpoint.checkpoint(
+                        cell, *args, use_reentrant=False)
+                else:
+                    current[target] = cell(*args)  # (N, mult * F * 2^t, H_t, W_t)
+            prev_prev, prev = prev, current
+        size = images.shape[-2:]
+        logits = None
+        for s in self.head_levels:
+            out = F.interpolate(self.heads[str(s)](prev[s]), size=size, mode="bilinear",
+                                align_corners=False)
+            logits = out if logits is None else logits + out
+        return logits
+
+    def genotype(self):
+        """The architecture decoded so far (SPEC section 4), as a `Genotype`."""
+        from modeling.decoding import genotype_from_arch
+
+        return genotype_from_arch(self.alphas.detach().cpu().numpy(),
+                                  self.betas.detach().cpu().numpy())
+
+    def model_args(self) -> dict:
+        return asdict(self.config)
+
+
+def arch_entropy(model: AutoDeepLabSearch) -> tuple[float, float]:
+    """Mean entropy (nats) of the alpha softmax per edge and of the beta softmax per node."""
+    with torch.no_grad():
+        a = model.normalized_alphas()
+        alpha_h = -(a * a.clamp_min(1e-12).log()).sum(-1).mean()
+        b = model.normalized_betas()
+        node_h = -(b * b.clamp_min(1e-12).log()).sum(-1)
+        valid = model.beta_mask.any(-1)
+        beta_h = node_h[valid].mean()
+    return float(alpha_h), float(beta_h)

@@ -1,0 +1,128 @@
+"""The supernet: shapes, gradients, parameter split, beta normalisation, and equality with a
+plain per-edge reference implementation."""
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from modeling.search_space import (NUM_LEVELS, PRIMITIVES, normalize_betas, num_edges,
+                                   transition_mask)
+from modeling.supernet import AutoDeepLabSearch, SupernetConfig, arch_entropy
+from tests import reference_supernet
+
+TINY = dict(num_classes=3, num_layers=4, filter_multiplier=2, block_multiplier=3, steps=3,
+            stem_widths=(4, 4, 8), aspp_channels=4)
+
+
+def tiny_model(seed=0, **overrides):
+    torch.manual_seed(seed)
+    return AutoDeepLabSearch(SupernetConfig(**{**TINY, **overrides}))
+
+
+def test_output_shape_and_every_level_shape():
+    model = tiny_model()
+    shapes = {}
+    for key, cell in model.cells.items():
+        cell.register_forward_hook(lambda mod, inp, out, key=key: shapes.__setitem__(key, out.shape))
+    x = torch.randn(2, 3, 40, 36)
+    assert model(x).shape == (2, 3, 40, 36)
+    cfg = model.config
+    # Level s is ceil(H / (4 * 2^s)); layer l has levels 0..min(l+1, 3).
+    for layer in range(cfg.num_layers):
+        for level in range(NUM_LEVELS):
+            key = f"{layer}_{level}"
+            if level > layer + 1:
+                assert key not in shapes
+                continue
+            h, w = 10, 9
+            for _ in range(level):
+                h, w = (h + 1) // 2, (w + 1) // 2
+            assert shapes[key] == (2, cfg.block_multiplier * cfg.filter_multiplier * 2 ** level, h, w)
+
+
+def test_every_parameter_gets_a_gradient_and_no_nan():
+    model = tiny_model()
+    x = torch.randn(2, 3, 32, 32)
+    target = torch.randint(0, 3, (2, 32, 32))
+    loss = torch.nn.functional.cross_entropy(model(x), target)
+    loss.backward()
+    assert torch.isfinite(loss)
+    for name, p in model.named_parameters():
+        assert p.grad is not None, name
+        assert torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, name
+
+
+def test_arch_and_weight_parameters_are_disjoint_and_complete():
+    model = tiny_model()
+    arch = {id(p) for p in model.arch_parameters()}
+    weights = {id(p) for p in model.weight_parameters()}
+    assert not arch & weights
+    assert arch | weights == {id(p) for p in model.parameters()}
+    assert model.alphas.shape == (num_edges(3), len(PRIMITIVES))
+    assert model.betas.shape == (4, NUM_LEVELS, 3)
+    state = model.state_dict()
+    assert "alphas" in state and "betas" in state
+
+
+def test_beta_normalisation_per_source_node():
+    torch.manual_seed(1)
+    layers = 12
+    mask = torch.from_numpy(transition_mask(layers))
+    betas = torch.randn(layers, NUM_LEVELS, 3) * 3
+    probs = normalize_betas(betas, mask)
+    assert (probs[~mask] == 0).all()
+    sums = probs.sum(-1)
+    exists = mask.any(-1)
+    torch.testing.assert_close(sums[exists], torch.ones(int(exists.sum())))
+    assert (sums[~exists] == 0).all()
+    # Border nodes: the stem moves only to levels 0 and 1; level 0 cannot go up, level 3
+    # cannot go down; nodes that do not exist (level > layer) send nothing.
+    assert mask[0].tolist() == [[False, True, True], [False] * 3, [False] * 3, [False] * 3]
+    assert not mask[:, 0, 0].any() and not mask[:, 3, 2].any()
+    assert mask[1, :2].any(-1).all() and not mask[1, 2:].any()
+    # Softmax over exactly the valid directions, no other rescaling (SPEC section 2).
+    b = betas[5, 0]
+    expected = torch.softmax(b[1:], 0)
+    torch.testing.assert_close(probs[5, 0, 1:], expected)
+
+
+def test_fast_supernet_equals_per_edge_reference():
+    model = tiny_model(seed=3).double()
+    with torch.no_grad():  # non-trivial architecture weights
+        model.alphas.normal_(0, 1)
+        model.betas.normal_(0, 1)
+    reference = copy.deepcopy(model)
+    x = torch.randn(2, 3, 48, 40, dtype=torch.float64)
+    target = torch.randint(0, 3, (2, 48, 40))
+    loss_fast = torch.nn.functional.cross_entropy(model(x), target)
+    loss_ref = torch.nn.functional.cross_entropy(reference_supernet.forward(reference, x), target)
+    torch.testing.assert_close(loss_fast, loss_ref, rtol=1e-9, atol=1e-10)
+    loss_fast.backward()
+    loss_ref.backward()
+    ref_params = dict(reference.named_parameters())
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, ref_params[name].grad, rtol=1e-7, atol=1e-9,
+                                   msg=lambda m, name=name: f"{name}: {m}")
+
+
+def test_checkpoint_cells_gives_identical_gradients():
+    model = tiny_model(seed=4).double()
+    other = copy.deepcopy(model)
+    other.checkpoint_cells = True
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    model(x).square().mean().backward()
+    other(x).square().mean().backward()
+    for (name, p), q in zip(model.named_parameters(), other.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, msg=lambda m, name=name: f"{name}: {m}")
+
+
+def test_entropy_is_maximal_at_uniform_init():
+    model = tiny_model()
+    with torch.no_grad():
+        model.alphas.zero_()
+        model.betas.zero_()
+    alpha_h, beta_h = arch_entropy(model)
+    assert alpha_h == pytest.approx(np.log(len(PRIMITIVES)), rel=1e-5)
+    assert 0 < beta_h <= np.log(3)
