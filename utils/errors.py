@@ -22,7 +22,18 @@ def exit_on_user_error(main):
             return main(*args, **kwargs)
         except UserError as err:
             logging.getLogger(__name__).debug("user error", exc_info=True)
-            print(f"error: {err}", file=sys.stderr)
+            print(f"error: {one_line(err)}", file=sys.stderr)
             sys.exit(EXIT_USER_ERROR)
 
     return wrapper
+
+
+def one_line(err: BaseException) -> str:
+    """The user's message of `err`, also when a DataLoader worker wrapped it in a traceback
+    (its last line then reads `utils.errors.UserError: <message>`)."""
+    lines = [line for line in str(err).splitlines() if line.strip()]
+    if not lines:
+        return type(err).__name__
+    last = lines[-1]
+    prefix = f"{UserError.__module__}.{UserError.__qualname__}: "
+    return last[len(prefix):] if last.startswith(prefix) else last

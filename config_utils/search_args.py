@@ -1,0 +1,111 @@
+"""Command line of train_autodeeplab.py (architecture search)."""
+from __future__ import annotations
+
+import argparse
+
+# Paper defaults (SPEC section 3) for real datasets; a CPU-sized search for synthetic data.
+PAPER_DEFAULTS = dict(
+    epochs=40, batch_size=2, crop_size=321, resize=None, lr=0.025, min_lr=0.001, momentum=0.9,
+    weight_decay=3e-4, arch_lr=3e-3, arch_weight_decay=1e-3, alpha_epoch=20,
+    filter_multiplier=8, block_multiplier=5, steps=5, num_layers=12, eval_interval=1,
+    grad_clip=5.0, workers=4, seed=0,
+)
+DATASET_DEFAULTS = {
+    "synthetic": dict(PAPER_DEFAULTS, epochs=4, batch_size=4, crop_size=64, alpha_epoch=2,
+                      filter_multiplier=4, num_layers=8, workers=0),
+    # Cityscapes is searched at half resolution (paper section 4.1).
+    "cityscapes": dict(PAPER_DEFAULTS, resize=512),
+}
+# Flags that fix the supernet's shape or data: a resumed run must keep them.
+ARCH_KEYS = ("dataset", "filter_multiplier", "block_multiplier", "steps", "num_layers")
+# Flags that may change on resume without changing what the run computes so far.
+RESUME_SAFE_KEYS = ("epochs", "workers", "device", "out_dir", "eval_interval", "no_val",
+                    "resume", "data_root")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    """The parser. Flags whose default depends on --dataset default to None here and are
+    filled by `resolve_defaults`."""
+    p = argparse.ArgumentParser(
+        description="Auto-DeepLab architecture search: a supernet with cell-level alphas and "
+                    "network-level betas, trained bilevel on two halves of the training set.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    d = PAPER_DEFAULTS
+    syn = DATASET_DEFAULTS["synthetic"]
+
+    def dflt(key):
+        return f"(default: {d[key]} for real datasets, {syn[key]} for synthetic)"
+
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", default="synthetic",
+                   help="dataset name: synthetic (generated, no files) or camvid")
+    g.add_argument("--data-root", default=None,
+                   help="folder of the dataset (not needed for synthetic)")
+    g.add_argument("--crop-size", type=int, default=None, help="random crop size " + dflt("crop_size"))
+    g.add_argument("--resize", type=int, default=None,
+                   help="resize the shorter image side to this before cropping "
+                        "(default: 512 for cityscapes, none otherwise)")
+    g.add_argument("--batch-size", type=int, default=None, help="images per step " + dflt("batch_size"))
+    g.add_argument("--workers", type=int, default=None, help="DataLoader workers " + dflt("workers"))
+    g.add_argument("--max-samples", type=int, default=None,
+                   help="use only the first N training and validation images (quick runs)")
+
+    g = p.add_argument_group("supernet")
+    g.add_argument("--filter-multiplier", type=int, default=None,
+                   help="F: channels per block at stride 4 " + dflt("filter_multiplier"))
+    g.add_argument("--block-multiplier", type=int, default=None,
+                   help="blocks concatenated into a cell's output " + dflt("block_multiplier"))
+    g.add_argument("--steps", type=int, default=None, help="blocks per cell " + dflt("steps"))
+    g.add_argument("--num-layers", type=int, default=None, help="L: layers " + dflt("num_layers"))
+    g.add_argument("--checkpoint-cells", action="store_true",
+                   help="recompute cell activations in the backward pass (less memory, "
+                        "same gradients, slower)")
+
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, default=None, help="search epochs " + dflt("epochs"))
+    g.add_argument("--lr", type=float, default=None,
+                   help="initial weight learning rate (cosine) " + dflt("lr"))
+    g.add_argument("--min-lr", type=float, default=None, help="final weight learning rate " + dflt("min_lr"))
+    g.add_argument("--momentum", type=float, default=None, help="SGD momentum " + dflt("momentum"))
+    g.add_argument("--weight-decay", type=float, default=None,
+                   help="SGD weight decay " + dflt("weight_decay"))
+    g.add_argument("--grad-clip", type=float, default=None,
+                   help="clip the weight gradient norm to this (0: off) " + dflt("grad_clip"))
+    g.add_argument("--arch-lr", type=float, default=None,
+                   help="Adam learning rate of alphas and betas " + dflt("arch_lr"))
+    g.add_argument("--arch-weight-decay", type=float, default=None,
+                   help="Adam weight decay of alphas and betas " + dflt("arch_weight_decay"))
+    g.add_argument("--alpha-epoch", type=int, default=None,
+                   help="epoch from which architecture steps run " + dflt("alpha_epoch"))
+
+    g = p.add_argument_group("run")
+    g.add_argument("--seed", type=int, default=None, help="seed of everything, the A/B split too "
+                   + dflt("seed"))
+    g.add_argument("--device", default=None,
+                   help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")
+    g.add_argument("--out-dir", default=None,
+                   help="run folder (default: run/<dataset>/search-<time>, or the checkpoint's "
+                        "folder with --resume)")
+    g.add_argument("--eval-interval", type=int, default=None,
+                   help="validate every N epochs (and after the last) " + dflt("eval_interval"))
+    g.add_argument("--no-val", action="store_true", help="skip validation")
+    g.add_argument("--resume", default=None, help="continue from this checkpoint.pth.tar")
+    g.add_argument("--stop-after-epochs", type=int, default=None,
+                   help="stop after N epochs of this invocation (the schedule still spans "
+                        "--epochs); continue later with --resume, e.g. on time-limited jobs")
+    return p
+
+
+def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill every flag left at None with its default for `args.dataset`."""
+    table = DATASET_DEFAULTS.get(args.dataset, PAPER_DEFAULTS)
+    for key, value in table.items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    return args
+
+
+def explicit_keys(args: argparse.Namespace) -> set[str]:
+    """The flags the user actually gave (before `resolve_defaults`)."""
+    parser_defaults = vars(get_args_parser().parse_args([]))
+    return {k for k, v in vars(args).items() if v != parser_defaults.get(k)}

@@ -1,0 +1,147 @@
+"""The bilevel search loop (SPEC section 3): weights on half A, architecture on half B."""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+from dataloaders import IGNORE_INDEX
+from utils.metrics import ConfusionMatrix
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN or infinite; the message names the iteration."""
+
+
+def split_train_set(num_samples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Disjoint halves A (weights) and B (architecture) of a seeded permutation.
+
+    The split is stored in the checkpoint, so a resumed run keeps it whatever the seed.
+    """
+    if num_samples < 2:
+        raise ValueError("the training split needs at least two images to make halves A and B")
+    perm = np.random.default_rng(seed).permutation(num_samples)
+    half = num_samples // 2
+    return np.sort(perm[:half]), np.sort(perm[half:])
+
+
+class Architect:
+    """Owns the architecture optimiser and its one first-order step (DARTS, SPEC section 3)."""
+
+    def __init__(self, model, criterion, lr: float, weight_decay: float):
+        self.model = model
+        self.criterion = criterion
+        self.arch_params = model.arch_parameters()
+        self.optimizer = torch.optim.Adam(self.arch_params, lr=lr, betas=(0.5, 0.999),
+                                          weight_decay=weight_decay)
+
+    def step(self, images: torch.Tensor, targets: torch.Tensor) -> float:
+        """One Adam step of alphas and betas on a B batch; gradients of nothing else."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.criterion(self.model(images), targets)
+        loss.backward(inputs=self.arch_params)
+        self.optimizer.step()
+        return loss.item()
+
+
+@dataclass
+class EpochResult:
+    train_loss: float
+    arch_loss: float  # nan when no architecture step ran
+    seconds: float
+
+
+class BStream:
+    """A persistent iterator over half B: one pass per search epoch, reopened only when B
+    runs out before A does. `passes` counts opened passes (saved, so resume reopens the same).
+    """
+
+    def __init__(self, loader, passes: int = 0):
+        self.loader = loader
+        self.passes = passes
+        self._it = None
+
+    def new_pass(self):
+        self.loader.set_epoch(self.passes)
+        self.passes += 1
+        self._it = iter(self.loader)
+
+    def next(self):
+        if self._it is None:
+            self.new_pass()
+        try:
+            return next(self._it)
+        except StopIteration:
+            self.new_pass()
+            return next(self._it)
+
+
+def train_one_epoch(model, criterion, weight_optimizer, scheduler, architect, loader_a, b_stream,
+                    *, epoch: int, arch_active: bool, device: torch.device, grad_clip: float,
+                    global_step: int, writer=None) -> tuple[EpochResult, int]:
+    """One search epoch: per A batch a weight step, then (when `arch_active`) an architecture
+    step on the next B batch. Returns the epoch's mean losses and the new global step."""
+    model.train()
+    weights = model.weight_parameters()
+    loader_a.set_epoch(epoch)
+    if arch_active:
+        b_stream.new_pass()
+    start = time.time()
+    loss_sum, arch_sum, arch_steps, n = 0.0, 0.0, 0, 0
+    bar = tqdm(loader_a, desc=f"search epoch {epoch}", leave=False, disable=None,
+               dynamic_ncols=True)
+    for images, targets in bar:
+        images = images.to(device, non_blocking=True)
+        targets = targets.to(device, non_blocking=True)
+        loss = criterion(model(images), targets)
+        if not torch.isfinite(loss):
+            raise NonFiniteLoss(f"weight loss is {loss.item()} at iteration {global_step} "
+                                f"(epoch {epoch})")
+        weight_optimizer.zero_grad(set_to_none=True)
+        loss.backward(inputs=weights)
+        if grad_clip > 0:
+            nn.utils.clip_grad_norm_(weights, grad_clip)
+        weight_optimizer.step()
+        scheduler.step()
+        loss_sum += loss.item()
+        n += 1
+        postfix = {"loss": f"{loss_sum / n:.3f}"}
+        if arch_active:
+            images_b, targets_b = b_stream.next()
+            arch_loss = architect.step(images_b.to(device, non_blocking=True),
+                                       targets_b.to(device, non_blocking=True))
+            if not math.isfinite(arch_loss):
+                raise NonFiniteLoss(f"architecture loss is {arch_loss} at iteration "
+                                    f"{global_step} (epoch {epoch})")
+            arch_sum += arch_loss
+            arch_steps += 1
+            postfix["arch"] = f"{arch_sum / arch_steps:.3f}"
+        if writer is not None:
+            writer.add_scalar("train/loss", loss.item(), global_step)
+            writer.add_scalar("train/lr", weight_optimizer.param_groups[0]["lr"], global_step)
+        global_step += 1
+        bar.set_postfix(postfix)
+    bar.close()
+    arch_mean = arch_sum / arch_steps if arch_steps else float("nan")
+    return EpochResult(loss_sum / max(n, 1), arch_mean, time.time() - start), global_step
+
+
+@torch.inference_mode()
+def evaluate(model, loader, num_classes: int, device: torch.device) -> dict:
+    """Confusion-matrix metrics of `model` on `loader` (whole images)."""
+    model.eval()
+    cm = ConfusionMatrix(num_classes, IGNORE_INDEX, device=device)
+    for images, targets in tqdm(loader, desc="validate", leave=False, disable=None):
+        images = images.to(device, non_blocking=True)
+        targets = targets.to(device, non_blocking=True)
+        cm.update(targets, model(images).argmax(1))
+    cm.all_reduce()
+    return cm.compute()

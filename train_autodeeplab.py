@@ -1,0 +1,240 @@
+"""Auto-DeepLab architecture search (SPEC sections 2-3).
+
+    python train_autodeeplab.py --dataset synthetic
+    CUDA_VISIBLE_DEVICES=0 python train_autodeeplab.py --dataset camvid --data-root DIR
+    python train_autodeeplab.py --resume RUN/checkpoint.pth.tar
+"""
+from __future__ import annotations
+
+import logging
+import math
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from torch.utils.data import Subset
+
+from config_utils.search_args import (ARCH_KEYS, RESUME_SAFE_KEYS, explicit_keys,
+                                      get_args_parser, resolve_defaults)
+from dataloaders import IGNORE_INDEX, build_dataset, build_loader, dataset_info, derive_seed
+from engine.search import (Architect, BStream, NonFiniteLoss, evaluate, split_train_set,
+                           train_one_epoch)
+from modeling.supernet import AutoDeepLabSearch, SupernetConfig, arch_entropy
+from utils.checkpoint import SEARCH_KIND, load_checkpoint, save_checkpoint, write_json
+from utils.errors import UserError, exit_on_user_error
+from utils.lr_scheduler import cosine_schedule
+from utils.run import (MetricsCSV, args_to_json, default_run_dir, rng_state, seed_everything,
+                       select_device, set_rng_state, setup_logging)
+
+log = logging.getLogger("search")
+CHECKPOINT_VERSION = 1
+# Seed streams of the two loaders, so A and B never share shuffles or augmentations.
+STREAM_A, STREAM_B, STREAM_VAL = 1, 2, 3
+
+
+def merge_resume_args(args, saved: dict, explicit: set[str]):
+    """The checkpoint's flags, except those the user gave again that may safely change.
+
+    A different dataset or supernet shape is an error; other differing flags are reported and
+    the checkpoint's values kept.
+    """
+    for key in sorted(explicit):
+        if key not in saved or saved[key] == getattr(args, key):
+            continue
+        if key in ARCH_KEYS:
+            flag = "--" + key.replace("_", "-")
+            raise UserError(f"{flag} {getattr(args, key)} differs from the checkpoint's "
+                            f"{saved[key]}; drop {flag} to resume, or start a new run")
+        if key not in RESUME_SAFE_KEYS:
+            log.warning("ignoring --%s %s on resume: the checkpoint's value %s is kept",
+                        key.replace("_", "-"), getattr(args, key), saved[key])
+    merged = dict(saved)
+    for key in explicit & set(RESUME_SAFE_KEYS):
+        merged[key] = getattr(args, key)
+    merged["resume"] = args.resume
+    merged.setdefault("stop_after_epochs", None)
+    merged["stop_after_epochs"] = args.stop_after_epochs
+    for key, value in merged.items():
+        setattr(args, key, value)
+    return args
+
+
+def check_args(args) -> None:
+    """One-line errors for values that cannot work."""
+    positive = ("epochs", "batch_size", "crop_size", "filter_multiplier", "block_multiplier",
+                "steps", "num_layers", "eval_interval")
+    for key in positive:
+        if getattr(args, key) <= 0:
+            raise UserError(f"--{key.replace('_', '-')} must be positive, got {getattr(args, key)}")
+    if args.batch_size < 2:
+        raise UserError("--batch-size must be at least 2: batch norm in the ASPP image pooling "
+                        "needs two values per channel")
+    if args.block_multiplier > args.steps:
+        raise UserError(f"--block-multiplier {args.block_multiplier} exceeds --steps "
+                        f"{args.steps}; a cell concatenates at most all of its blocks")
+    if args.alpha_epoch < 0:
+        raise UserError(f"--alpha-epoch must be >= 0, got {args.alpha_epoch}")
+
+
+def prepare_out_dir(args) -> Path:
+    out_dir = Path(args.out_dir) if args.out_dir else (
+        Path(args.resume).parent if args.resume else default_run_dir(args.dataset, "search"))
+    if not args.resume and (out_dir / "checkpoint.pth.tar").exists():
+        raise UserError(f"run folder {out_dir} already holds a search; pass --resume "
+                        f"{out_dir / 'checkpoint.pth.tar'} to continue it, or a new --out-dir")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return out_dir
+
+
+def build_data(args, device, split=None):
+    """Train set with its A/B split and loaders, and the validation loader (or None)."""
+    common = dict(data_root=args.data_root, crop_size=args.crop_size, resize=args.resize,
+                  seed=args.seed, max_samples=args.max_samples)
+    train_set = build_dataset(args.dataset, "train", train=True, **common)
+    if split is None:
+        if len(train_set) < 2 * args.batch_size:
+            raise UserError(f"the train split has {len(train_set)} images; halves A and B need "
+                            f"at least {args.batch_size} each: lower --batch-size")
+        a_idx, b_idx = split_train_set(len(train_set), args.seed)
+    else:
+        if split["num_train"] != len(train_set):
+            raise UserError(f"the train split now has {len(train_set)} images but the "
+                            f"checkpoint's A/B split was made for {split['num_train']}; "
+                            "resume with the same data and --max-samples")
+        a_idx, b_idx = split["a"].numpy(), split["b"].numpy()
+    loader_args = dict(batch_size=args.batch_size, shuffle=True, workers=args.workers,
+                       device=device, drop_last=True)
+    loader_a = build_loader(Subset(train_set, a_idx.tolist()),
+                            seed=derive_seed(args.seed, STREAM_A), **loader_args)
+    loader_b = build_loader(Subset(train_set, b_idx.tolist()),
+                            seed=derive_seed(args.seed, STREAM_B), **loader_args)
+    val_loader = None
+    if not args.no_val:
+        val_set = build_dataset(args.dataset, "val", train=False, **common)
+        val_loader = build_loader(val_set, batch_size=1, shuffle=False, workers=args.workers,
+                                  device=device, drop_last=False,
+                                  seed=derive_seed(args.seed, STREAM_VAL))
+    split = {"num_train": len(train_set), "seed": args.seed,
+             "a": torch.from_numpy(a_idx), "b": torch.from_numpy(b_idx)}
+    return train_set.info, split, loader_a, loader_b, val_loader
+
+
+@exit_on_user_error
+def main(args):
+    explicit = explicit_keys(args)
+    checkpoint = None
+    if args.resume:
+        checkpoint = load_checkpoint(args.resume, kind=SEARCH_KIND)
+        args = merge_resume_args(args, checkpoint["args"], explicit)
+    args = resolve_defaults(args)
+    check_args(args)
+    seed_everything(args.seed)
+    device = select_device(args.device)
+    dataset_info(args.dataset)  # an unknown name fails here, before anything is written
+    # Data problems are found before the run folder is made, so a typo leaves no debris.
+    info, split, loader_a, loader_b, val_loader = build_data(
+        args, device, checkpoint["split"] if checkpoint else None)
+    out_dir = prepare_out_dir(args)
+    args.out_dir = str(out_dir)
+    setup_logging(out_dir / "search.log")
+    log.info("command: %s", " ".join(sys.argv))
+    log.info("dataset %s: %d classes, A %d / B %d images, %d steps per epoch, device %s",
+             args.dataset, info.num_classes, len(split["a"]), len(split["b"]), len(loader_a),
+             device)
+
+    config = SupernetConfig(num_classes=info.num_classes, num_layers=args.num_layers,
+                            filter_multiplier=args.filter_multiplier,
+                            block_multiplier=args.block_multiplier, steps=args.steps)
+    model = AutoDeepLabSearch(config, checkpoint_cells=args.checkpoint_cells).to(device)
+    criterion = nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)
+    weight_optimizer = torch.optim.SGD(model.weight_parameters(), lr=args.lr,
+                                       momentum=args.momentum, weight_decay=args.weight_decay)
+    scheduler = cosine_schedule(weight_optimizer, args.epochs * len(loader_a), args.min_lr)
+    architect = Architect(model, criterion, args.arch_lr, args.arch_weight_decay)
+    b_stream = BStream(loader_b)
+    start_epoch, global_step, best_miou = 0, 0, -math.inf
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        weight_optimizer.load_state_dict(checkpoint["weight_optimizer"])
+        architect.optimizer.load_state_dict(checkpoint["arch_optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        start_epoch, global_step = checkpoint["epoch"], checkpoint["global_step"]
+        best_miou = checkpoint["best_miou"]
+        b_stream.passes = checkpoint["b_passes"]
+        set_rng_state(checkpoint["rng"])
+        log.info("resumed from %s at epoch %d (step %d)", args.resume, start_epoch, global_step)
+    n_weights = sum(p.numel() for p in model.weight_parameters())
+    log.info("supernet F=%d B=%d steps=%d L=%d: %.2fM weights", config.filter_multiplier,
+             config.block_multiplier, config.steps, config.num_layers, n_weights / 1e6)
+    write_json(args_to_json(args), out_dir / "args.json")
+
+    from tensorboardX import SummaryWriter
+
+    from utils.visualize_arch import alpha_figure, beta_figure
+
+    writer = SummaryWriter(str(out_dir))
+    metrics_csv = MetricsCSV(out_dir / "metrics.csv")
+    metrics_csv.truncate_after(start_epoch)  # rows past the checkpoint
+    last_epoch = args.epochs if args.stop_after_epochs is None else min(
+        args.epochs, start_epoch + args.stop_after_epochs)
+    for epoch in range(start_epoch, last_epoch):
+        arch_active = epoch >= args.alpha_epoch
+        try:
+            result, global_step = train_one_epoch(
+                model, criterion, weight_optimizer, scheduler, architect, loader_a, b_stream,
+                epoch=epoch, arch_active=arch_active, device=device, grad_clip=args.grad_clip,
+                global_step=global_step, writer=writer)
+        except NonFiniteLoss as err:
+            kept = out_dir / "checkpoint.pth.tar"
+            raise UserError(f"{err}; stopped, the last good checkpoint is "
+                            f"{kept if kept.exists() else 'none yet'} (lower --lr or "
+                            "--arch-lr, or check the data)") from err
+        validate = val_loader is not None and (
+            (epoch + 1) % args.eval_interval == 0 or epoch + 1 == args.epochs)
+        metrics = evaluate(model, val_loader, info.num_classes, device) if validate else None
+        genotype = model.genotype()
+        alpha_h, beta_h = arch_entropy(model)
+        miou = metrics["miou"] if metrics else float("nan")
+        is_best = metrics is not None and miou > best_miou
+        best_miou = max(best_miou, miou) if metrics else best_miou
+        log.info("epoch %d/%d: loss %.4f, arch loss %.4f, val mIoU %.4f, entropy alpha %.3f "
+                 "beta %.3f, %.1fs, path %s", epoch + 1, args.epochs, result.train_loss,
+                 result.arch_loss, miou, alpha_h, beta_h, result.seconds,
+                 genotype.network_path)
+        row = {"epoch": epoch + 1, "train_loss": result.train_loss,
+               "arch_loss": result.arch_loss, "lr": weight_optimizer.param_groups[0]["lr"],
+               "val_miou": miou, "val_pixel_acc": metrics["pixel_acc"] if metrics else "",
+               "val_fwiou": metrics["fwiou"] if metrics else "", "alpha_entropy": alpha_h,
+               "beta_entropy": beta_h, "seconds": result.seconds,
+               "network_path": " ".join(map(str, genotype.network_path))}
+        metrics_csv.append(row)
+        for tag, value in (("val/mIoU", miou), ("arch/alpha_entropy", alpha_h),
+                           ("arch/beta_entropy", beta_h), ("train/epoch_loss", result.train_loss),
+                           ("train/arch_loss", result.arch_loss)):
+            if math.isfinite(value):  # no val or no arch step this epoch: nothing to plot
+                writer.add_scalar(tag, value, epoch + 1)
+        writer.add_figure("arch/alphas", alpha_figure(
+            model.normalized_alphas().detach().cpu().numpy(), config.steps), epoch + 1)
+        writer.add_figure("arch/betas", beta_figure(
+            model.normalized_betas().detach().cpu().numpy()), epoch + 1)
+        writer.flush()
+        state = {"kind": SEARCH_KIND, "version": CHECKPOINT_VERSION,
+                 "model": model.state_dict(), "model_args": model.model_args(),
+                 "weight_optimizer": weight_optimizer.state_dict(),
+                 "arch_optimizer": architect.optimizer.state_dict(),
+                 "scheduler": scheduler.state_dict(), "epoch": epoch + 1,
+                 "global_step": global_step, "b_passes": b_stream.passes, "split": split,
+                 "rng": rng_state(), "args": args_to_json(args), "best_miou": best_miou,
+                 "metrics": metrics, "genotype": genotype.to_json(), "dataset": args.dataset}
+        save_checkpoint(state, out_dir / "checkpoint.pth.tar")
+        if is_best:
+            save_checkpoint(state, out_dir / "best.pth.tar")
+    writer.close()
+    log.info("search done: %s (decode with: python decode_autodeeplab.py --resume %s)",
+             out_dir, out_dir / "checkpoint.pth.tar")
+    return out_dir
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())

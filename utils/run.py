@@ -1,0 +1,127 @@
+"""Run folders, logging, seeding and device choice, shared by the three entry scripts."""
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from utils.errors import UserError
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
+
+
+def setup_logging(log_file: str | Path | None = None, level: int = logging.INFO) -> None:
+    """Log to stderr and, when given, to `log_file` (appending, so resumes keep history)."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+        handler.close()
+    root.setLevel(level)
+    stream = logging.StreamHandler(sys.stderr)
+    stream.setFormatter(logging.Formatter(LOG_FORMAT, "%H:%M:%S"))
+    root.addHandler(stream)
+    if log_file is not None:
+        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(log_file)
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        root.addHandler(handler)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    """Global RNG states in a form `torch.load(weights_only=True)` accepts."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+             "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                       "has_gauss": int(has_gauss), "gauss": float(gauss)}}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what `rng_state` saved."""
+    random.setstate(_to_tuple(state["python"]))
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"],
+                         n["has_gauss"], n["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _to_tuple(x):
+    return tuple(_to_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+def select_device(name: str | None) -> torch.device:
+    """`name` ('cpu', 'cuda', 'cuda:1') or, when None, CUDA if available, else the CPU."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise UserError(f"unknown device '{name}'; use --device cpu, cuda or cuda:N") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name} asked for, but CUDA is not available here; "
+                        "use --device cpu")
+    return device
+
+
+def default_run_dir(dataset: str, stage: str) -> Path:
+    """run/<dataset>/<stage>-<time>: a new folder per run, so nothing is overwritten."""
+    return Path("run") / dataset / f"{stage}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def args_to_json(args: argparse.Namespace) -> dict:
+    """The flags as JSON-able values (paths and tuples become strings and lists)."""
+    out = {}
+    for key, value in vars(args).items():
+        if isinstance(value, Path):
+            value = str(value)
+        elif isinstance(value, tuple):
+            value = list(value)
+        out[key] = value
+    return out
+
+
+class MetricsCSV:
+    """metrics.csv: one row per epoch; the header is taken from the first row written."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def append(self, row: dict) -> None:
+        new = not self.path.exists()
+        with open(self.path, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+
+    def truncate_after(self, epoch: int) -> None:
+        """Drop rows of epochs after `epoch` (rows a killed run wrote past its checkpoint)."""
+        if not self.path.exists():
+            return
+        with open(self.path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        if not rows:
+            return
+        keep = [r for r in rows if int(r["epoch"]) <= epoch]
+        with open(self.path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(keep)
