@@ -1,0 +1,331 @@
+"""From architecture parameters to a discrete architecture (SPEC section 4, paper section 3.3).
+
+Pure functions on numpy arrays, shared by the supernet's `genotype()`, the search logs and
+`decode_autodeeplab.py`, so that all of them report the same architecture:
+
+- `decode_network_path(probs)`: the most probable path through the layer x level trellis
+  (Viterbi), `top_k_paths` the k most probable, `path_probability` one path's probability;
+- `decode_cell(weights)`: per block the two strongest inputs with their strongest operation;
+- `genotype_from_arch(alphas, betas)`: raw parameters -> normalised -> `Genotype`.
+
+`load_search_architecture` reads alphas, betas and the supernet's shape from a search
+checkpoint; `format_summary` is the readable report that decode prints.
+
+Path ranking. Paths are compared by their exact probability: the product of the float
+transition probabilities is formed with `fractions.Fraction`, so there is no underflow on
+near-zero rows and no rounding that could make the dynamic programme and an exhaustive search
+disagree. Two refinements make the order total and the k-best programme exact:
+1. Among paths of equal probability because a transition has probability exactly 0 (a softmax
+   that underflowed), fewer zero transitions rank first, then the larger product of the rest.
+2. Remaining ties go to the path with the lower level at the first layer where they differ.
+Both keys are preserved when a common suffix is appended, so keeping the k best prefixes at
+every node (k-best Viterbi) yields exactly the k best paths.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from modeling.genotypes import Genotype, input_name, level_stride
+from modeling.search_space import (DIRECTIONS, NUM_LEVELS, PRIMITIVES, edge_offset, num_edges,
+                                   normalize_alphas, normalize_betas, transition_mask)
+from utils.checkpoint import SEARCH_KIND, load_checkpoint
+from utils.errors import UserError
+
+SEARCH_CHECKPOINT_VERSION = 1
+NONE_INDEX = PRIMITIVES.index("none")
+INPUTS_PER_BLOCK = 2
+STEM_LEVEL = 0
+
+
+# --- network path ------------------------------------------------------------------------
+
+def _check_probs(probs) -> np.ndarray:
+    probs = np.asarray(probs, dtype=np.float64)
+    if probs.ndim != 3 or probs.shape[1:] != (NUM_LEVELS, len(DIRECTIONS)) or not probs.shape[0]:
+        raise ValueError(f"probs must have shape (L, {NUM_LEVELS}, {len(DIRECTIONS)}) with "
+                         f"L >= 1, got {probs.shape}")
+    if not np.isfinite(probs).all() or (probs < 0).any():
+        raise ValueError("probs must be finite and non-negative (normalised betas)")
+    mask = transition_mask(probs.shape[0])
+    if (probs[~mask] != 0).any():
+        raise ValueError("probs has weight on transitions that do not exist; pass "
+                         "normalize_betas(betas, transition_mask(L)), not raw betas")
+    return probs
+
+
+def _factor(p: float) -> tuple[int, Fraction]:
+    # (number of zero factors, exact product of the non-zero ones); see the module docstring.
+    return (1, Fraction(1)) if p == 0 else (0, Fraction(float(p)))
+
+
+def _rank(entry):
+    zeros, product, path = entry
+    return zeros, -product, path
+
+
+def _k_best(probs: np.ndarray, k: int) -> list[tuple[int, Fraction, tuple[int, ...]]]:
+    """k-best Viterbi over the trellis: entries (zeros, product, path), best first."""
+    mask = transition_mask(probs.shape[0])
+    # beams[level]: the k best prefixes ending at that level of the current layer.
+    beams = {STEM_LEVEL: [(0, Fraction(1), ())]}
+    for layer in range(probs.shape[0]):
+        candidates: dict[int, list] = {}
+        for source, prefixes in beams.items():
+            for d, step in enumerate(DIRECTIONS):
+                if not mask[layer, source, d]:
+                    continue
+                zeros, factor = _factor(probs[layer, source, d])
+                target = source + step
+                candidates.setdefault(target, []).extend(
+                    (z + zeros, product * factor, path + (target,))
+                    for z, product, path in prefixes)
+        beams = {level: sorted(entries, key=_rank)[:k] for level, entries in candidates.items()}
+    return sorted((e for entries in beams.values() for e in entries), key=_rank)[:k]
+
+
+def decode_network_path(probs) -> list[int]:
+    """The most probable valid network path (Viterbi; SPEC section 4, paper section 3.3).
+
+    probs: (L, 4, 3), `probs[l, s, d]` the normalised probability that node (l - 1, s) moves
+    in direction d (0: to level s - 1, 1: stay, 2: to level s + 1) into layer l; for l = 0 the
+    source is the stem at level 0. Entries of transitions that do not exist must be 0.
+    Returns the level of every layer. Equal to exhaustive search over all valid paths, ties
+    broken as described in the module docstring.
+    """
+    return list(_k_best(_check_probs(probs), 1)[0][2])
+
+
+def top_k_paths(probs, k: int) -> list[tuple[list[int], float]]:
+    """The k most probable valid paths, best first, as (levels, probability).
+
+    Exact (k-best Viterbi, same order as `decode_network_path`, whose path comes first).
+    Fewer than k entries when fewer valid paths exist.
+    """
+    if k < 0:
+        raise ValueError(f"k must be >= 0, got {k}")
+    if k == 0:
+        return []
+    return [(list(path), 0.0 if zeros else float(product))
+            for zeros, product, path in _k_best(_check_probs(probs), k)]
+
+
+def _check_path(path, num_layers: int) -> list[int]:
+    path = [int(level) for level in path]
+    previous = STEM_LEVEL
+    if len(path) != num_layers:
+        raise ValueError(f"path has {len(path)} layers, probs has {num_layers}")
+    for layer, level in enumerate(path):
+        if level - previous not in DIRECTIONS or not 0 <= level < NUM_LEVELS:
+            raise ValueError(f"path {path} is not a valid network path (layer {layer})")
+        previous = level
+    return path
+
+
+def path_probability(probs, path) -> float:
+    """Probability of one valid path: the product of its transition probabilities."""
+    probs = _check_probs(probs)
+    product = Fraction(1)
+    previous = STEM_LEVEL
+    for layer, level in enumerate(_check_path(path, probs.shape[0])):
+        product *= Fraction(float(probs[layer, previous, DIRECTIONS.index(level - previous)]))
+        previous = level
+    return float(product)
+
+
+# --- cell ----------------------------------------------------------------------------------
+
+def steps_for_edges(num_cell_edges: int) -> int:
+    """Inverse of `num_edges`: blocks in a cell with that many edges; ValueError if none."""
+    steps = 1
+    while num_edges(steps) < num_cell_edges:
+        steps += 1
+    if num_edges(steps) != num_cell_edges:
+        raise ValueError(f"{num_cell_edges} edges is not 2 + 3 + ... + (steps + 1) for any steps")
+    return steps
+
+
+def decode_cell(weights) -> list[list[tuple[int, str]]]:
+    """Per block the two inputs whose strongest non-`none` operation weighs most (SPEC 4).
+
+    weights: (E, 8) softmaxed alphas, edges numbered block by block, inputs in index order
+    (`cell_edges`). Returns per block `[(input_index, operation), (input_index, operation)]`
+    in input-index order; `none` is never chosen. Ties go to the lower input index and the
+    lower operation index.
+    """
+    weights = np.asarray(weights, dtype=np.float64)
+    if weights.ndim != 2 or weights.shape[1] != len(PRIMITIVES):
+        raise ValueError(f"weights must have shape (E, {len(PRIMITIVES)}), got {weights.shape}")
+    if not np.isfinite(weights).all():
+        raise ValueError("weights must be finite")
+    steps = steps_for_edges(weights.shape[0])
+    # `none` can carry most weight on an edge (DARTS' known failure); it is never a choice.
+    real = weights.copy()
+    real[:, NONE_INDEX] = -np.inf
+    best_op = real.argmax(axis=1)  # first maximum: lower operation index wins ties
+    strength = real.max(axis=1)
+    cell = []
+    for block in range(steps):
+        start = edge_offset(block)
+        inputs = sorted(range(2 + block), key=lambda i: (-strength[start + i], i))
+        kept = sorted(inputs[:INPUTS_PER_BLOCK])
+        cell.append([(i, PRIMITIVES[best_op[start + i]]) for i in kept])
+    return cell
+
+
+# --- raw parameters -> genotype --------------------------------------------------------------
+
+def _to_numpy(x) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def arch_probabilities(alphas, betas) -> tuple[np.ndarray, np.ndarray]:
+    """Raw alphas (E, 8) and betas (L, 4, 3) -> (cell weights (E, 8), path probs (L, 4, 3)).
+
+    Uses the project's one normalisation of each (`modeling/search_space.py`, paper Eq. 7).
+    Accepts numpy arrays or tensors; returns numpy arrays.
+    """
+    alphas, betas = _to_numpy(alphas), _to_numpy(betas)
+    if alphas.ndim != 2 or alphas.shape[1] != len(PRIMITIVES):
+        raise ValueError(f"alphas must have shape (E, {len(PRIMITIVES)}), got {alphas.shape}")
+    if betas.ndim != 3 or betas.shape[1:] != (NUM_LEVELS, len(DIRECTIONS)):
+        raise ValueError(f"betas must have shape (L, {NUM_LEVELS}, {len(DIRECTIONS)}), "
+                         f"got {betas.shape}")
+    weights = normalize_alphas(torch.from_numpy(np.ascontiguousarray(alphas)))
+    probs = normalize_betas(torch.from_numpy(np.ascontiguousarray(betas)),
+                            torch.from_numpy(transition_mask(betas.shape[0])))
+    return weights.numpy(), probs.numpy()
+
+
+def genotype_from_arch(alphas, betas) -> Genotype:
+    """Decode raw alphas (E, 8) and betas (L, 4, 3) into a `Genotype` (SPEC section 4)."""
+    weights, probs = arch_probabilities(alphas, betas)
+    return Genotype(network_path=tuple(decode_network_path(probs)),
+                    cell=tuple(tuple(pairs) for pairs in decode_cell(weights)))
+
+
+# --- reading a search checkpoint -------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SearchArchitecture:
+    """What decode needs from a search checkpoint: raw parameters and the supernet's shape."""
+
+    path: Path
+    alphas: np.ndarray  # (E, 8) raw logits
+    betas: np.ndarray  # (L, 4, 3) raw logits
+    model_args: dict
+    epoch: int | None = None
+    global_step: int | None = None
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.model_args["num_layers"])
+
+    @property
+    def steps(self) -> int:
+        return int(self.model_args["steps"])
+
+
+_NOT_SEARCH_FIX = "decode needs the checkpoint.pth.tar of train_autodeeplab.py"
+
+
+def _param_array(path: Path, model: dict, name: str) -> np.ndarray:
+    value = model[name]
+    if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+        raise UserError(f"checkpoint {path} has {name} of type {type(value).__name__}, not a "
+                        f"float tensor; {_NOT_SEARCH_FIX}")
+    value = value.detach().cpu()
+    if value.dtype not in (torch.float32, torch.float64):
+        value = value.float()  # numpy has no bfloat16
+    array = value.numpy()
+    if not np.isfinite(array).all():
+        raise UserError(f"checkpoint {path} has non-finite {name} (the search diverged); "
+                        f"decode the checkpoint of an earlier epoch")
+    return array
+
+
+def load_search_architecture(path: str | os.PathLike) -> SearchArchitecture:
+    """Read alphas, betas and model_args from a search checkpoint on the CPU.
+
+    Any checkpoint of train_autodeeplab.py works (any epoch's, or best.pth.tar). Every
+    problem (missing, truncated, another kind, no alphas/betas, shapes that disagree with
+    model_args) is a UserError naming the file.
+    """
+    path = Path(path)
+    try:
+        state = load_checkpoint(path)
+    except (IndexError, KeyError, TypeError, AttributeError, UnicodeDecodeError,
+            OverflowError) as err:
+        # Unpickling arbitrary bytes (a text file, say) fails with these too, and
+        # load_checkpoint lets them through; they still mean "not a checkpoint".
+        first = (str(err).strip().splitlines() or [""])[0][:200]
+        raise UserError(f"checkpoint {path} cannot be read (not a PyTorch checkpoint: "
+                        f"{type(err).__name__}: {first})") from err
+    if state["kind"] != SEARCH_KIND:
+        raise UserError(f"checkpoint {path} is a {state['kind']!r} checkpoint, not a search "
+                        f"checkpoint; {_NOT_SEARCH_FIX}")
+    if state.get("version") != SEARCH_CHECKPOINT_VERSION:
+        raise UserError(f"checkpoint {path} has version {state.get('version')!r}; this decode "
+                        f"reads version {SEARCH_CHECKPOINT_VERSION}")
+    model = state.get("model")
+    missing = [name for name in ("alphas", "betas")
+               if not isinstance(model, dict) or name not in model]
+    if missing:
+        raise UserError(f"{path} is not a search checkpoint: no {'/'.join(missing)}; "
+                        f"{_NOT_SEARCH_FIX}")
+    model_args = state.get("model_args")
+    required = ("num_layers", "steps")
+    if not isinstance(model_args, dict) or any(key not in model_args for key in required):
+        raise UserError(f"checkpoint {path} has no model_args with num_layers and steps; "
+                        f"{_NOT_SEARCH_FIX}")
+    alphas = _param_array(path, model, "alphas")
+    betas = _param_array(path, model, "betas")
+    num_layers, steps = int(model_args["num_layers"]), int(model_args["steps"])
+    expected_alphas = (num_edges(steps), len(PRIMITIVES))
+    expected_betas = (num_layers, NUM_LEVELS, len(DIRECTIONS))
+    if alphas.shape != expected_alphas or betas.shape != expected_betas:
+        raise UserError(f"checkpoint {path} has alphas {tuple(alphas.shape)} and betas "
+                        f"{tuple(betas.shape)}, but its model_args (num_layers={num_layers}, "
+                        f"steps={steps}) need {expected_alphas} and {expected_betas}")
+    return SearchArchitecture(path=path, alphas=alphas, betas=betas, model_args=dict(model_args),
+                              epoch=state.get("epoch"), global_step=state.get("global_step"))
+
+
+# --- readable report -------------------------------------------------------------------------
+
+def _strides(path) -> str:
+    return " ".join(f"{level_stride(level):>2}" for level in path)
+
+
+def format_summary(genotype: Genotype, weights: np.ndarray, probs: np.ndarray,
+                   top_paths: list[tuple[list[int], float]]) -> str:
+    """Readable report of a decoded architecture: path as strides, cell, path probabilities.
+
+    weights, probs: the normalised parameters (`arch_probabilities`); top_paths: the output
+    of `top_k_paths`, whose first entry is the decoded path.
+    """
+    path = list(genotype.network_path)
+    lines = [
+        f"network path, output stride per layer 1..{genotype.num_layers} (stem at 4):",
+        f"  {_strides(path)}",
+        f"  levels {path}, probability {path_probability(probs, path):.4g}",
+        "cell, per block: input operation (weight of that operation on that edge):",
+    ]
+    for block, pairs in enumerate(genotype.cell):
+        parts = [f"{input_name(inp):>7} {op:<16}"
+                 f"({weights[edge_offset(block) + inp, PRIMITIVES.index(op)]:.3f})"
+                 for inp, op in pairs]
+        lines.append(f"  block {block + 1}: " + "   ".join(parts))
+    others = [(p, prob) for p, prob in top_paths if p != path]
+    if others:
+        lines.append("next best paths (output strides, probability):")
+        for rank, (other, prob) in enumerate(others, start=2):
+            lines.append(f"  {rank:>2}. {_strides(other)}   {prob:.4g}")
+    return "\n".join(lines)
