@@ -127,3 +127,25 @@ def test_existing_run_folder_is_not_overwritten(tmp_path):
     res = cli(*TINY, "--epochs", "1", "--max-samples", "8", "--out-dir", str(out))
     assert res.returncode == 2 and "already holds a search" in res.stderr
     assert (out / "checkpoint.pth.tar").read_bytes() == before
+
+
+def test_decode_of_a_real_search_checkpoint(tmp_path):
+    """Search, then decode_autodeeplab.py on its checkpoint: files agree with the supernet."""
+    import numpy as np
+
+    from modeling.genotypes import Genotype
+
+    out = run_search(tmp_path, "--epochs", "2", "--alpha-epoch", "0", "--max-samples", "8",
+                     "--no-val")
+    res = subprocess.run([sys.executable, "decode_autodeeplab.py", "--resume",
+                          str(out / "checkpoint.pth.tar")], cwd=REPO, capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    state = torch.load(out / "checkpoint.pth.tar", weights_only=True)
+    decoded = Genotype.load(out / "genotype.json")
+    assert decoded.to_json()["network_path"] == state["genotype"]["network_path"]
+    assert decoded.to_json()["cell"] == state["genotype"]["cell"]
+    assert decoded.num_layers == 3 and decoded.steps == 2
+    path = np.load(out / "network_path.npy")
+    assert path.tolist() == list(decoded.network_path)
+    assert (out / "architecture.png").read_bytes()[:4] == b"\x89PNG"

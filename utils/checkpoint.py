@@ -27,6 +27,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
     try:
         write(tmp)
         with open(tmp, "rb+") as f:
@@ -35,6 +36,12 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
@@ -58,8 +65,8 @@ def load_checkpoint(path: str | os.PathLike, kind: str | None = None) -> dict:
         raise UserError(f"checkpoint {path} does not exist; pass the path of a checkpoint.pth.tar")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile,
-            pickle.UnpicklingError) as err:
+    except (RuntimeError, EOFError, OSError, ValueError, IndexError, KeyError,
+            zipfile.BadZipFile, pickle.UnpicklingError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"checkpoint {path} cannot be read (truncated or not a PyTorch "
                         f"checkpoint: {first[:200]})") from err
