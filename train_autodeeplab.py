@@ -9,12 +9,12 @@ from __future__ import annotations
 import logging
 import math
 import sys
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 from torch.utils.data import Subset
 
+from config_utils.common import merge_resume_args
 from config_utils.search_args import (ARCH_KEYS, RESUME_SAFE_KEYS, explicit_keys,
                                       get_args_parser, resolve_defaults)
 from dataloaders import IGNORE_INDEX, build_dataset, build_loader, dataset_info, derive_seed
@@ -24,40 +24,13 @@ from modeling.supernet import AutoDeepLabSearch, SupernetConfig, arch_entropy
 from utils.checkpoint import SEARCH_KIND, load_checkpoint, save_checkpoint, write_json
 from utils.errors import UserError, exit_on_user_error
 from utils.lr_scheduler import cosine_schedule
-from utils.run import (MetricsCSV, args_to_json, default_run_dir, rng_state, seed_everything,
+from utils.run import (MetricsCSV, args_to_json, prepare_run_dir, rng_state, seed_everything,
                        select_device, set_rng_state, setup_logging)
 
 log = logging.getLogger("search")
 CHECKPOINT_VERSION = 1
 # Seed streams of the two loaders, so A and B never share shuffles or augmentations.
 STREAM_A, STREAM_B, STREAM_VAL = 1, 2, 3
-
-
-def merge_resume_args(args, saved: dict, explicit: set[str]):
-    """The checkpoint's flags, except those the user gave again that may safely change.
-
-    A different dataset or supernet shape is an error; other differing flags are reported and
-    the checkpoint's values kept.
-    """
-    for key in sorted(explicit):
-        if key not in saved or saved[key] == getattr(args, key):
-            continue
-        if key in ARCH_KEYS:
-            flag = "--" + key.replace("_", "-")
-            raise UserError(f"{flag} {getattr(args, key)} differs from the checkpoint's "
-                            f"{saved[key]}; drop {flag} to resume, or start a new run")
-        if key not in RESUME_SAFE_KEYS:
-            log.warning("ignoring --%s %s on resume: the checkpoint's value %s is kept",
-                        key.replace("_", "-"), getattr(args, key), saved[key])
-    merged = dict(saved)
-    for key in explicit & set(RESUME_SAFE_KEYS):
-        merged[key] = getattr(args, key)
-    merged["resume"] = args.resume
-    merged.setdefault("stop_after_epochs", None)
-    merged["stop_after_epochs"] = args.stop_after_epochs
-    for key, value in merged.items():
-        setattr(args, key, value)
-    return args
 
 
 def check_args(args) -> None:
@@ -75,16 +48,6 @@ def check_args(args) -> None:
                         f"{args.steps}; a cell concatenates at most all of its blocks")
     if args.alpha_epoch < 0:
         raise UserError(f"--alpha-epoch must be >= 0, got {args.alpha_epoch}")
-
-
-def prepare_out_dir(args) -> Path:
-    out_dir = Path(args.out_dir) if args.out_dir else (
-        Path(args.resume).parent if args.resume else default_run_dir(args.dataset, "search"))
-    if not args.resume and (out_dir / "checkpoint.pth.tar").exists():
-        raise UserError(f"run folder {out_dir} already holds a search; pass --resume "
-                        f"{out_dir / 'checkpoint.pth.tar'} to continue it, or a new --out-dir")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    return out_dir
 
 
 def build_data(args, device, split=None):
@@ -126,7 +89,9 @@ def main(args):
     checkpoint = None
     if args.resume:
         checkpoint = load_checkpoint(args.resume, kind=SEARCH_KIND)
-        args = merge_resume_args(args, checkpoint["args"], explicit)
+        args = merge_resume_args(args, checkpoint["args"], explicit, fixed_keys=ARCH_KEYS,
+                                 safe_keys=RESUME_SAFE_KEYS,
+                                 current_keys=("resume", "stop_after_epochs"))
     args = resolve_defaults(args)
     check_args(args)
     seed_everything(args.seed)
@@ -135,7 +100,7 @@ def main(args):
     # Data problems are found before the run folder is made, so a typo leaves no debris.
     info, split, loader_a, loader_b, val_loader = build_data(
         args, device, checkpoint["split"] if checkpoint else None)
-    out_dir = prepare_out_dir(args)
+    out_dir = prepare_run_dir(args.out_dir, args.resume, args.dataset, "search")
     args.out_dir = str(out_dir)
     setup_logging(out_dir / "search.log")
     log.info("command: %s", " ".join(sys.argv))

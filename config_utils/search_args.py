@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import argparse
 
+from config_utils import common
+from config_utils.common import fill_defaults
+
 # Paper defaults (SPEC section 3) for real datasets; a CPU-sized search for synthetic data.
 PAPER_DEFAULTS = dict(
     epochs=40, batch_size=2, crop_size=321, resize=None, lr=0.025, min_lr=0.001, momentum=0.9,
@@ -98,14 +101,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
     """Fill every flag left at None with its default for `args.dataset`."""
-    table = DATASET_DEFAULTS.get(args.dataset, PAPER_DEFAULTS)
-    for key, value in table.items():
-        if getattr(args, key, None) is None:
-            setattr(args, key, value)
-    return args
+    return fill_defaults(args, DATASET_DEFAULTS.get(args.dataset, PAPER_DEFAULTS))
 
 
 def explicit_keys(args: argparse.Namespace) -> set[str]:
     """The flags the user actually gave (before `resolve_defaults`)."""
-    parser_defaults = vars(get_args_parser().parse_args([]))
-    return {k for k, v in vars(args).items() if v != parser_defaults.get(k)}
+    return common.explicit_keys(args, get_args_parser())

@@ -86,6 +86,19 @@ def default_run_dir(dataset: str, stage: str) -> Path:
     return Path("run") / dataset / f"{stage}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+def prepare_run_dir(out_dir: str | None, resume: str | None, dataset: str, stage: str) -> Path:
+    """The run folder, made if needed: `out_dir`, else the folder of the `resume` checkpoint,
+    else a new `default_run_dir`. A fresh run refuses a folder that already holds a
+    checkpoint, so nothing is overwritten by accident."""
+    path = Path(out_dir) if out_dir else (
+        Path(resume).parent if resume else default_run_dir(dataset, stage))
+    if not resume and (path / "checkpoint.pth.tar").exists():
+        raise UserError(f"run folder {path} already holds a {stage} run; pass --resume "
+                        f"{path / 'checkpoint.pth.tar'} to continue it, or a new --out-dir")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def args_to_json(args: argparse.Namespace) -> dict:
     """The flags as JSON-able values (paths and tuples become strings and lists)."""
     out = {}
@@ -112,15 +125,16 @@ class MetricsCSV:
                 writer.writeheader()
             writer.writerow(row)
 
-    def truncate_after(self, epoch: int) -> None:
-        """Drop rows of epochs after `epoch` (rows a killed run wrote past its checkpoint)."""
+    def truncate_after(self, epoch: int, key: str = "epoch") -> None:
+        """Drop rows whose `key` column exceeds `epoch` (rows a killed run wrote past its
+        checkpoint); `key` may name another counter, e.g. "step"."""
         if not self.path.exists():
             return
         with open(self.path, newline="") as f:
             rows = list(csv.DictReader(f))
         if not rows:
             return
-        keep = [r for r in rows if int(r["epoch"]) <= epoch]
+        keep = [r for r in rows if int(r[key]) <= epoch]
         with open(self.path, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
             writer.writeheader()
