@@ -1,0 +1,288 @@
+"""Retrain an Auto-DeepLab architecture from scratch (SPEC section 5).
+
+    python train.py --arch autodeeplab-s --dataset cityscapes --summary
+    python train.py --dataset synthetic --genotype RUN/genotype.json
+    python train.py --dataset camvid --data-root DIR --arch autodeeplab-s
+    torchrun --nproc_per_node=4 train.py --dataset camvid --data-root DIR --genotype G.json
+    python train.py --resume RUN/checkpoint.pth.tar [--eval-only [--eval-scales ...] [--flip]]
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+import warnings
+from contextlib import nullcontext
+from functools import partial
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DistributedSampler, Subset
+
+from config_utils.common import merge_resume_args
+from config_utils.train_args import (ARCH_KEYS, CURRENT_KEYS, RESUME_SAFE_KEYS, explicit_keys,
+                                     get_args_parser, resolve_defaults)
+from dataloaders import build_dataset, build_loader, dataset_info, derive_seed
+from engine.retrain import (build_criterion, evaluate, export_onnx, format_metrics,
+                            init_distributed, resolve_genotype, train_steps)
+from engine.search import NonFiniteLoss
+from modeling.retrain_net import AutoDeepLab, RetrainConfig
+from utils.checkpoint import RETRAIN_KIND, load_checkpoint, save_checkpoint, write_json
+from utils.errors import UserError, exit_on_user_error
+from utils.flops import count_parameters, multi_adds
+from utils.lr_scheduler import poly_schedule
+from utils.run import (MetricsCSV, args_to_json, prepare_run_dir, rng_state, seed_everything,
+                       select_device, set_rng_state, setup_logging)
+
+log = logging.getLogger("retrain")
+CHECKPOINT_VERSION = 1
+STREAM_TRAIN, STREAM_VAL = 1, 3
+# Class counts of the paper's datasets, so that --summary works before their loaders exist.
+PAPER_NUM_CLASSES = {"cityscapes": 19, "pascal": 21, "ade20k": 150}
+
+
+def num_classes_for_summary(dataset: str) -> int:
+    """Classes of a registered dataset, else of one of the paper's datasets."""
+    try:
+        return dataset_info(dataset).num_classes
+    except UserError:
+        if dataset in PAPER_NUM_CLASSES:
+            return PAPER_NUM_CLASSES[dataset]
+        raise
+
+
+def check_args(args) -> None:
+    """One-line errors for values that cannot work."""
+    for key in ("batch_size", "crop_size", "filter_multiplier", "eval_interval", "iters"):
+        if getattr(args, key) is not None and getattr(args, key) <= 0:
+            raise UserError(f"--{key.replace('_', '-')} must be positive, got {getattr(args, key)}")
+    if args.epochs is not None and args.epochs <= 0:
+        raise UserError(f"--epochs must be positive, got {args.epochs}")
+    if args.batch_size < 2 and not args.eval_only:
+        raise UserError("--batch-size must be at least 2: batch norm in the ASPP image pooling "
+                        "needs two values per channel")
+    if not 0 < args.drop_path_keep_prob <= 1:
+        raise UserError(f"--drop-path-keep-prob must be in (0, 1], got {args.drop_path_keep_prob}")
+    if args.warmup_iters < 0:
+        raise UserError(f"--warmup-iters must be >= 0, got {args.warmup_iters}")
+    if any(s <= 0 for s in args.eval_scales):
+        raise UserError(f"--eval-scales must be positive, got {list(args.eval_scales)}")
+    if args.eval_only and not args.resume:
+        raise UserError("--eval-only needs --resume CHECKPOINT, the model to evaluate")
+
+
+def model_config(args, num_classes: int) -> RetrainConfig:
+    """The model the flags describe (architecture source, F, block multiplier)."""
+    genotype = resolve_genotype(args)
+    block_multiplier = args.block_multiplier or genotype.steps
+    if not 1 <= block_multiplier <= genotype.steps:
+        raise UserError(f"--block-multiplier {block_multiplier} must be 1..{genotype.steps}, "
+                        f"the cell's number of blocks")
+    return RetrainConfig(num_classes=num_classes, genotype=genotype,
+                         filter_multiplier=args.filter_multiplier,
+                         block_multiplier=block_multiplier)
+
+
+def summary(config: RetrainConfig, input_size, arch: str | None) -> dict:
+    """Parameters and Multi-Adds (FlopCounterMode FLOPs / 2, meta device) of the model."""
+    with torch.device("meta"):
+        model = AutoDeepLab(config)
+    params = count_parameters(model)
+    ops = multi_adds(model, tuple(input_size))
+    return {"arch": arch, "params": params, "params_m": round(params / 1e6, 3),
+            "multi_adds": ops, "multi_adds_g": round(ops / 1e9, 2), "input": list(input_size),
+            "filter_multiplier": config.filter_multiplier, "num_classes": config.num_classes,
+            "network_path": list(config.genotype.network_path)}
+
+
+def amp_context(args, device):
+    """(autocast factory, GradScaler): bf16/fp16 autocast on CUDA only."""
+    enabled = args.amp and device.type == "cuda"
+    if args.amp and not enabled:
+        warnings.warn("--amp needs CUDA; training in float32 on the CPU", stacklevel=2)
+    dtype = torch.bfloat16 if args.amp_dtype == "bf16" else torch.float16
+    autocast = partial(torch.autocast, device_type=device.type, dtype=dtype) if enabled \
+        else nullcontext
+    scaler = torch.amp.GradScaler("cuda", enabled=enabled and dtype == torch.float16)
+    return autocast, scaler
+
+
+def build_data(args, device, dist_info):
+    """Train loader (DistributedSampler when distributed) and val loader (this rank's share)."""
+    common = dict(data_root=args.data_root, crop_size=args.crop_size, resize=args.resize,
+                  seed=args.seed, max_samples=args.max_samples)
+    train_loader = None
+    if not args.eval_only:
+        train_set = build_dataset(args.dataset, "train", train=True, **common)
+        sampler = DistributedSampler(train_set, dist_info.world_size, dist_info.rank,
+                                     shuffle=True, seed=args.seed, drop_last=True) \
+            if dist_info.distributed else None
+        train_loader = build_loader(train_set, batch_size=args.batch_size, shuffle=True,
+                                    workers=args.workers, device=device, drop_last=True,
+                                    seed=derive_seed(args.seed, STREAM_TRAIN), sampler=sampler)
+    val_loader = None
+    if args.eval_only or not args.no_val:
+        val_set = build_dataset(args.dataset, args.split if args.eval_only else "val",
+                                train=False, **common)
+        # Every rank takes every world_size-th image: no padding, so summed counts are exact.
+        shard = Subset(val_set, list(range(dist_info.rank, len(val_set), dist_info.world_size)))
+        val_loader = build_loader(shard, batch_size=1, shuffle=False, workers=args.workers,
+                                  device=device, drop_last=False,
+                                  seed=derive_seed(args.seed, STREAM_VAL))
+    return train_loader, val_loader
+
+
+@exit_on_user_error
+def main(args):
+    dist_info, dist_device = init_distributed(args.local_rank, args.device)
+    try:
+        return run(args, dist_info, dist_device)
+    finally:
+        if dist_info.distributed:
+            torch.distributed.destroy_process_group()
+
+
+def run(args, dist_info, dist_device):
+    explicit = explicit_keys(args)
+    checkpoint = None
+    if args.resume:
+        checkpoint = load_checkpoint(args.resume, kind=RETRAIN_KIND)
+        args = merge_resume_args(args, checkpoint["args"], explicit, fixed_keys=ARCH_KEYS,
+                                 safe_keys=RESUME_SAFE_KEYS, current_keys=CURRENT_KEYS)
+    args = resolve_defaults(args)
+    if args.summary:
+        config = RetrainConfig.from_dict(checkpoint["model_args"]) if checkpoint \
+            else model_config(args, num_classes_for_summary(args.dataset))
+        if dist_info.is_main:
+            print(json.dumps(summary(config, args.summary_size, args.arch)))
+        return None
+    info = dataset_info(args.dataset)
+    config = RetrainConfig.from_dict(checkpoint["model_args"]) if checkpoint \
+        else model_config(args, info.num_classes)
+    check_args(args)
+    seed_everything(args.seed)
+    device = dist_device or select_device(args.device)
+    show = dist_info.is_main
+    if args.export_onnx:
+        model = AutoDeepLab(config).eval()
+        if checkpoint:
+            model.load_state_dict(checkpoint["model"])
+        export_onnx(model, args.export_onnx, args.crop_size)
+        return None
+    train_loader, val_loader = build_data(args, device, dist_info)
+    if args.epochs is not None and not args.eval_only:
+        args.iters = args.epochs * len(train_loader)
+    out_dir = None
+    if dist_info.is_main and not args.eval_only:
+        out_dir = prepare_run_dir(args.out_dir, args.resume, args.dataset, "retrain")
+        args.out_dir = str(out_dir)
+        setup_logging(out_dir / "train.log")
+    else:
+        setup_logging(None, logging.INFO if show else logging.WARNING)
+    log.info("command: %s", " ".join(sys.argv))
+
+    model_without_ddp = AutoDeepLab(config).to(device)
+    model = model_without_ddp
+    if dist_info.distributed:
+        if device.type == "cuda":
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            model_without_ddp = model
+        model = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    autocast, scaler = amp_context(args, device)
+    eval_kwargs = dict(crop=args.crop_size, scales=tuple(args.eval_scales), flip=args.flip,
+                       autocast=autocast, show_progress=show)
+    if args.eval_only:
+        model_without_ddp.load_state_dict(checkpoint["model"])
+        metrics = format_metrics(evaluate(model_without_ddp, val_loader, info.num_classes,
+                                          device, **eval_kwargs), info.class_names)
+        metrics.update(checkpoint=str(args.resume), split=args.split,
+                       scales=list(args.eval_scales), flip=args.flip)
+        if dist_info.is_main:
+            print(json.dumps(metrics))
+            write_json(metrics, Path(args.resume).parent / f"eval_{args.split}.json")
+        return metrics
+
+    log.info("model: path %s, F=%d, %.2fM parameters; %d iterations of batch %d x %d "
+             "processes, device %s", list(config.genotype.network_path),
+             config.filter_multiplier, count_parameters(model_without_ddp) / 1e6, args.iters,
+             args.batch_size, dist_info.world_size, device)
+    criterion = build_criterion(args.loss, batch_size=args.batch_size, thresh=args.ohem_thresh,
+                                min_kept=args.ohem_min_kept)
+    optimizer = torch.optim.SGD(model_without_ddp.parameters(), lr=args.lr,
+                                momentum=args.momentum, weight_decay=args.weight_decay)
+    scheduler = poly_schedule(optimizer, args.iters, args.power, args.warmup_iters)
+    step, best_miou = 0, -math.inf
+    if checkpoint is not None:
+        model_without_ddp.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        scaler.load_state_dict(checkpoint["scaler"])
+        step, best_miou = checkpoint["step"], checkpoint["best_miou"]
+        set_rng_state(checkpoint["rng"])
+        log.info("resumed from %s at iteration %d", args.resume, step)
+
+    writer = metrics_csv = None
+    if out_dir is not None:
+        from tensorboardX import SummaryWriter
+
+        write_json(args_to_json(args), out_dir / "args.json")
+        writer = SummaryWriter(str(out_dir))
+        metrics_csv = MetricsCSV(out_dir / "metrics.csv")
+        metrics_csv.truncate_after(step, key="step")
+    last_step = args.iters if args.stop_after_iters is None else min(
+        args.iters, step + args.stop_after_iters)
+    while step < last_step:
+        end = min(last_step, (step // args.eval_interval + 1) * args.eval_interval)
+        try:
+            result = train_steps(model, criterion, optimizer, scheduler, scaler, train_loader,
+                                 step=step, end_step=end, total_steps=args.iters,
+                                 device=device, autocast=autocast,
+                                 drop_path_keep_prob=args.drop_path_keep_prob,
+                                 model_without_ddp=model_without_ddp, writer=writer,
+                                 show_progress=show)
+        except NonFiniteLoss as err:
+            raise UserError(f"{err}; stopped (lower --lr or check the data)") from err
+        step = result.step
+        metrics = None
+        if val_loader is not None and (step % args.eval_interval == 0 or step == args.iters):
+            metrics = evaluate(model_without_ddp, val_loader, info.num_classes, device,
+                               **eval_kwargs)
+        miou = metrics["miou"] if metrics else float("nan")
+        is_best = metrics is not None and miou > best_miou
+        best_miou = max(best_miou, miou) if metrics else best_miou
+        epoch = step / len(train_loader)
+        log.info("iteration %d/%d (epoch %.2f): loss %.4f, lr %.5f, val mIoU %.4f, %.1fs",
+                 step, args.iters, epoch, result.loss, optimizer.param_groups[0]["lr"], miou,
+                 result.seconds)
+        if out_dir is None:
+            continue
+        metrics_csv.append({"step": step, "epoch": round(epoch, 3), "train_loss": result.loss,
+                            "lr": optimizer.param_groups[0]["lr"], "val_miou": miou,
+                            "val_pixel_acc": metrics["pixel_acc"] if metrics else "",
+                            "seconds": result.seconds})
+        writer.add_scalar("train/interval_loss", result.loss, step)
+        if metrics:
+            writer.add_scalar("val/mIoU", miou, step)
+            writer.add_scalar("val/pixel_acc", metrics["pixel_acc"], step)
+        writer.flush()
+        state = {"kind": RETRAIN_KIND, "version": CHECKPOINT_VERSION,
+                 "model": model_without_ddp.state_dict(), "model_args": config.to_dict(),
+                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                 "scaler": scaler.state_dict(), "epoch": step // len(train_loader),
+                 "step": step, "args": args_to_json(args), "genotype": config.genotype.to_json(),
+                 "dataset": args.dataset, "best_miou": best_miou, "metrics": metrics,
+                 "rng": rng_state()}
+        save_checkpoint(state, out_dir / "checkpoint.pth.tar")
+        if is_best:
+            save_checkpoint(state, out_dir / "best.pth.tar")
+    if writer is not None:
+        writer.close()
+        log.info("retrain done: %s (best val mIoU %.4f)", out_dir, best_miou)
+    return out_dir
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())
