@@ -52,6 +52,21 @@ class Architect:
         return loss.item()
 
 
+def weight_step(model, criterion, optimizer, weights, images, targets, grad_clip: float) -> float:
+    """One SGD step of the weights on an A batch; gradients of nothing else. Returns the loss.
+
+    A non-finite loss skips the update (the caller stops the run)."""
+    loss = criterion(model(images), targets)
+    if not torch.isfinite(loss):
+        return loss.item()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward(inputs=weights)
+    if grad_clip > 0:
+        nn.utils.clip_grad_norm_(weights, grad_clip)
+    optimizer.step()
+    return loss.item()
+
+
 @dataclass
 class EpochResult:
     train_loss: float
@@ -101,17 +116,13 @@ def train_one_epoch(model, criterion, weight_optimizer, scheduler, architect, lo
     for images, targets in bar:
         images = images.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
-        loss = criterion(model(images), targets)
-        if not torch.isfinite(loss):
-            raise NonFiniteLoss(f"weight loss is {loss.item()} at iteration {global_step} "
+        loss = weight_step(model, criterion, weight_optimizer, weights, images, targets,
+                           grad_clip)
+        if not math.isfinite(loss):
+            raise NonFiniteLoss(f"weight loss is {loss} at iteration {global_step} "
                                 f"(epoch {epoch})")
-        weight_optimizer.zero_grad(set_to_none=True)
-        loss.backward(inputs=weights)
-        if grad_clip > 0:
-            nn.utils.clip_grad_norm_(weights, grad_clip)
-        weight_optimizer.step()
         scheduler.step()
-        loss_sum += loss.item()
+        loss_sum += loss
         n += 1
         postfix = {"loss": f"{loss_sum / n:.3f}"}
         if arch_active:
@@ -125,7 +136,7 @@ def train_one_epoch(model, criterion, weight_optimizer, scheduler, architect, lo
             arch_steps += 1
             postfix["arch"] = f"{arch_sum / arch_steps:.3f}"
         if writer is not None:
-            writer.add_scalar("train/loss", loss.item(), global_step)
+            writer.add_scalar("train/loss", loss, global_step)
             writer.add_scalar("train/lr", weight_optimizer.param_groups[0]["lr"], global_step)
         global_step += 1
         bar.set_postfix(postfix)
