@@ -40,8 +40,9 @@ class Architect:
         self.model = model
         self.criterion = criterion
         self.arch_params = model.arch_parameters()
-        self.optimizer = torch.optim.Adam(self.arch_params, lr=lr, betas=(0.5, 0.999),
-                                          weight_decay=weight_decay)
+        # The paper gives Adam's lr and weight decay only; its moment decays are Adam's own
+        # defaults (DARTS' 0.5 for the first moment is not in Auto-DeepLab's text).
+        self.optimizer = torch.optim.Adam(self.arch_params, lr=lr, weight_decay=weight_decay)
 
     def step(self, images: torch.Tensor, targets: torch.Tensor) -> float:
         """One Adam step of alphas and betas on a B batch; gradients of nothing else."""
