@@ -149,3 +149,14 @@ def test_decode_of_a_real_search_checkpoint(tmp_path):
     path = np.load(out / "network_path.npy")
     assert path.tolist() == list(decoded.network_path)
     assert (out / "architecture.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_search_runs_on_real_camvid(tmp_path, camvid_root):
+    out = run_search(tmp_path, "--dataset", "camvid", "--data-root", str(camvid_root),
+                     "--resize", "48", "--epochs", "1", "--alpha-epoch", "0",
+                     "--max-samples", "4")
+    state = torch.load(out / "checkpoint.pth.tar", weights_only=True)
+    assert state["model_args"]["num_classes"] == 11
+    assert state["split"]["num_train"] == 4
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert 0.0 <= float(rows[0]["val_miou"]) <= 1.0
