@@ -54,7 +54,8 @@ def build_data(args, device, split=None):
     """Train set with its A/B split and loaders, and the validation loader (or None)."""
     common = dict(data_root=args.data_root, crop_size=args.crop_size, resize=args.resize,
                   seed=args.seed, max_samples=args.max_samples)
-    train_set = build_dataset(args.dataset, "train", train=True, **common)
+    train_set = build_dataset(args.dataset, "train", train=True, num_samples=args.num_samples,
+                              image_size=args.image_size, **common)
     if split is None:
         if len(train_set) < 2 * args.batch_size:
             raise UserError(f"the train split has {len(train_set)} images; halves A and B need "
@@ -74,7 +75,8 @@ def build_data(args, device, split=None):
                             seed=derive_seed(args.seed, STREAM_B), **loader_args)
     val_loader = None
     if not args.no_val:
-        val_set = build_dataset(args.dataset, "val", train=False, **common)
+        val_set = build_dataset(args.dataset, "val", train=False, image_size=args.image_size,
+                                **common)
         val_loader = build_loader(val_set, batch_size=1, shuffle=False, workers=args.workers,
                                   device=device, drop_last=False,
                                   seed=derive_seed(args.seed, STREAM_VAL))

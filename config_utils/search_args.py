@@ -50,6 +50,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "(default: 512 for cityscapes, none otherwise)")
     g.add_argument("--batch-size", type=int, default=None, help="images per step " + dflt("batch_size"))
     g.add_argument("--workers", type=int, default=None, help="DataLoader workers " + dflt("workers"))
+    g.add_argument("--num-samples", type=int, default=None,
+                   help="synthetic only: generated training images (default: 64; 16 for val)")
+    g.add_argument("--image-size", type=int, nargs=2, default=None, metavar=("H", "W"),
+                   help="synthetic only: generated image size (default: 96 96)")
     g.add_argument("--max-samples", type=int, default=None,
                    help="use only the first N training and validation images (quick runs)")
 

@@ -223,3 +223,31 @@ def build(
     return SyntheticSegmentation(
         split, num_samples=num_samples, image_size=image_size, seed=seed, transform=transform
     )
+
+
+def export_samples(out_dir, *, split: str = "val", count: int = 4, seed: int = 0,
+                   image_size: tuple[int, int] | None = None) -> list:
+    """Write `count` generated images as `<split>_NNN.png` (and their labels as
+    `<split>_NNN_label.png`) to `out_dir`: files to try predict.py on. Returns the image paths."""
+    from pathlib import Path
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dataset = SyntheticSegmentation(split, num_samples=count, seed=seed, transform=None,
+                                    image_size=image_size or DEFAULT_IMAGE_SIZE)
+    paths = []
+    for i in range(count):
+        image, mask = dataset.load(i)
+        paths.append(out / f"{split}_{i:03d}.png")
+        image.save(paths[-1])
+        mask.save(out / f"{split}_{i:03d}_label.png")
+    return paths
+
+
+if __name__ == "__main__":
+    from config_utils.synthetic_args import get_args_parser
+
+    _args = get_args_parser().parse_args()
+    for _path in export_samples(_args.out_dir, split=_args.split, count=_args.count,
+                                seed=_args.seed, image_size=_args.image_size):
+        print(_path)

@@ -1,0 +1,19 @@
+"""Command line of `python -m dataloaders.datasets.synthetic` (write generated images)."""
+from __future__ import annotations
+
+import argparse
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description="Write images of the synthetic dataset (and their labels) as PNG files, "
+                    "e.g. to try predict.py on.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--out-dir", required=True, help="folder to write the PNG files to")
+    p.add_argument("--split", default="val", choices=("train", "val", "test"),
+                   help="which split's images")
+    p.add_argument("--count", type=int, default=4, help="how many images")
+    p.add_argument("--seed", type=int, default=0, help="dataset seed (as --seed of the scripts)")
+    p.add_argument("--image-size", type=int, nargs=2, default=None, metavar=("H", "W"),
+                   help="image height and width (default: the dataset's, 96 x 96)")
+    return p
