@@ -25,7 +25,7 @@ from config_utils.common import merge_resume_args
 from config_utils.train_args import (ARCH_KEYS, CURRENT_KEYS, RESUME_SAFE_KEYS, explicit_keys,
                                      get_args_parser, resolve_defaults)
 from dataloaders import build_dataset, build_loader, dataset_info, derive_seed
-from engine.retrain import (build_criterion, evaluate, export_onnx, format_metrics,
+from engine.retrain import (build_criterion, check_replicas_in_sync, evaluate, export_onnx, format_metrics,
                             init_distributed, resolve_genotype, train_steps)
 from engine.search import NonFiniteLoss
 from modeling.retrain_net import AutoDeepLab, RetrainConfig
@@ -246,6 +246,10 @@ def run(args, dist_info, dist_device):
         except NonFiniteLoss as err:
             raise UserError(f"{err}; stopped (lower --lr or check the data)") from err
         step = result.step
+        if dist_info.distributed:
+            checksum = check_replicas_in_sync(model_without_ddp)
+            log.info("weights identical on all %d processes (checksum %.6f)",
+                     dist_info.world_size, checksum)
         metrics = None
         if val_loader is not None and (step % args.eval_interval == 0 or step == args.iters):
             metrics = evaluate(model_without_ddp, val_loader, info.num_classes, device,

@@ -161,6 +161,26 @@ def init_distributed(local_rank_flag: int | None, device_name: str | None) -> tu
     return DistInfo(rank, world_size, local_rank), device
 
 
+def check_replicas_in_sync(model: nn.Module) -> float:
+    """All-gather a float64 checksum of every parameter; raise if processes differ.
+
+    DDP keeps parameters identical by construction; this catches what would silently break it
+    (a rank-dependent op, a parameter left out of the gradient all-reduce). BN running
+    statistics are left out: without SyncBatchNorm (CPU) each process updates them from its
+    own batches, and DDP re-broadcasts rank 0's before every forward; rank 0's are saved.
+    """
+    with torch.no_grad():
+        local = torch.stack([p.detach().double().sum() for p in model.parameters()]).cpu()
+    if dist.is_available() and dist.is_initialized():
+        gathered = [torch.zeros_like(local) for _ in range(dist.get_world_size())]
+        dist.all_gather(gathered, local)
+        for rank, other in enumerate(gathered):
+            if not torch.equal(other, local):
+                raise RuntimeError(f"model replicas diverged: rank {rank} differs from rank "
+                                   f"{dist.get_rank()}")
+    return local.sum().item()
+
+
 # --- training ---------------------------------------------------------------------------------
 
 @dataclass

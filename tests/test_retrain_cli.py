@@ -1,0 +1,156 @@
+"""train.py and predict.py end to end on tiny settings: training, resume, eval, errors, DDP."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import predict
+import train
+from config_utils.train_args import get_args_parser
+from modeling.genotypes import GENOTYPES, Genotype
+from modeling.retrain_net import AutoDeepLab
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--dataset", "synthetic", "--filter-multiplier", "2", "--crop-size", "32",
+        "--batch-size", "2", "--workers", "0", "--max-samples", "4", "--warmup-iters", "1"]
+SHORT_PATH = (0, 1, 1)
+ENV = dict(os.environ, OMP_NUM_THREADS="1")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def genotype_file(tmp_path):
+    path = tmp_path / "genotype.json"
+    Genotype(SHORT_PATH, GENOTYPES["autodeeplab"].cell).save(path)
+    return path
+
+
+def run_train(*argv):
+    return train.main(get_args_parser().parse_args([*TINY, *map(str, argv)]))
+
+
+def cli(script, *argv, timeout=120):
+    return subprocess.run([sys.executable, script, *map(str, argv)], cwd=REPO, env=ENV,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_train_writes_a_self_describing_run(tmp_path, genotype_file):
+    out = run_train("--genotype", genotype_file, "--iters", "4", "--eval-interval", "2",
+                    "--out-dir", tmp_path / "run")
+    for name in ("args.json", "metrics.csv", "train.log", "checkpoint.pth.tar", "best.pth.tar"):
+        assert (out / name).is_file(), name
+    assert any(p.name.startswith("events.out.tfevents") for p in out.iterdir())
+    state = torch.load(out / "checkpoint.pth.tar", weights_only=True)
+    assert state["kind"] == "autodeeplab-retrain" and state["step"] == 4
+    assert {"optimizer", "scheduler", "scaler", "epoch", "args", "genotype"} <= set(state)
+    assert state["genotype"]["network_path"] == list(SHORT_PATH)
+    # The file alone rebuilds the model.
+    model = AutoDeepLab.from_model_args(state["model_args"])
+    model.load_state_dict(state["model"])
+    assert len((out / "metrics.csv").read_text().splitlines()) == 3
+
+
+def test_resume_equals_uninterrupted(tmp_path, genotype_file):
+    common = ["--genotype", genotype_file, "--iters", "6", "--eval-interval", "2", "--no-val",
+              "--drop-path-keep-prob", "0.8"]
+    full = run_train(*common, "--out-dir", tmp_path / "full")
+    run_train(*common, "--out-dir", tmp_path / "part", "--stop-after-iters", "3")
+    part = train.main(get_args_parser().parse_args(
+        ["--resume", str(tmp_path / "part/checkpoint.pth.tar")]))
+    a = torch.load(full / "checkpoint.pth.tar", weights_only=True)
+    b = torch.load(part / "checkpoint.pth.tar", weights_only=True)
+    assert b["step"] == 6
+    for key, value in a["model"].items():
+        assert torch.allclose(value.float(), b["model"][key].float(), atol=1e-6), key
+
+
+def test_eval_only_and_predict(tmp_path, genotype_file):
+    out = run_train("--genotype", genotype_file, "--iters", "2", "--eval-interval", "2",
+                    "--out-dir", tmp_path / "run")
+    metrics = train.main(get_args_parser().parse_args(
+        ["--resume", str(out / "checkpoint.pth.tar"), "--eval-only", "--eval-scales", "0.5",
+         "1.0", "--flip"]))
+    assert 0 <= metrics["miou"] <= 1 and len(metrics["per_class_iou"]) == 6
+    assert json.loads((out / "eval_val.json").read_text())["flip"] is True
+
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(np.zeros((45, 71, 3), np.uint8)).save(images / "a.png")
+    Image.fromarray(np.full((20, 30, 3), 200, np.uint8)).save(images / "b.jpg")
+    predict.main(predict.get_args_parser().parse_args(
+        ["--checkpoint", str(out / "best.pth.tar"), "--input", str(images),
+         "--out-dir", str(tmp_path / "pred")]))
+    mask = Image.open(tmp_path / "pred/a_mask.png")
+    assert mask.size == (71, 45) and mask.mode == "P"
+    assert Image.open(tmp_path / "pred/a_overlay.png").size == (71, 45)
+    assert Image.open(tmp_path / "pred/b_mask.png").size == (30, 20)
+
+
+def test_summary_prints_one_json_line():
+    res = cli("train.py", "--arch", "autodeeplab-s", "--dataset", "cityscapes", "--summary",
+              "--summary-size", "64", "128")
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.strip().splitlines()
+    assert len(lines) == 1
+    summary = json.loads(lines[0])
+    assert summary["params"] == 10147427 and summary["input"] == [64, 128]
+    assert summary["multi_adds_g"] > 0
+
+
+@pytest.mark.parametrize("make, flags, message", [
+    (lambda d: (d / "g.json").write_text("{not json"), ["--genotype", "{d}/g.json"],
+     "not valid JSON"),
+    (lambda d: (d / "g.json").write_text('{"format": "autodeeplab-genotype", "version": 1, '
+                                         '"network_path": [0, 3], "cell": []}'),
+     ["--genotype", "{d}/g.json"], "jumps from level 0 to 3"),
+    (lambda d: None, ["--genotype", "{d}/missing.json"], "does not exist"),
+    (lambda d: np.save(d / "p.npy", np.zeros((2, 2), np.int64)),
+     ["--network-path", "{d}/p.npy"], "network_path array must be 1-D"),
+    (lambda d: np.save(d / "s.npy", np.zeros((3, 4), np.float32)),
+     ["--net-arch", "{d}/s.npy", "--cell-arch", "{d}/s.npy"], "must have shape (L, 4, 3)"),
+    (lambda d: None, [], "no architecture given"),
+    (lambda d: None, ["--arch", "autodeeplab-s", "--genotype", "x"], "pass only one"),
+])
+def test_user_errors_are_one_line(tmp_path, make, flags, message):
+    make(tmp_path)
+    res = cli("train.py", "--summary", *[f.format(d=tmp_path) for f in flags])
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+
+
+def test_network_path_array_takes_the_papers_cell(tmp_path):
+    np.save(tmp_path / "network_path.npy", np.array(SHORT_PATH, np.int64))
+    res = cli("train.py", "--summary", "--summary-size", "32", "32", "--network-path",
+              tmp_path / "network_path.npy")
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["network_path"] == list(SHORT_PATH)
+
+
+def test_torchrun_two_processes_stay_in_sync(tmp_path, genotype_file):
+    res = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+         "--standalone", "train.py", *TINY, "--genotype", str(genotype_file), "--iters",
+         "3", "--eval-interval", "3", "--out-dir", str(tmp_path / "ddp"), "--device", "cpu"],
+        cwd=REPO, env=ENV,
+        capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    state = torch.load(tmp_path / "ddp/checkpoint.pth.tar", weights_only=True)
+    assert state["step"] == 3 and state["args"]["batch_size"] == 2
+    # Every rank all-gathers a checksum of its weights and buffers and fails on a mismatch.
+    log = (tmp_path / "ddp/train.log").read_text()
+    assert "weights identical on all 2 processes" in log
+    assert len(list((tmp_path / "ddp").glob("events.out.tfevents*"))) == 1  # rank 0 only
