@@ -25,8 +25,8 @@ from config_utils.common import merge_resume_args
 from config_utils.train_args import (ARCH_KEYS, CURRENT_KEYS, RESUME_SAFE_KEYS, explicit_keys,
                                      get_args_parser, resolve_defaults)
 from dataloaders import build_dataset, build_loader, dataset_info, derive_seed
-from engine.retrain import (build_criterion, check_replicas_in_sync, evaluate, export_onnx, format_metrics,
-                            init_distributed, resolve_genotype, train_steps)
+from engine.retrain import (build_criterion, check_replicas_in_sync, evaluate, export_onnx,
+                            format_metrics, init_distributed, resolve_genotype, train_steps)
 from engine.search import NonFiniteLoss
 from modeling.retrain_net import AutoDeepLab, RetrainConfig
 from utils.checkpoint import RETRAIN_KIND, load_checkpoint, save_checkpoint, write_json
@@ -112,7 +112,7 @@ def amp_context(args, device):
 def build_data(args, device, dist_info):
     """Train loader (DistributedSampler when distributed) and val loader (this rank's share)."""
     common = dict(data_root=args.data_root, crop_size=args.crop_size, resize=args.resize,
-                  seed=args.seed, max_samples=args.max_samples)
+                  seed=args.seed, max_samples=args.max_samples, use_sbd=args.use_sbd)
     train_loader = None
     if not args.eval_only:
         train_set = build_dataset(args.dataset, "train", train=True, **common)
@@ -152,11 +152,16 @@ def run(args, dist_info, dist_device):
         args = merge_resume_args(args, checkpoint["args"], explicit, fixed_keys=ARCH_KEYS,
                                  safe_keys=RESUME_SAFE_KEYS, current_keys=CURRENT_KEYS)
     args = resolve_defaults(args)
-    if args.summary:
+    if args.summary or args.export_onnx:  # neither needs data
         config = RetrainConfig.from_dict(checkpoint["model_args"]) if checkpoint \
             else model_config(args, num_classes_for_summary(args.dataset))
-        if dist_info.is_main:
+        if args.summary and dist_info.is_main:
             print(json.dumps(summary(config, args.summary_size, args.arch)))
+        elif args.export_onnx and dist_info.is_main:
+            model = AutoDeepLab(config)
+            if checkpoint:
+                model.load_state_dict(checkpoint["model"])
+            export_onnx(model, args.export_onnx, args.crop_size)
         return None
     info = dataset_info(args.dataset)
     config = RetrainConfig.from_dict(checkpoint["model_args"]) if checkpoint \
@@ -165,12 +170,6 @@ def run(args, dist_info, dist_device):
     seed_everything(args.seed)
     device = dist_device or select_device(args.device)
     show = dist_info.is_main
-    if args.export_onnx:
-        model = AutoDeepLab(config).eval()
-        if checkpoint:
-            model.load_state_dict(checkpoint["model"])
-        export_onnx(model, args.export_onnx, args.crop_size)
-        return None
     train_loader, val_loader = build_data(args, device, dist_info)
     if args.epochs is not None and not args.eval_only:
         args.iters = args.epochs * len(train_loader)

@@ -84,6 +84,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="DataLoader workers per process " + dflt("workers"))
     g.add_argument("--max-samples", type=int, default=None,
                    help="use only the first N training and validation images (quick runs)")
+    g.add_argument("--use-sbd", action="store_true",
+                   help="pascal only: add the SBD images to the train split (trainaug)")
 
     g = p.add_argument_group("optimisation")
     g.add_argument("--iters", type=int, default=None,
@@ -140,7 +142,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--summary-size", type=int, nargs=2, default=(1024, 2048),
                    metavar=("H", "W"), help="input size that --summary counts Multi-Adds at")
     g.add_argument("--export-onnx", default=None, metavar="PATH",
-                   help="write the model (of --resume, else freshly built) as ONNX and exit")
+                   help="write the model (of --resume, else freshly built) as ONNX for "
+                        "--crop-size images and exit (needs the onnx package)")
     # torch.distributed.launch passes --local-rank (new) or --local_rank (old); torchrun
     # sets the LOCAL_RANK environment variable instead, which wins when present.
     g.add_argument("--local-rank", "--local_rank", dest="local_rank", type=int, default=None,

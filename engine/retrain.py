@@ -63,9 +63,9 @@ def resolve_genotype(args) -> Genotype:
     --net-arch and --network-path take their cell from --cell-arch or, for --network-path
     only, the paper's cell. Every problem is a one-line UserError naming the flag.
     """
-    sources = [flag for flag, value in (("--genotype", args.genotype), ("--net-arch", args.net_arch),
-                                        ("--network-path", args.network_path),
-                                        ("--arch", args.arch)) if value is not None]
+    given = (("--genotype", args.genotype), ("--net-arch", args.net_arch),
+             ("--network-path", args.network_path), ("--arch", args.arch))
+    sources = [flag for flag, value in given if value is not None]
     if not sources:
         raise UserError("no architecture given; pass --genotype RUN/genotype.json (from "
                         "decode_autodeeplab.py), --net-arch/--network-path with --cell-arch, "
@@ -144,7 +144,8 @@ class DistInfo:
         return self.rank == 0
 
 
-def init_distributed(local_rank_flag: int | None, device_name: str | None) -> tuple[DistInfo, torch.device]:
+def init_distributed(local_rank_flag: int | None,
+                     device_name: str | None) -> tuple[DistInfo, torch.device | None]:
     """Join the process group when WORLD_SIZE > 1 (NCCL on CUDA, gloo on CPU)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
@@ -313,17 +314,20 @@ def format_metrics(metrics: dict, class_names) -> dict:
                                                              metrics["per_class_iou"])}}
 
 
-def export_onnx(model: nn.Module, path: str | os.PathLike, crop: int) -> None:
-    """Write `model` (eval mode) as ONNX with dynamic batch and image size."""
+def export_onnx(model: nn.Module, path: str | os.PathLike, size: int) -> None:
+    """Write `model` (eval mode) as ONNX for size x size images, any batch size.
+
+    The TorchScript exporter (needs only `onnx`) traces the network at this size: the
+    resize decisions between levels are shape-dependent, so export at the size you deploy.
+    """
     try:
         import onnx  # noqa: F401  (torch.onnx.export needs it)
     except ImportError as err:
         raise UserError("--export-onnx needs the onnx package: pip install onnx") from err
-    images = torch.zeros(1, 3, crop, crop)
-    dynamic = {0: "batch", 2: "height", 3: "width"}
+    images = torch.zeros(1, 3, size, size)
     torch.onnx.export(model.eval(), (images,), str(path), input_names=["images"],
-                      output_names=["logits"], dynamic_axes={"images": dynamic,
-                                                             "logits": dynamic})
+                      output_names=["logits"], dynamo=False,
+                      dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
     log.info("wrote %s", path)
 
 

@@ -154,3 +154,11 @@ def test_torchrun_two_processes_stay_in_sync(tmp_path, genotype_file):
     log = (tmp_path / "ddp/train.log").read_text()
     assert "weights identical on all 2 processes" in log
     assert len(list((tmp_path / "ddp").glob("events.out.tfevents*"))) == 1  # rank 0 only
+
+
+def test_export_onnx(tmp_path, genotype_file):
+    pytest.importorskip("onnx")
+    res = cli("train.py", "--genotype", genotype_file, "--filter-multiplier", "2",
+              "--crop-size", "32", "--export-onnx", tmp_path / "model.onnx")
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "model.onnx").stat().st_size > 0
