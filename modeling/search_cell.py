@@ -81,28 +81,20 @@ class SharedSourceOps(nn.Module):
         self.max_pool_bn = AffineFreeBN(groups * c)
         self.avg_pool_bn = AffineFreeBN(groups * c)
 
-    def _per_group(self, weight: torch.Tensor) -> torch.Tensor:
-        # The same weights serve every group (incoming state): repeat the small tensor,
-        # never the activations.
-        return weight if self.groups == 1 else weight.repeat(self.groups, 1, 1, 1)
+    def _bn(self, name: str, y: torch.Tensor, n: int) -> torch.Tensor:
+        # (N*G, k*C, H, W) is the same memory as (N, G*k*C, H, W): one BN call, per-(group,
+        # edge) statistics.
+        return getattr(self, name)(y.view(n, -1, *y.shape[-2:])).view(y.shape)
 
-    def _sep_conv(self, r_rep, name, size):
-        pad = (size - 1) // 2
-        wide, per_edge = r_rep.shape[1], self.groups * self.num_edges
-        y = F.conv2d(r_rep, self._per_group(getattr(self, f"{name}_dw1")), padding=pad,
-                     groups=wide)
-        y = F.conv2d(y, self._per_group(getattr(self, f"{name}_pw1")), groups=per_edge)
-        y = F.relu(getattr(self, f"{name}_bn1")(y))
-        y = F.conv2d(y, self._per_group(getattr(self, f"{name}_dw2")), padding=pad,
-                     groups=wide)
-        y = F.conv2d(y, self._per_group(getattr(self, f"{name}_pw2")), groups=per_edge)
-        return getattr(self, f"{name}_bn2")(y)
-
-    def _atrous_conv(self, r, name, size):
-        pad = ATROUS_DILATION * (size - 1) // 2
-        y = F.conv2d(r, self._per_group(getattr(self, name)), padding=pad,
-                     dilation=ATROUS_DILATION, groups=self.groups)
-        return getattr(self, f"{name}_bn")(y)
+    def _sep_conv(self, r_rep, name, n):
+        per_edge = self.num_edges
+        wide = r_rep.shape[1]
+        y = same_conv(r_rep, getattr(self, f"{name}_dw1"), 1, wide)
+        y = same_conv(y, getattr(self, f"{name}_pw1"), 1, per_edge)
+        y = F.relu(self._bn(f"{name}_bn1", y, n))
+        y = same_conv(y, getattr(self, f"{name}_dw2"), 1, wide)
+        y = same_conv(y, getattr(self, f"{name}_pw2"), 1, per_edge)
+        return self._bn(f"{name}_bn2", y, n)
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """x: (N, G*C, H, W); weights: (k, len(PRIMITIVES)) normalised alphas of the edges.
@@ -111,20 +103,23 @@ class SharedSourceOps(nn.Module):
         """
         n, _, h, w = x.shape
         g, k, c = self.groups, self.num_edges, self.channels
-        r = F.relu(x)  # shared by all four convolution types of all k edges
-        r_rep = r.view(n, g, 1, c, h, w).expand(n, g, k, c, h, w).reshape(n, g * k * c, h, w)
+        # Groups (incoming states) fold into the batch: every group uses the same weights, and
+        # (N, G*C) is the same memory as (N*G, C), so no weight is repeated and nothing copied.
+        r = F.relu(x).view(n * g, c, h, w)  # shared by all four convolution types of all edges
+        r_rep = r.unsqueeze(1).expand(n * g, k, c, h, w).reshape(n * g, k * c, h, w)
 
         def edge_weight(name):  # (1, 1, k, 1, 1, 1)
             return weights[:, OP[name]].view(1, 1, k, 1, 1, 1)
 
-        out = self._sep_conv(r_rep, "sep_conv_3x3", 3).view(n, g, k, c, h, w) \
-            * edge_weight("sep_conv_3x3")
-        out = out + self._sep_conv(r_rep, "sep_conv_5x5", 5).view(n, g, k, c, h, w) \
+        def per_edge(y):
+            return y.view(n, g, k, c, h, w)
+
+        out = per_edge(self._sep_conv(r_rep, "sep_conv_3x3", n)) * edge_weight("sep_conv_3x3")
+        out = out + per_edge(self._sep_conv(r_rep, "sep_conv_5x5", n)) \
             * edge_weight("sep_conv_5x5")
-        out = out + self._atrous_conv(r, "atrous_conv_3x3", 3).view(n, g, k, c, h, w) \
-            * edge_weight("atrous_conv_3x3")
-        out = out + self._atrous_conv(r, "atrous_conv_5x5", 5).view(n, g, k, c, h, w) \
-            * edge_weight("atrous_conv_5x5")
+        for name in ("atrous_conv_3x3", "atrous_conv_5x5"):
+            y = same_conv(r, getattr(self, name), ATROUS_DILATION, 1)  # (N*G, k*C, H, W)
+            out = out + per_edge(self._bn(f"{name}_bn", y, n)) * edge_weight(name)
         # Parameter-free operations: one tensor for all k edges, broadcast over them.
         max_pool = self.max_pool_bn(F.max_pool2d(x, 3, 1, 1))
         avg_pool = self.avg_pool_bn(F.avg_pool2d(x, 3, 1, 1, count_include_pad=False))
@@ -132,6 +127,23 @@ class SharedSourceOps(nn.Module):
         out = out + avg_pool.view(n, g, 1, c, h, w) * edge_weight("avg_pool_3x3")
         out = out + x.view(n, g, 1, c, h, w) * edge_weight("skip_connect")
         return out
+
+
+def same_conv(x: torch.Tensor, weight: torch.Tensor, dilation: int, groups: int) -> torch.Tensor:
+    """A stride-1 'same' convolution that skips the kernel taps which can only read padding.
+
+    A tap at offset o reads position p + o, outside the input for every p once |o| >= size; on
+    coarse levels of small crops (2 x 2 at stride 32 of a 64 crop) a dilated 5x5 then reduces
+    to its centre. Exact: the skipped taps multiply zeros, and their gradient is zero too.
+    """
+    kh, kw = weight.shape[-2:]
+    h, w = x.shape[-2:]
+    ch, cw = (kh - 1) // 2, (kw - 1) // 2
+    rh, rw = min(ch, (h - 1) // dilation), min(cw, (w - 1) // dilation)
+    if rh < ch or rw < cw:
+        weight = weight[:, :, ch - rh:ch + rh + 1, cw - rw:cw + rw + 1]
+    return F.conv2d(x, weight, padding=(dilation * rh, dilation * rw), dilation=dilation,
+                    groups=groups)
 
 
 class SearchCell(nn.Module):
