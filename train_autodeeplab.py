@@ -53,7 +53,7 @@ def check_args(args) -> None:
 def build_data(args, device, split=None):
     """Train set with its A/B split and loaders, and the validation loader (or None)."""
     common = dict(data_root=args.data_root, crop_size=args.crop_size, resize=args.resize,
-                  seed=args.seed, max_samples=args.max_samples)
+                  seed=args.seed, max_samples=args.max_samples, use_sbd=args.use_sbd)
     train_set = build_dataset(args.dataset, "train", train=True, num_samples=args.num_samples,
                               image_size=args.image_size, **common)
     if split is None:

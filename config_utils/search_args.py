@@ -56,6 +56,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="synthetic only: generated image size (default: 96 96)")
     g.add_argument("--max-samples", type=int, default=None,
                    help="use only the first N training and validation images (quick runs)")
+    g.add_argument("--use-sbd", action="store_true",
+                   help="pascal only: add the SBD images to the train split (trainaug)")
 
     g = p.add_argument_group("supernet")
     g.add_argument("--filter-multiplier", type=int, default=None,

@@ -13,6 +13,7 @@ so that a run resumed at epoch k sees exactly the batches an uninterrupted run w
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -40,12 +41,36 @@ class DatasetInfo:
     std: tuple[float, float, float]
 
 
+# Where each real dataset is found when --data-root is not given, and what that folder holds.
+ROOT_VARIABLES = {
+    "ade20k": "AUTODEEPLAB_ADE20K",
+    "camvid": "AUTODEEPLAB_CAMVID",
+    "cityscapes": "AUTODEEPLAB_CITYSCAPES",
+    "coco": "AUTODEEPLAB_COCO",
+    "pascal": "AUTODEEPLAB_PASCAL",
+}
+_ROOT_CONTENTS = {
+    "ade20k": "ADEChallengeData2016/",
+    "camvid": "train/ and trainannot/",
+    "cityscapes": "leftImg8bit/ and gtFine/",
+    "coco": "annotations/ and train2017/",
+    "pascal": "VOCdevkit/VOC2012/",
+}
+
+
 def _registry() -> dict:
     # Imported here, not at the top: the dataset modules import IGNORE_INDEX and DatasetInfo
     # from this package, which must be fully defined first.
-    from dataloaders.datasets import camvid, synthetic
+    from dataloaders.datasets import ade20k, camvid, cityscapes, coco, pascal, synthetic
 
-    return {"synthetic": synthetic, "camvid": camvid}
+    return {
+        "synthetic": synthetic,
+        "camvid": camvid,
+        "cityscapes": cityscapes,
+        "pascal": pascal,
+        "coco": coco,
+        "ade20k": ade20k,
+    }
 
 
 def dataset_names() -> tuple[str, ...]:
@@ -80,6 +105,7 @@ def build_dataset(
     image_size: tuple[int, int] | None = None,
     seed: int = 0,
     max_samples: int | None = None,
+    use_sbd: bool = False,
 ) -> Dataset:
     """Build split ``split`` ('train' | 'val' | 'test') of dataset ``name``.
 
@@ -87,7 +113,9 @@ def build_dataset(
     ``resize``, random scale in ``scale_range``, pad, random ``crop_size`` crop, random flip);
     ``train=False`` keeps the whole image (after the optional resize). ``num_samples`` and
     ``image_size`` (height, width) only concern 'synthetic', ``data_root`` only real datasets.
-    ``max_samples`` keeps the first N samples, for quick runs.
+    ``max_samples`` keeps the first N samples, for quick runs. Without ``data_root`` a real
+    dataset is looked for in its environment variable (``ROOT_VARIABLES``). ``use_sbd`` only
+    concerns 'pascal': it adds the SBD images to the train split.
     """
     module = _module(name)
     if split not in SPLITS:
@@ -103,6 +131,18 @@ def build_dataset(
         )
     if max_samples is not None and max_samples <= 0:
         raise UserError(f"max samples must be positive, got {max_samples}; fix --max-samples")
+    options = {}
+    if use_sbd:
+        if name != "pascal":
+            raise UserError(f"--use-sbd only applies to --dataset pascal, not {name}; drop it")
+        options["use_sbd"] = True
+    if data_root is None and name in ROOT_VARIABLES:
+        data_root = os.environ.get(ROOT_VARIABLES[name]) or None
+        if data_root is None:
+            raise UserError(
+                f"dataset {name} needs its files: pass --data-root or set "
+                f"{ROOT_VARIABLES[name]} to the folder holding {_ROOT_CONTENTS[name]}"
+            )
     return module.build(
         split,
         data_root=data_root,
@@ -114,6 +154,7 @@ def build_dataset(
         image_size=image_size,
         seed=seed,
         max_samples=max_samples,
+        **options,
     )
 
 
