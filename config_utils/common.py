@@ -50,3 +50,30 @@ def merge_resume_args(args: argparse.Namespace, saved: dict, explicit: set[str],
     for key, value in merged.items():
         setattr(args, key, value)
     return args
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends a flag's default to its help, unless there is none or the help already says it
+    (flags whose default depends on --dataset say so themselves)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default is None or "default:" in text:
+            return text
+        return super()._get_help_string(action)
+
+
+def dataset_default_help(paper: dict, synthetic: dict):
+    """`help_for(key)` -> "(default: P for real datasets, S for synthetic)"."""
+
+    def help_for(key: str) -> str:
+        return f"(default: {paper[key]} for real datasets, {synthetic[key]} for synthetic)"
+
+    return help_for
+
+
+def dataset_help() -> str:
+    """Help of --dataset: the registered names."""
+    from dataloaders import dataset_names
+
+    return "dataset name: " + ", ".join(dataset_names()) + " (synthetic is generated, no files)"

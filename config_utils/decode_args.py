@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from config_utils.common import HelpFormatter
+
 DEFAULT_TOP_K = 5
 
 
@@ -18,7 +20,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Decode a search checkpoint into genotype.json, the seed's .npy arrays and "
                     "architecture.png, and print a summary (SPEC sections 1 and 4).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     parser.add_argument("--resume", required=True, metavar="CHECKPOINT",
                         help="search checkpoint of train_autodeeplab.py (any epoch's "
                              "checkpoint.pth.tar or best.pth.tar)")

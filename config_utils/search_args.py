@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 
 from config_utils import common
-from config_utils.common import fill_defaults
+from config_utils.common import (HelpFormatter, dataset_default_help, dataset_help,
+                                   fill_defaults)
 
 # Paper defaults (SPEC section 3) for real datasets; a CPU-sized search for synthetic data.
 PAPER_DEFAULTS = dict(
@@ -32,16 +33,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description="Auto-DeepLab architecture search: a supernet with cell-level alphas and "
                     "network-level betas, trained bilevel on two halves of the training set.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     d = PAPER_DEFAULTS
     syn = DATASET_DEFAULTS["synthetic"]
 
-    def dflt(key):
-        return f"(default: {d[key]} for real datasets, {syn[key]} for synthetic)"
+    dflt = dataset_default_help(d, syn)
 
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default="synthetic",
-                   help="dataset name: synthetic (generated, no files) or camvid")
+                   help=dataset_help())
     g.add_argument("--data-root", default=None,
                    help="folder of the dataset (not needed for synthetic)")
     g.add_argument("--crop-size", type=int, default=None, help="random crop size " + dflt("crop_size"))

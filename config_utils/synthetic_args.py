@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import argparse
 
+from config_utils.common import HelpFormatter
+
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description="Write images of the synthetic dataset (and their labels) as PNG files, "
                     "e.g. to try predict.py on.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     p.add_argument("--out-dir", required=True, help="folder to write the PNG files to")
     p.add_argument("--split", default="val", choices=("train", "val", "test"),
                    help="which split's images")

@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 
 from config_utils import common
-from config_utils.common import fill_defaults
+from config_utils.common import (HelpFormatter, dataset_default_help, dataset_help,
+                                   fill_defaults)
 from modeling.retrain_net import PAPER_FILTER_MULTIPLIERS
 
 # Paper (SPEC section 5): poly from 0.05, power 0.9, from scratch, crops 769 / 513. The paper
@@ -39,12 +40,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description="Retrain an Auto-DeepLab architecture from scratch (SPEC section 5). "
                     "Distributed: torchrun --nproc_per_node=N train.py ...",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     d = PAPER_DEFAULTS
     syn = DATASET_DEFAULTS["synthetic"]
 
-    def dflt(key):
-        return f"(default: {d[key]} for real datasets, {syn[key]} for synthetic)"
+    dflt = dataset_default_help(d, syn)
 
     g = p.add_argument_group("architecture (give exactly one source)")
     g.add_argument("--genotype", default=None, metavar="JSON",
@@ -71,7 +71,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default="synthetic",
-                   help="dataset name: synthetic (generated, no files) or camvid")
+                   help=dataset_help())
     g.add_argument("--data-root", default=None, help="folder of the dataset (not for synthetic)")
     g.add_argument("--crop-size", type=int, default=None,
                    help="random training crop, and the sliding window of evaluation "
