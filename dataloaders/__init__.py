@@ -8,18 +8,22 @@ order and the loader's generator, from which DataLoader derives every worker's t
 the same seed gives the same batches. To make each *epoch* a function of (seed, epoch) alone,
 so that a run resumed at epoch k sees exactly the batches an uninterrupted run would have seen
 (persistent workers keep their RNG state from epoch to epoch otherwise), call
-``loader.set_epoch(epoch)`` before iterating each epoch.
+``loader.set_epoch(epoch)`` before iterating each epoch. ``set_epoch(epoch, start_batch=k)``
+starts that epoch at its k-th batch without loading the first k: a run resumed mid-epoch
+sees exactly the rest of the epoch (augmentation is seeded per (epoch, sample), so skipping
+samples does not shift the draws of the others).
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
 
 from utils.errors import UserError
 
@@ -171,9 +175,15 @@ def seed_worker(worker_id: int) -> None:
     """
     import random
 
+    import signal
+
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
+    # Ctrl-C and SIGTERM reach the whole process group; the main process turns them into a
+    # checkpoint and a clean exit, which needs its workers alive until then (they end with it).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _segmentation_datasets(dataset) -> Iterator:
@@ -191,6 +201,28 @@ def _segmentation_datasets(dataset) -> Iterator:
             stack.append(ds.dataset)
 
 
+class ResumableSampler(Sampler):
+    """Wraps a sampler; its next pass starts at position ``start`` of the wrapped order.
+
+    The wrapped order is still drawn in full (cheap: indices only), so the samples after
+    ``start`` are the ones an unskipped pass yields there. ``len`` stays the full length.
+    """
+
+    def __init__(self, sampler):
+        self.sampler = sampler
+        self.start = 0
+
+    def __iter__(self):
+        return itertools.islice(iter(self.sampler), self.start, None)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+
 class SeededDataLoader(DataLoader):
     """A DataLoader that remembers its seed and can make an epoch depend on (seed, epoch) only."""
 
@@ -199,13 +231,17 @@ class SeededDataLoader(DataLoader):
         self.seed = seed
         self.order_generator = order_generator
 
-    def set_epoch(self, epoch: int) -> None:
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         """Call before iterating epoch ``epoch``: fixes its order and its augmentations.
 
         Reseeds the shuffle generator, gives the datasets underneath a per-(seed, epoch)
         augmentation seed that the (possibly persistent) workers read from shared memory, and
         forwards to the sampler's ``set_epoch`` (e.g. DistributedSampler) when it has one.
+        The next pass skips the epoch's first ``start_batch`` batches without loading them.
         """
+        if not 0 <= start_batch <= len(self):
+            raise ValueError(f"start_batch {start_batch} outside 0..{len(self)}")
+        self.sampler.start = start_batch * self.batch_size
         if self.order_generator is not None:
             self.order_generator.manual_seed(derive_seed(self.seed, epoch, _ORDER_STREAM))
         self.generator.manual_seed(derive_seed(self.seed, epoch, _AUGMENT_STREAM))
@@ -251,12 +287,14 @@ def build_loader(
         order_generator = torch.Generator()
         order_generator.manual_seed(derive_seed(seed, _ORDER_STREAM))
         sampler = RandomSampler(dataset, generator=order_generator)
+    elif sampler is None:
+        sampler = SequentialSampler(dataset)
     return SeededDataLoader(
         dataset,
         seed=seed,
         order_generator=order_generator,
         batch_size=batch_size,
-        sampler=sampler,
+        sampler=ResumableSampler(sampler),
         num_workers=workers,
         pin_memory=torch.device(device).type == "cuda",
         persistent_workers=workers > 0,

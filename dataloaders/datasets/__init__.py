@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
@@ -31,6 +33,17 @@ class SegmentationDataset(Dataset):
         """Seed augmentation per item from ``seed``; None returns to torch's global RNG."""
         # Kept non-negative and within int64: the value is stored in an int64 tensor.
         self._augmentation_seed.fill_(_UNSET if seed is None else int(seed) % 2**63)
+
+    def twin(self) -> "SegmentationDataset":
+        """A shallow copy with an augmentation seed of its own.
+
+        Two loaders over one dataset (search halves A and B) must not share the seed: each
+        loader's ``set_epoch`` would change the other's augmentations, depending on timing when
+        workers prefetch.
+        """
+        twin = copy.copy(self)
+        twin._augmentation_seed = torch.full((), _UNSET, dtype=torch.int64).share_memory_()
+        return twin
 
     def _item_generator(self, index: int) -> torch.Generator | None:
         seed = int(self._augmentation_seed.item())
