@@ -15,17 +15,18 @@ import torch.nn as nn
 from torch.utils.data import Subset
 
 from config_utils.common import merge_resume_args
-from config_utils.search_args import (ARCH_KEYS, RESUME_SAFE_KEYS, explicit_keys,
+from config_utils.search_args import (ARCH_KEYS, CURRENT_KEYS, RESUME_SAFE_KEYS, explicit_keys,
                                       get_args_parser, resolve_defaults)
 from dataloaders import IGNORE_INDEX, build_dataset, build_loader, dataset_info, derive_seed
-from engine.search import (Architect, BStream, NonFiniteLoss, evaluate, split_train_set,
-                           train_one_epoch)
+from engine.search import (Architect, BStream, EpochProgress, NonFiniteLoss, check_finite,
+                           evaluate, split_train_set, train_one_epoch)
 from modeling.supernet import AutoDeepLabSearch, SupernetConfig, arch_entropy
 from utils.checkpoint import SEARCH_KIND, load_checkpoint, save_checkpoint, write_json
 from utils.errors import UserError, exit_on_user_error
+from utils.interrupt import Interrupted, StopSignals
 from utils.lr_scheduler import cosine_schedule
-from utils.run import (MetricsCSV, args_to_json, prepare_run_dir, rng_state, seed_everything,
-                       select_device, set_rng_state, setup_logging)
+from utils.run import (MetricsCSV, args_to_json, prepare_run_dir, release_run_dir, rng_state,
+                       seed_everything, select_device, set_rng_state, setup_logging)
 
 log = logging.getLogger("search")
 CHECKPOINT_VERSION = 1
@@ -48,6 +49,8 @@ def check_args(args) -> None:
                         f"{args.steps}; a cell concatenates at most all of its blocks")
     if args.alpha_epoch < 0:
         raise UserError(f"--alpha-epoch must be >= 0, got {args.alpha_epoch}")
+    if args.checkpoint_interval < 0:
+        raise UserError(f"--checkpoint-interval must be >= 0, got {args.checkpoint_interval}")
 
 
 def build_data(args, device, split=None):
@@ -71,7 +74,9 @@ def build_data(args, device, split=None):
                        device=device, drop_last=True)
     loader_a = build_loader(Subset(train_set, a_idx.tolist()),
                             seed=derive_seed(args.seed, STREAM_A), **loader_args)
-    loader_b = build_loader(Subset(train_set, b_idx.tolist()),
+    # B gets a twin of the dataset: its own augmentation seed, so that the two loaders'
+    # set_epoch calls never change each other's augmentations.
+    loader_b = build_loader(Subset(train_set.twin(), b_idx.tolist()),
                             seed=derive_seed(args.seed, STREAM_B), **loader_args)
     val_loader = None
     if not args.no_val:
@@ -85,15 +90,46 @@ def build_data(args, device, split=None):
     return train_set.info, split, loader_a, loader_b, val_loader
 
 
+def report_epoch(model, epoch: int, epochs: int, result, metrics: dict | None, lr: float,
+                 metrics_csv: MetricsCSV, writer) -> None:
+    """The epoch's line in the log, its row in metrics.csv, its scalars and figures."""
+    from utils.visualize_arch import alpha_figure, beta_figure
+
+    genotype = model.genotype()
+    alpha_h, beta_h = arch_entropy(model)
+    miou = metrics["miou"] if metrics else float("nan")
+    log.info("epoch %d/%d: loss %.4f, arch loss %.4f, val mIoU %.4f, entropy alpha %.3f "
+             "beta %.3f, %.1fs, path %s", epoch + 1, epochs, result.train_loss,
+             result.arch_loss, miou, alpha_h, beta_h, result.seconds, genotype.network_path)
+    metrics_csv.append({
+        "epoch": epoch + 1, "train_loss": result.train_loss, "arch_loss": result.arch_loss,
+        "lr": lr, "val_miou": miou, "val_pixel_acc": metrics["pixel_acc"] if metrics else "",
+        "val_fwiou": metrics["fwiou"] if metrics else "", "alpha_entropy": alpha_h,
+        "beta_entropy": beta_h, "seconds": result.seconds,
+        "network_path": " ".join(map(str, genotype.network_path))})
+    for tag, value in (("val/mIoU", miou), ("arch/alpha_entropy", alpha_h),
+                       ("arch/beta_entropy", beta_h), ("train/epoch_loss", result.train_loss),
+                       ("train/arch_loss", result.arch_loss)):
+        if math.isfinite(value):  # no val or no arch step this epoch: nothing to plot
+            writer.add_scalar(tag, value, epoch + 1)
+    writer.add_figure("arch/alphas", alpha_figure(
+        model.normalized_alphas().detach().cpu().numpy(), model.config.steps), epoch + 1)
+    writer.add_figure("arch/betas", beta_figure(
+        model.normalized_betas().detach().cpu().numpy()), epoch + 1)
+    writer.flush()
+
+
 @exit_on_user_error
 def main(args):
     explicit = explicit_keys(args)
     checkpoint = None
     if args.resume:
-        checkpoint = load_checkpoint(args.resume, kind=SEARCH_KIND)
+        checkpoint = load_checkpoint(args.resume, kind=SEARCH_KIND, trust=args.trust_checkpoint)
         args = merge_resume_args(args, checkpoint["args"], explicit, fixed_keys=ARCH_KEYS,
-                                 safe_keys=RESUME_SAFE_KEYS,
-                                 current_keys=("resume", "stop_after_epochs"))
+                                 safe_keys=RESUME_SAFE_KEYS, current_keys=CURRENT_KEYS,
+                                 override=args.override)
+    elif args.override:
+        raise UserError("--override only applies with --resume; drop it")
     args = resolve_defaults(args)
     check_args(args)
     seed_everything(args.seed)
@@ -102,13 +138,32 @@ def main(args):
     # Data problems are found before the run folder is made, so a typo leaves no debris.
     info, split, loader_a, loader_b, val_loader = build_data(
         args, device, checkpoint["split"] if checkpoint else None)
+    if checkpoint is not None and checkpoint["model_args"]["num_classes"] != info.num_classes:
+        raise UserError(f"checkpoint {args.resume} was searched with "
+                        f"{checkpoint['model_args']['num_classes']} classes but dataset "
+                        f"{args.dataset} now has {info.num_classes}; start a new run")
     out_dir = prepare_run_dir(args.out_dir, args.resume, args.dataset, "search")
+    try:
+        with StopSignals() as stop:
+            return search(args, checkpoint, out_dir, device, info, split, loader_a, loader_b,
+                          val_loader, stop)
+    except Interrupted as err:
+        log.warning("%s: checkpoint %s written; continue with: python train_autodeeplab.py "
+                    "--resume %s", err, err.checkpoint, err.checkpoint)
+        sys.exit(err.exit_code)
+    finally:
+        release_run_dir(out_dir)
+
+
+def search(args, checkpoint, out_dir, device, info, split, loader_a, loader_b, val_loader, stop):
+    """The search proper, in the prepared run folder `out_dir`."""
     args.out_dir = str(out_dir)
     setup_logging(out_dir / "search.log")
     log.info("command: %s", " ".join(sys.argv))
     log.info("dataset %s: %d classes, A %d / B %d images, %d steps per epoch, device %s",
              args.dataset, info.num_classes, len(split["a"]), len(split["b"]), len(loader_a),
              device)
+    torch.autograd.set_detect_anomaly(args.detect_anomaly)
 
     config = SupernetConfig(num_classes=info.num_classes, num_layers=args.num_layers,
                             filter_multiplier=args.filter_multiplier,
@@ -120,17 +175,21 @@ def main(args):
     scheduler = cosine_schedule(weight_optimizer, args.epochs * len(loader_a), args.min_lr)
     architect = Architect(model, criterion, args.arch_lr, args.arch_weight_decay)
     b_stream = BStream(loader_b)
-    start_epoch, global_step, best_miou = 0, 0, -math.inf
+    start_epoch, global_step, best_miou, progress, metrics = 0, 0, -math.inf, None, None
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
         weight_optimizer.load_state_dict(checkpoint["weight_optimizer"])
         architect.optimizer.load_state_dict(checkpoint["arch_optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
         start_epoch, global_step = checkpoint["epoch"], checkpoint["global_step"]
-        best_miou = checkpoint["best_miou"]
+        best_miou, metrics = checkpoint["best_miou"], checkpoint["metrics"]
         b_stream.passes = checkpoint["b_passes"]
+        b_stream.consumed = checkpoint.get("b_consumed", 0)
+        if checkpoint.get("position"):
+            progress = EpochProgress(**checkpoint["position"])
         set_rng_state(checkpoint["rng"])
-        log.info("resumed from %s at epoch %d (step %d)", args.resume, start_epoch, global_step)
+        log.info("resumed from %s at epoch %d, batch %d (step %d)", args.resume, start_epoch,
+                 progress.batch if progress else 0, global_step)
     n_weights = sum(p.numel() for p in model.weight_parameters())
     log.info("supernet F=%d B=%d steps=%d L=%d: %.2fM weights", config.filter_multiplier,
              config.block_multiplier, config.steps, config.num_layers, n_weights / 1e6)
@@ -138,68 +197,69 @@ def main(args):
 
     from tensorboardX import SummaryWriter
 
-    from utils.visualize_arch import alpha_figure, beta_figure
-
     writer = SummaryWriter(str(out_dir))
     metrics_csv = MetricsCSV(out_dir / "metrics.csv")
     metrics_csv.truncate_after(start_epoch)  # rows past the checkpoint
+    checkpoint_path = out_dir / "checkpoint.pth.tar"
+
+    def state(epochs_done: int, position: EpochProgress | None) -> dict:
+        """Everything a resume needs; `position` is where a mid-epoch checkpoint stands."""
+        return {"kind": SEARCH_KIND, "version": CHECKPOINT_VERSION,
+                "model": model.state_dict(), "model_args": model.model_args(),
+                "weight_optimizer": weight_optimizer.state_dict(),
+                "arch_optimizer": architect.optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "epoch": epochs_done,
+                "position": position.state_dict() if position else None,
+                "global_step": global_step, "b_passes": b_stream.passes,
+                "b_consumed": b_stream.consumed, "split": split, "rng": rng_state(),
+                "args": args_to_json(args), "best_miou": best_miou, "metrics": metrics,
+                "genotype": model.genotype().to_json(), "dataset": args.dataset}
+
+    def after_step(position: EpochProgress, step: int) -> None:
+        nonlocal global_step
+        global_step = step
+        due = args.checkpoint_interval and step % args.checkpoint_interval == 0 \
+            and position.batch < len(loader_a)  # the epoch's end writes its own
+        if due or stop.requested:
+            check_finite(model, step)
+            save_checkpoint(state(epoch, position), checkpoint_path)
+        if stop.requested:
+            raise Interrupted(stop.requested, checkpoint_path)
+
     last_epoch = args.epochs if args.stop_after_epochs is None else min(
         args.epochs, start_epoch + args.stop_after_epochs)
-    for epoch in range(start_epoch, last_epoch):
-        arch_active = epoch >= args.alpha_epoch
-        try:
-            result, global_step = train_one_epoch(
-                model, criterion, weight_optimizer, scheduler, architect, loader_a, b_stream,
-                epoch=epoch, arch_active=arch_active, device=device, grad_clip=args.grad_clip,
-                global_step=global_step, writer=writer)
-        except NonFiniteLoss as err:
-            kept = out_dir / "checkpoint.pth.tar"
-            raise UserError(f"{err}; stopped, the last good checkpoint is "
-                            f"{kept if kept.exists() else 'none yet'} (lower --lr or "
-                            "--arch-lr, or check the data)") from err
-        validate = val_loader is not None and (
-            (epoch + 1) % args.eval_interval == 0 or epoch + 1 == args.epochs)
-        metrics = evaluate(model, val_loader, info.num_classes, device) if validate else None
-        genotype = model.genotype()
-        alpha_h, beta_h = arch_entropy(model)
-        miou = metrics["miou"] if metrics else float("nan")
-        is_best = metrics is not None and miou > best_miou
-        best_miou = max(best_miou, miou) if metrics else best_miou
-        log.info("epoch %d/%d: loss %.4f, arch loss %.4f, val mIoU %.4f, entropy alpha %.3f "
-                 "beta %.3f, %.1fs, path %s", epoch + 1, args.epochs, result.train_loss,
-                 result.arch_loss, miou, alpha_h, beta_h, result.seconds,
-                 genotype.network_path)
-        row = {"epoch": epoch + 1, "train_loss": result.train_loss,
-               "arch_loss": result.arch_loss, "lr": weight_optimizer.param_groups[0]["lr"],
-               "val_miou": miou, "val_pixel_acc": metrics["pixel_acc"] if metrics else "",
-               "val_fwiou": metrics["fwiou"] if metrics else "", "alpha_entropy": alpha_h,
-               "beta_entropy": beta_h, "seconds": result.seconds,
-               "network_path": " ".join(map(str, genotype.network_path))}
-        metrics_csv.append(row)
-        for tag, value in (("val/mIoU", miou), ("arch/alpha_entropy", alpha_h),
-                           ("arch/beta_entropy", beta_h), ("train/epoch_loss", result.train_loss),
-                           ("train/arch_loss", result.arch_loss)):
-            if math.isfinite(value):  # no val or no arch step this epoch: nothing to plot
-                writer.add_scalar(tag, value, epoch + 1)
-        writer.add_figure("arch/alphas", alpha_figure(
-            model.normalized_alphas().detach().cpu().numpy(), config.steps), epoch + 1)
-        writer.add_figure("arch/betas", beta_figure(
-            model.normalized_betas().detach().cpu().numpy()), epoch + 1)
-        writer.flush()
-        state = {"kind": SEARCH_KIND, "version": CHECKPOINT_VERSION,
-                 "model": model.state_dict(), "model_args": model.model_args(),
-                 "weight_optimizer": weight_optimizer.state_dict(),
-                 "arch_optimizer": architect.optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(), "epoch": epoch + 1,
-                 "global_step": global_step, "b_passes": b_stream.passes, "split": split,
-                 "rng": rng_state(), "args": args_to_json(args), "best_miou": best_miou,
-                 "metrics": metrics, "genotype": genotype.to_json(), "dataset": args.dataset}
-        save_checkpoint(state, out_dir / "checkpoint.pth.tar")
-        if is_best:
-            save_checkpoint(state, out_dir / "best.pth.tar")
-    writer.close()
+    try:
+        for epoch in range(start_epoch, last_epoch):
+            try:
+                result, global_step = train_one_epoch(
+                    model, criterion, weight_optimizer, scheduler, architect, loader_a,
+                    b_stream, epoch=epoch, arch_active=epoch >= args.alpha_epoch,
+                    device=device, grad_clip=args.grad_clip, global_step=global_step,
+                    writer=writer, after_step=after_step,
+                    progress=progress if epoch == start_epoch else None)
+                check_finite(model, global_step)
+            except NonFiniteLoss as err:
+                kept = checkpoint_path if checkpoint_path.exists() else "none yet"
+                raise UserError(f"{err}; stopped, the last good checkpoint is {kept} (lower "
+                                "--lr or --arch-lr, or check the data; --detect-anomaly names "
+                                "the operation)") from err
+            validate = val_loader is not None and (
+                (epoch + 1) % args.eval_interval == 0 or epoch + 1 == args.epochs)
+            metrics = evaluate(model, val_loader, info.num_classes, device) if validate else None
+            is_best = metrics is not None and metrics["miou"] > best_miou
+            best_miou = max(best_miou, metrics["miou"]) if metrics else best_miou
+            report_epoch(model, epoch, args.epochs, result, metrics,
+                         weight_optimizer.param_groups[0]["lr"], metrics_csv, writer)
+            end_state = state(epoch + 1, None)
+            save_checkpoint(end_state, checkpoint_path)
+            if is_best:
+                save_checkpoint(end_state, out_dir / "best.pth.tar")
+            if stop.requested:
+                raise Interrupted(stop.requested, checkpoint_path)
+    finally:
+        writer.close()
     log.info("search done: %s (decode with: python decode_autodeeplab.py --resume %s)",
-             out_dir, out_dir / "checkpoint.pth.tar")
+             out_dir, checkpoint_path)
     return out_dir
 
 

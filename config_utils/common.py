@@ -24,32 +24,75 @@ def explicit_keys(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
 
 
 def merge_resume_args(args: argparse.Namespace, saved: dict, explicit: set[str], *,
-                      fixed_keys, safe_keys, current_keys=("resume",)) -> argparse.Namespace:
+                      fixed_keys, safe_keys, current_keys=("resume",),
+                      override=()) -> argparse.Namespace:
     """The checkpoint's flags `saved`, except those the user gave again that may change.
 
     A `fixed_keys` flag given with a different value is a UserError (it would change what the
-    run computes). A `safe_keys` flag given explicitly replaces the saved value; any other
-    differing flag is reported and the checkpoint's value kept. `current_keys` always take
-    this invocation's value.
+    run computes). A `safe_keys` flag given explicitly replaces the saved value, and so does
+    a flag named in `override` (the user's --override list: names with or without dashes);
+    any other differing flag is reported and the checkpoint's value kept. `current_keys`
+    always take this invocation's value.
     """
+    overridden = {name.lstrip("-").replace("-", "_") for name in override}
+    for key in sorted(overridden):
+        flag = "--" + key.replace("_", "-")
+        if key in fixed_keys:
+            raise UserError(f"--override {flag}: {flag} fixes the model or the data and cannot "
+                            "change on resume; start a new run")
+        if key not in vars(args) or key in current_keys:
+            raise UserError(f"--override {key}: not a flag that a checkpoint keeps; name "
+                            "flags as in 'lr' or 'arch-lr'")
+        if key not in explicit:
+            raise UserError(f"--override names {flag} but {flag} is not given; pass the "
+                            "value to use")
     for key in sorted(explicit):
         if key not in saved or saved[key] == getattr(args, key):
             continue
+        flag = "--" + key.replace("_", "-")
         if key in fixed_keys:
-            flag = "--" + key.replace("_", "-")
             raise UserError(f"{flag} {getattr(args, key)} differs from the checkpoint's "
                             f"{saved[key]}; drop {flag} to resume, or start a new run")
-        if key not in safe_keys and key not in current_keys:
-            log.warning("ignoring --%s %s on resume: the checkpoint's value %s is kept",
-                        key.replace("_", "-"), getattr(args, key), saved[key])
+        if key in overridden:
+            log.warning("--override: %s %s replaces the checkpoint's %s", flag,
+                        getattr(args, key), saved[key])
+        elif key in safe_keys:
+            log.info("%s %s replaces the checkpoint's %s", flag, getattr(args, key), saved[key])
+        elif key not in current_keys:
+            log.warning("ignoring %s %s on resume: the checkpoint's value %s is kept "
+                        "(--override %s to use yours)", flag, getattr(args, key), saved[key],
+                        key.replace("_", "-"))
     merged = dict(saved)
-    for key in explicit & set(safe_keys):
+    for key in explicit & (set(safe_keys) | overridden):
         merged[key] = getattr(args, key)
     for key in current_keys:
         merged[key] = getattr(args, key, None)
     for key, value in merged.items():
         setattr(args, key, value)
     return args
+
+
+def add_run_safety_args(group, checkpoint_interval: int, unit: str) -> None:
+    """Flags both training scripts share: mid-run checkpoints, resume overrides, trusting a
+    pickled checkpoint, autograd anomaly detection."""
+    group.add_argument("--checkpoint-interval", type=int, default=checkpoint_interval,
+                       metavar="N",
+                       help=f"also write checkpoint.pth.tar every N iterations inside {unit} "
+                            "(0: only at their ends), so a killed run loses at most N "
+                            "iterations; SIGINT/SIGTERM always write one before exiting")
+    group.add_argument("--override", nargs="+", default=(), metavar="FLAG",
+                       help="with --resume: flags (e.g. lr arch-lr) whose value given now "
+                            "replaces the checkpoint's; others keep the checkpoint's value")
+    group.add_argument("--trust-checkpoint", action="store_true",
+                       help="load a checkpoint holding pickled Python objects (it can run "
+                            "code: only for files from a source you trust)")
+    group.add_argument("--detect-anomaly", action="store_true",
+                       help="torch autograd anomaly detection: name the operation that made a "
+                            "NaN gradient (slow; for diagnosis)")
+
+
+# Flags of `add_run_safety_args` that belong to one invocation only.
+RUN_SAFETY_CURRENT_KEYS = ("override", "trust_checkpoint", "detect_anomaly")
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

@@ -77,43 +77,83 @@ class EpochResult:
 
 class BStream:
     """A persistent iterator over half B: one pass per search epoch, reopened only when B
-    runs out before A does. `passes` counts opened passes (saved, so resume reopens the same).
+    runs out before A does. `passes` counts opened passes and `consumed` the batches taken
+    from the current one; both are saved, so a resume reopens the same pass at the same batch.
     """
 
-    def __init__(self, loader, passes: int = 0):
+    def __init__(self, loader, passes: int = 0, consumed: int = 0):
         self.loader = loader
         self.passes = passes
+        self.consumed = consumed
         self._it = None
 
-    def new_pass(self):
-        self.loader.set_epoch(self.passes)
-        self.passes += 1
+    def _open(self, pass_index: int, start_batch: int) -> None:
+        self.loader.set_epoch(pass_index, start_batch=start_batch)
+        self.consumed = start_batch
         self._it = iter(self.loader)
+
+    def new_pass(self):
+        self._open(self.passes, 0)
+        self.passes += 1
 
     def next(self):
         if self._it is None:
-            self.new_pass()
+            if self.passes == 0:
+                self.new_pass()
+            else:  # restored from a checkpoint: continue the pass it was in
+                self._open(self.passes - 1, self.consumed)
         try:
-            return next(self._it)
+            batch = next(self._it)
         except StopIteration:
             self.new_pass()
-            return next(self._it)
+            batch = next(self._it)
+        self.consumed += 1
+        return batch
+
+    def state_dict(self) -> dict:
+        return {"passes": self.passes, "consumed": self.consumed}
+
+
+@dataclass
+class EpochProgress:
+    """How far a search epoch got: A batches done and the running sums of its losses.
+
+    Saved in mid-epoch checkpoints, so that a resumed epoch continues at the next batch and
+    reports the means an uninterrupted epoch would have.
+    """
+
+    batch: int = 0
+    loss_sum: float = 0.0
+    arch_sum: float = 0.0
+    arch_steps: int = 0
+    seconds: float = 0.0
+
+    def state_dict(self) -> dict:
+        return dict(vars(self))
 
 
 def train_one_epoch(model, criterion, weight_optimizer, scheduler, architect, loader_a, b_stream,
                     *, epoch: int, arch_active: bool, device: torch.device, grad_clip: float,
-                    global_step: int, writer=None) -> tuple[EpochResult, int]:
+                    global_step: int, writer=None, progress: EpochProgress | None = None,
+                    after_step=None) -> tuple[EpochResult, int]:
     """One search epoch: per A batch a weight step, then (when `arch_active`) an architecture
-    step on the next B batch. Returns the epoch's mean losses and the new global step."""
+    step on the next B batch. Returns the epoch's mean losses and the new global step.
+
+    `progress` (from a mid-epoch checkpoint) continues the epoch after its first
+    `progress.batch` batches, which are skipped without being loaded; B then continues
+    where `b_stream` was saved. `after_step(progress, global_step)` runs after every
+    iteration (checkpoints, stop requests); it may raise to end the epoch there.
+    """
     model.train()
     weights = model.weight_parameters()
-    loader_a.set_epoch(epoch)
-    if arch_active:
+    progress = progress or EpochProgress()
+    resumed = progress.batch > 0
+    loader_a.set_epoch(epoch, start_batch=progress.batch)
+    if arch_active and not resumed:
         b_stream.new_pass()
-    start = time.time()
-    loss_sum, arch_sum, arch_steps, n = 0.0, 0.0, 0, 0
+    start = time.time() - progress.seconds
     bar = tqdm(loader_a, desc=f"search epoch {epoch}", leave=False, disable=None,
-               dynamic_ncols=True)
+               dynamic_ncols=True, initial=progress.batch)
     for images, targets in bar:
         images = images.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
@@ -123,9 +163,9 @@ def train_one_epoch(model, criterion, weight_optimizer, scheduler, architect, lo
             raise NonFiniteLoss(f"weight loss is {loss} at iteration {global_step} "
                                 f"(epoch {epoch})")
         scheduler.step()
-        loss_sum += loss
-        n += 1
-        postfix = {"loss": f"{loss_sum / n:.3f}"}
+        progress.loss_sum += loss
+        progress.batch += 1
+        postfix = {"loss": f"{progress.loss_sum / progress.batch:.3f}"}
         if arch_active:
             images_b, targets_b = b_stream.next()
             arch_loss = architect.step(images_b.to(device, non_blocking=True),
@@ -133,17 +173,29 @@ def train_one_epoch(model, criterion, weight_optimizer, scheduler, architect, lo
             if not math.isfinite(arch_loss):
                 raise NonFiniteLoss(f"architecture loss is {arch_loss} at iteration "
                                     f"{global_step} (epoch {epoch})")
-            arch_sum += arch_loss
-            arch_steps += 1
-            postfix["arch"] = f"{arch_sum / arch_steps:.3f}"
+            progress.arch_sum += arch_loss
+            progress.arch_steps += 1
+            postfix["arch"] = f"{progress.arch_sum / progress.arch_steps:.3f}"
         if writer is not None:
             writer.add_scalar("train/loss", loss, global_step)
             writer.add_scalar("train/lr", weight_optimizer.param_groups[0]["lr"], global_step)
         global_step += 1
         bar.set_postfix(postfix)
+        if after_step is not None:
+            progress.seconds = time.time() - start
+            after_step(progress, global_step)
     bar.close()
-    arch_mean = arch_sum / arch_steps if arch_steps else float("nan")
-    return EpochResult(loss_sum / max(n, 1), arch_mean, time.time() - start), global_step
+    arch_mean = progress.arch_sum / progress.arch_steps if progress.arch_steps else float("nan")
+    return EpochResult(progress.loss_sum / max(progress.batch, 1), arch_mean,
+                       time.time() - start), global_step
+
+
+def check_finite(model: nn.Module, step: int) -> None:
+    """Raise NonFiniteLoss if a parameter or buffer of `model` is NaN or infinite, so that a
+    diverged state is never saved over the last good checkpoint."""
+    for name, value in model.state_dict().items():
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise NonFiniteLoss(f"{name} became non-finite by iteration {step}")
 
 
 @torch.inference_mode()

@@ -33,9 +33,23 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        _fsync_dir(path.parent)  # the rename itself survives a power cut
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # not possible on every platform; the data itself is already synced
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _umask() -> int:
@@ -54,25 +68,41 @@ def write_json(obj: Any, path: str | os.PathLike) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2) + "\n"))
 
 
-def load_checkpoint(path: str | os.PathLike, kind: str | None = None) -> dict:
+def load_checkpoint(path: str | os.PathLike, kind: str | None = None, *,
+                    trust: bool = False) -> dict:
     """Load a checkpoint dict on the CPU with `weights_only=True` (no pickled code runs).
 
-    Raises UserError naming the file if it is missing, truncated, not a checkpoint of this
-    project, or (when `kind` is given) a checkpoint of another kind.
+    `trust=True` (the user's --trust-checkpoint) loads with `weights_only=False`, which
+    unpickles arbitrary objects and so can run code. Raises UserError naming the file if it
+    is missing, truncated, holds pickled objects (without `trust`), is not a checkpoint of
+    this project, or (when `kind` is given) a checkpoint of another kind.
     """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist; pass the path of a checkpoint.pth.tar")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, ValueError, IndexError, KeyError,
-            zipfile.BadZipFile, pickle.UnpicklingError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        state = torch.load(path, map_location="cpu", weights_only=not trust)
+    except pickle.UnpicklingError as err:
+        # weights_only refuses a class it does not know as an "Unsupported global"; any other
+        # unpickling failure means the bytes are not a pickle at all.
+        if not trust and "Unsupported global" in str(err):
+            raise UserError(f"checkpoint {path} holds pickled Python objects, which can run "
+                            "code when loaded; if you trust its source, pass "
+                            "--trust-checkpoint to load it") from err
         raise UserError(f"checkpoint {path} cannot be read (truncated or not a PyTorch "
-                        f"checkpoint: {first[:200]})") from err
+                        "checkpoint: its pickle data is invalid)") from err
+    except (RuntimeError, EOFError, OSError, ValueError, IndexError, KeyError,
+            zipfile.BadZipFile) as err:
+        raise _unreadable(path, err) from err
     if not isinstance(state, dict) or "kind" not in state:
         raise UserError(f"checkpoint {path} is not an Auto-DeepLab checkpoint (no 'kind' entry)")
     if kind is not None and state["kind"] != kind:
         raise UserError(f"checkpoint {path} is a '{state['kind']}' checkpoint, "
                         f"expected '{kind}'")
     return state
+
+
+def _unreadable(path: Path, err: BaseException) -> UserError:
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return UserError(f"checkpoint {path} cannot be read (truncated or not a PyTorch "
+                     f"checkpoint: {first[:200]})")

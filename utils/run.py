@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import csv
 import logging
+import os
 import random
 import sys
 import time
@@ -12,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from utils.checkpoint import atomic_write
 from utils.errors import UserError
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
@@ -87,16 +89,80 @@ def default_run_dir(dataset: str, stage: str) -> Path:
 
 
 def prepare_run_dir(out_dir: str | None, resume: str | None, dataset: str, stage: str) -> Path:
-    """The run folder, made if needed: `out_dir`, else the folder of the `resume` checkpoint,
-    else a new `default_run_dir`. A fresh run refuses a folder that already holds a
-    checkpoint, so nothing is overwritten by accident."""
-    path = Path(out_dir) if out_dir else (
-        Path(resume).parent if resume else default_run_dir(dataset, stage))
-    if not resume and (path / "checkpoint.pth.tar").exists():
-        raise UserError(f"run folder {path} already holds a {stage} run; pass --resume "
-                        f"{path / 'checkpoint.pth.tar'} to continue it, or a new --out-dir")
-    path.mkdir(parents=True, exist_ok=True)
+    """The run folder, made if needed and locked for this process: `out_dir`, else the
+    folder of the `resume` checkpoint, else a new `default_run_dir` (a suffix -2, -3, ... when
+    a run started in the same second took the name).
+
+    A folder that already holds a checkpoint is refused, unless it is the folder of the
+    checkpoint being resumed, so nothing is overwritten by accident; so is a folder another
+    live process is writing to (an advisory lock, released by the kernel however the process
+    ends, SIGKILL included).
+    """
+    if out_dir or resume:
+        path = Path(out_dir) if out_dir else Path(resume).parent
+        same_run = resume is not None and _same_folder(path, Path(resume).parent)
+        if not same_run and (path / "checkpoint.pth.tar").exists():
+            raise UserError(f"run folder {path} already holds a {stage} run; pass --resume "
+                            f"{path / 'checkpoint.pth.tar'} to continue it, or a new --out-dir")
+        path.mkdir(parents=True, exist_ok=True)
+    else:
+        path = _new_folder(default_run_dir(dataset, stage))
+    _lock(path)
     return path
+
+
+def _same_folder(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve()
+    except OSError:
+        return False
+
+
+def _new_folder(base: Path) -> Path:
+    base.parent.mkdir(parents=True, exist_ok=True)
+    for attempt in range(1, 1000):
+        path = base if attempt == 1 else base.with_name(f"{base.name}-{attempt}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise UserError(f"cannot make a new run folder next to {base}; pass --out-dir")
+
+
+_LOCKS: dict[Path, object] = {}  # open lock files, held until the process ends
+LOCK_FILE = ".lock"
+
+
+def _lock(path: Path) -> None:
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no advisory locks
+        return
+    key = path.resolve()
+    if key in _LOCKS:  # this process already holds it (several runs in one interpreter)
+        return
+    handle = open(path / LOCK_FILE, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        owner = handle.read().strip() or "unknown"
+        handle.close()
+        raise UserError(f"run folder {path} is in use by another process (pid {owner}); "
+                        "wait for it to end, or pass another --out-dir") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    _LOCKS[key] = handle
+
+
+def release_run_dir(path: Path) -> None:
+    """Give up this process's lock of run folder `path` (at the end of a run)."""
+    handle = _LOCKS.pop(Path(path).resolve(), None)
+    if handle is not None:
+        handle.close()
 
 
 def args_to_json(args: argparse.Namespace) -> dict:
@@ -135,7 +201,13 @@ class MetricsCSV:
         if not rows:
             return
         keep = [r for r in rows if int(r[key]) <= epoch]
-        with open(self.path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(keep)
+        if len(keep) == len(rows):
+            return
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+                writer.writeheader()
+                writer.writerows(keep)
+
+        atomic_write(self.path, write)  # a crash here must not lose the rows kept
