@@ -25,16 +25,18 @@ from config_utils.common import merge_resume_args
 from config_utils.train_args import (ARCH_KEYS, CURRENT_KEYS, RESUME_SAFE_KEYS, explicit_keys,
                                      get_args_parser, resolve_defaults)
 from dataloaders import build_dataset, build_loader, dataset_info, derive_seed
-from engine.retrain import (build_criterion, check_replicas_in_sync, evaluate, export_onnx,
-                            format_metrics, init_distributed, resolve_genotype, train_steps)
-from engine.search import NonFiniteLoss
+from engine.retrain import (IntervalProgress, build_criterion, check_replicas_in_sync, evaluate,
+                            export_onnx, format_metrics, init_distributed, resolve_genotype,
+                            train_steps)
+from engine.search import NonFiniteLoss, check_finite
 from modeling.retrain_net import AutoDeepLab, RetrainConfig
 from utils.checkpoint import RETRAIN_KIND, load_checkpoint, save_checkpoint, write_json
 from utils.errors import UserError, exit_on_user_error
+from utils.interrupt import Interrupted, StopSignals
 from utils.flops import count_parameters, multi_adds
 from utils.lr_scheduler import poly_schedule
-from utils.run import (MetricsCSV, args_to_json, prepare_run_dir, rng_state, seed_everything,
-                       select_device, set_rng_state, setup_logging)
+from utils.run import (MetricsCSV, args_to_json, prepare_run_dir, release_run_dir, rng_state,
+                       seed_everything, select_device, set_rng_state, setup_logging)
 
 log = logging.getLogger("retrain")
 CHECKPOINT_VERSION = 1
@@ -71,6 +73,8 @@ def check_args(args) -> None:
         raise UserError(f"--eval-scales must be positive, got {list(args.eval_scales)}")
     if args.eval_only and not args.resume:
         raise UserError("--eval-only needs --resume CHECKPOINT, the model to evaluate")
+    if args.checkpoint_interval < 0:
+        raise UserError(f"--checkpoint-interval must be >= 0, got {args.checkpoint_interval}")
 
 
 def model_config(args, num_classes: int) -> RetrainConfig:
@@ -138,19 +142,38 @@ def build_data(args, device, dist_info):
 def main(args):
     dist_info, dist_device = init_distributed(args.local_rank, args.device)
     try:
-        return run(args, dist_info, dist_device)
+        with StopSignals() as stop:
+            return run(args, dist_info, dist_device, stop)
+    except Interrupted as err:
+        if err.checkpoint is not None:
+            log.warning("%s: checkpoint %s written; continue with: python train.py --resume %s",
+                        err, err.checkpoint, err.checkpoint)
+        sys.exit(err.exit_code)
     finally:
+        release_run_dir()
         if dist_info.distributed:
             torch.distributed.destroy_process_group()
 
 
-def run(args, dist_info, dist_device):
+def agreed_stop(requested: int | None, dist_info, device) -> int | None:
+    """The stop request of any process (all stop at the same step), else None."""
+    if not dist_info.distributed:
+        return requested
+    flag = torch.tensor([requested or 0], device=device)
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    return int(flag.item()) or None
+
+
+def run(args, dist_info, dist_device, stop):
     explicit = explicit_keys(args)
     checkpoint = None
     if args.resume:
-        checkpoint = load_checkpoint(args.resume, kind=RETRAIN_KIND)
+        checkpoint = load_checkpoint(args.resume, kind=RETRAIN_KIND, trust=args.trust_checkpoint)
         args = merge_resume_args(args, checkpoint["args"], explicit, fixed_keys=ARCH_KEYS,
-                                 safe_keys=RESUME_SAFE_KEYS, current_keys=CURRENT_KEYS)
+                                 safe_keys=RESUME_SAFE_KEYS, current_keys=CURRENT_KEYS,
+                                 override=args.override)
+    elif args.override:
+        raise UserError("--override only applies with --resume; drop it")
     args = resolve_defaults(args)
     if args.summary or args.export_onnx:  # neither needs data
         config = RetrainConfig.from_dict(checkpoint["model_args"]) if checkpoint \
@@ -166,6 +189,10 @@ def run(args, dist_info, dist_device):
     info = dataset_info(args.dataset)
     config = RetrainConfig.from_dict(checkpoint["model_args"]) if checkpoint \
         else model_config(args, info.num_classes)
+    if config.num_classes != info.num_classes:
+        raise UserError(f"checkpoint {args.resume} was trained with {config.num_classes} "
+                        f"classes but dataset {args.dataset} now has {info.num_classes}; "
+                        "start a new run")
     check_args(args)
     seed_everything(args.seed)
     device = dist_device or select_device(args.device)
@@ -213,15 +240,19 @@ def run(args, dist_info, dist_device):
     optimizer = torch.optim.SGD(model_without_ddp.parameters(), lr=args.lr,
                                 momentum=args.momentum, weight_decay=args.weight_decay)
     scheduler = poly_schedule(optimizer, args.iters, args.power, args.warmup_iters)
-    step, best_miou = 0, -math.inf
+    step, best_miou, progress, metrics = 0, -math.inf, None, None
     if checkpoint is not None:
         model_without_ddp.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
         scaler.load_state_dict(checkpoint["scaler"])
         step, best_miou = checkpoint["step"], checkpoint["best_miou"]
+        metrics = checkpoint["metrics"]
+        if checkpoint.get("position"):
+            progress = IntervalProgress(**checkpoint["position"])
         set_rng_state(checkpoint["rng"])
         log.info("resumed from %s at iteration %d", args.resume, step)
+    torch.autograd.set_detect_anomaly(args.detect_anomaly)
 
     writer = metrics_csv = None
     if out_dir is not None:
@@ -231,61 +262,89 @@ def run(args, dist_info, dist_device):
         writer = SummaryWriter(str(out_dir))
         metrics_csv = MetricsCSV(out_dir / "metrics.csv")
         metrics_csv.truncate_after(step, key="step")
+    checkpoint_path = out_dir / "checkpoint.pth.tar" if out_dir is not None else None
+
+    def state(step_now: int, position: IntervalProgress | None) -> dict:
+        """Everything a resume needs; `position` holds a mid-interval checkpoint's sums."""
+        return {"kind": RETRAIN_KIND, "version": CHECKPOINT_VERSION,
+                "model": model_without_ddp.state_dict(), "model_args": config.to_dict(),
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(), "epoch": step_now // len(train_loader),
+                "step": step_now, "position": position.state_dict() if position else None,
+                "args": args_to_json(args), "genotype": config.genotype.to_json(),
+                "dataset": args.dataset, "best_miou": best_miou, "metrics": metrics,
+                "rng": rng_state()}
+
+    def after_step(step_now: int, position: IntervalProgress) -> None:
+        requested = agreed_stop(stop.requested, dist_info, device)
+        due = args.checkpoint_interval and step_now % args.checkpoint_interval == 0 \
+            and step_now < end  # the interval's end writes its own
+        if (due or requested) and checkpoint_path is not None:
+            check_finite(model_without_ddp, step_now)
+            save_checkpoint(state(step_now, position), checkpoint_path)
+        if requested:
+            raise Interrupted(requested, checkpoint_path)
+
     last_step = args.iters if args.stop_after_iters is None else min(
         args.iters, step + args.stop_after_iters)
-    while step < last_step:
-        end = min(last_step, (step // args.eval_interval + 1) * args.eval_interval)
-        try:
-            result = train_steps(model, criterion, optimizer, scheduler, scaler, train_loader,
-                                 step=step, end_step=end, total_steps=args.iters,
-                                 device=device, autocast=autocast,
-                                 drop_path_keep_prob=args.drop_path_keep_prob,
-                                 model_without_ddp=model_without_ddp, writer=writer,
-                                 show_progress=show)
-        except NonFiniteLoss as err:
-            raise UserError(f"{err}; stopped (lower --lr or check the data)") from err
-        step = result.step
-        if dist_info.distributed:
-            checksum = check_replicas_in_sync(model_without_ddp)
-            log.info("weights identical on all %d processes (checksum %.6f)",
-                     dist_info.world_size, checksum)
-        metrics = None
-        if val_loader is not None and (step % args.eval_interval == 0 or step == args.iters):
-            metrics = evaluate(model_without_ddp, val_loader, info.num_classes, device,
-                               **eval_kwargs)
-        miou = metrics["miou"] if metrics else float("nan")
-        is_best = metrics is not None and miou > best_miou
-        best_miou = max(best_miou, miou) if metrics else best_miou
-        epoch = step / len(train_loader)
-        log.info("iteration %d/%d (epoch %.2f): loss %.4f, lr %.5f, val mIoU %.4f, %.1fs",
-                 step, args.iters, epoch, result.loss, optimizer.param_groups[0]["lr"], miou,
-                 result.seconds)
-        if out_dir is None:
-            continue
-        metrics_csv.append({"step": step, "epoch": round(epoch, 3), "train_loss": result.loss,
-                            "lr": optimizer.param_groups[0]["lr"], "val_miou": miou,
-                            "val_pixel_acc": metrics["pixel_acc"] if metrics else "",
-                            "seconds": result.seconds})
-        writer.add_scalar("train/interval_loss", result.loss, step)
-        if metrics:
-            writer.add_scalar("val/mIoU", miou, step)
-            writer.add_scalar("val/pixel_acc", metrics["pixel_acc"], step)
-        writer.flush()
-        state = {"kind": RETRAIN_KIND, "version": CHECKPOINT_VERSION,
-                 "model": model_without_ddp.state_dict(), "model_args": config.to_dict(),
-                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                 "scaler": scaler.state_dict(), "epoch": step // len(train_loader),
-                 "step": step, "args": args_to_json(args), "genotype": config.genotype.to_json(),
-                 "dataset": args.dataset, "best_miou": best_miou, "metrics": metrics,
-                 "rng": rng_state()}
-        save_checkpoint(state, out_dir / "checkpoint.pth.tar")
-        if is_best:
-            save_checkpoint(state, out_dir / "best.pth.tar")
-    if writer is not None:
-        writer.close()
+    try:
+        while step < last_step:
+            end = min(last_step, (step // args.eval_interval + 1) * args.eval_interval)
+            try:
+                result = train_steps(model, criterion, optimizer, scheduler, scaler,
+                                     train_loader, step=step, end_step=end,
+                                     total_steps=args.iters, device=device, autocast=autocast,
+                                     drop_path_keep_prob=args.drop_path_keep_prob,
+                                     model_without_ddp=model_without_ddp, writer=writer,
+                                     show_progress=show, progress=progress,
+                                     after_step=after_step)
+                check_finite(model_without_ddp, result.step)
+            except NonFiniteLoss as err:
+                kept = checkpoint_path if checkpoint_path and checkpoint_path.exists() \
+                    else "none yet"
+                raise UserError(f"{err}; stopped, the last good checkpoint is {kept} (lower "
+                                "--lr or check the data; --detect-anomaly names the "
+                                "operation)") from err
+            step, progress = result.step, None
+            if dist_info.distributed:
+                checksum = check_replicas_in_sync(model_without_ddp)
+                log.info("weights identical on all %d processes (checksum %.6f)",
+                         dist_info.world_size, checksum)
+            metrics = None
+            if val_loader is not None and (step % args.eval_interval == 0 or step == args.iters):
+                metrics = evaluate(model_without_ddp, val_loader, info.num_classes, device,
+                                   **eval_kwargs)
+            miou = metrics["miou"] if metrics else float("nan")
+            is_best = metrics is not None and miou > best_miou
+            best_miou = max(best_miou, miou) if metrics else best_miou
+            epoch = step / len(train_loader)
+            log.info("iteration %d/%d (epoch %.2f): loss %.4f, lr %.5f, val mIoU %.4f, %.1fs",
+                     step, args.iters, epoch, result.loss, optimizer.param_groups[0]["lr"],
+                     miou, result.seconds)
+            if out_dir is not None:
+                metrics_csv.append({"step": step, "epoch": round(epoch, 3),
+                                    "train_loss": result.loss,
+                                    "lr": optimizer.param_groups[0]["lr"], "val_miou": miou,
+                                    "val_pixel_acc": metrics["pixel_acc"] if metrics else "",
+                                    "seconds": result.seconds})
+                writer.add_scalar("train/interval_loss", result.loss, step)
+                if metrics:
+                    writer.add_scalar("val/mIoU", miou, step)
+                    writer.add_scalar("val/pixel_acc", metrics["pixel_acc"], step)
+                writer.flush()
+                end_state = state(step, None)
+                save_checkpoint(end_state, checkpoint_path)
+                if is_best:
+                    save_checkpoint(end_state, out_dir / "best.pth.tar")
+            requested = agreed_stop(stop.requested, dist_info, device)
+            if requested:
+                raise Interrupted(requested, checkpoint_path)
+    finally:
+        if writer is not None:
+            writer.close()
+    if out_dir is not None:
         log.info("retrain done: %s (best val mIoU %.4f)", out_dir, best_miou)
     return out_dir
-
 
 if __name__ == "__main__":
     main(get_args_parser().parse_args())

@@ -191,30 +191,44 @@ class StepsResult:
     seconds: float
 
 
+@dataclass
+class IntervalProgress:
+    """Running sums of the steps since the last evaluation; saved in mid-interval
+    checkpoints, so that a resumed interval reports the mean an uninterrupted one would."""
+
+    loss_sum: float = 0.0
+    steps: int = 0
+    seconds: float = 0.0
+
+    def state_dict(self) -> dict:
+        return dict(vars(self))
+
+
 def train_steps(model, criterion, optimizer, scheduler, scaler, loader, *, step: int,
                 end_step: int, total_steps: int, device: torch.device, autocast,
                 drop_path_keep_prob: float, model_without_ddp, writer=None,
-                show_progress: bool = True) -> StepsResult:
+                show_progress: bool = True, progress: IntervalProgress | None = None,
+                after_step=None) -> StepsResult:
     """Run global steps `step` .. `end_step` - 1.
 
     Epoch e is the `e`-th pass of `loader` (`set_epoch(e)` makes it a function of the seed
-    and e alone); a step in the middle of an epoch skips that epoch's earlier batches, so a
-    resumed run sees the batches an uninterrupted one would. Drop path's drop probability
-    grows linearly with the step, from 0 to 1 - keep_prob (DARTS / NASNet).
+    and e alone); a step in the middle of an epoch starts the loader after that epoch's
+    earlier batches without loading them, so a resumed run sees the batches an uninterrupted
+    one would. Drop path's drop probability grows linearly with the step, from 0 to
+    1 - keep_prob (DARTS / NASNet). `progress` carries the sums of a resumed interval;
+    `after_step(step, progress)` runs after every step (checkpoints, stop requests) and may
+    raise to end the run there.
     """
     model.train()
     steps_per_epoch = len(loader)
-    start, loss_sum, n = time.time(), 0.0, 0
+    progress = progress or IntervalProgress()
+    start = time.time() - progress.seconds
     bar = tqdm(total=end_step - step, desc="train", leave=False, dynamic_ncols=True,
                disable=None if show_progress else True)
     while step < end_step:
         epoch, skip = divmod(step, steps_per_epoch)
-        loader.set_epoch(epoch)
-        for index, (images, targets) in enumerate(loader):
-            if index < skip:
-                continue
-            if step >= end_step:
-                break
+        loader.set_epoch(epoch, start_batch=skip)
+        for images, targets in loader:
             model_without_ddp.set_drop_path_prob((1.0 - drop_path_keep_prob) * step / total_steps)
             images = images.to(device, non_blocking=True)
             targets = targets.to(device, non_blocking=True)
@@ -227,16 +241,21 @@ def train_steps(model, criterion, optimizer, scheduler, scaler, loader, *, step:
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
-            loss_sum += loss.item()
-            n += 1
+            progress.loss_sum += loss.item()
+            progress.steps += 1
             if writer is not None:
                 writer.add_scalar("train/loss", loss.item(), step)
                 writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], step)
             step += 1
             bar.update()
-            bar.set_postfix(loss=f"{loss_sum / n:.3f}")
+            bar.set_postfix(loss=f"{progress.loss_sum / progress.steps:.3f}")
+            if after_step is not None:
+                progress.seconds = time.time() - start
+                after_step(step, progress)
+            if step >= end_step:
+                break
     bar.close()
-    return StepsResult(loss_sum / max(n, 1), step, time.time() - start)
+    return StepsResult(progress.loss_sum / max(progress.steps, 1), step, time.time() - start)
 
 
 # --- inference --------------------------------------------------------------------------------

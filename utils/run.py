@@ -158,11 +158,14 @@ def _lock(path: Path) -> None:
     _LOCKS[key] = handle
 
 
-def release_run_dir(path: Path) -> None:
-    """Give up this process's lock of run folder `path` (at the end of a run)."""
-    handle = _LOCKS.pop(Path(path).resolve(), None)
-    if handle is not None:
-        handle.close()
+def release_run_dir(path: Path | None = None) -> None:
+    """Give up this process's lock of run folder `path` (of all its run folders when None),
+    at the end of a run."""
+    keys = list(_LOCKS) if path is None else [Path(path).resolve()]
+    for key in keys:
+        handle = _LOCKS.pop(key, None)
+        if handle is not None:
+            handle.close()
 
 
 def args_to_json(args: argparse.Namespace) -> dict:
