@@ -22,7 +22,7 @@ PICTURE = "architecture.png"
 
 @exit_on_user_error
 def main(args) -> None:
-    arch = load_search_architecture(args.resume)
+    arch = load_search_architecture(args.resume, trust=args.trust_checkpoint)
     out_dir = Path(args.out_dir) if args.out_dir else arch.path.parent
     weights, probs = arch_probabilities(arch.alphas, arch.betas)
     genotype = genotype_from_arch(arch.alphas, arch.betas)

@@ -15,7 +15,7 @@ from PIL import Image
 from dataloaders import dataset_info
 from engine.retrain import image_files, predict_probs
 from modeling.retrain_net import AutoDeepLab
-from utils.checkpoint import RETRAIN_KIND, load_checkpoint
+from utils.checkpoint import RETRAIN_KIND, atomic_write, load_checkpoint
 from utils.errors import UserError, exit_on_user_error
 from utils.run import select_device, setup_logging
 
@@ -40,12 +40,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--flip", action="store_true", help="also average flipped predictions")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if "
                                                   "available)")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="load a checkpoint holding pickled Python objects (it can run code: "
+                        "only for files from a source you trust)")
     return p
 
 
-def load_model(path, device) -> tuple[AutoDeepLab, dict]:
-    """The model of a retrain checkpoint, rebuilt from the file alone, and the checkpoint."""
-    checkpoint = load_checkpoint(path, kind=RETRAIN_KIND)
+def load_model(path, device, trust: bool = False) -> tuple[AutoDeepLab, dict]:
+    """The model of a retrain checkpoint, rebuilt from the file alone, and the checkpoint
+    (`trust` as in `load_checkpoint`)."""
+    checkpoint = load_checkpoint(path, kind=RETRAIN_KIND, trust=trust)
     model = AutoDeepLab.from_model_args(checkpoint["model_args"])
     model.load_state_dict(checkpoint["model"])
     return model.to(device).eval(), checkpoint
@@ -63,7 +67,7 @@ def colourise(labels: np.ndarray, palette) -> Image.Image:
 def main(args):
     setup_logging()
     device = select_device(args.device)
-    model, checkpoint = load_model(args.checkpoint, device)
+    model, checkpoint = load_model(args.checkpoint, device, args.trust_checkpoint)
     info = dataset_info(checkpoint["dataset"])
     crop = args.crop_size or checkpoint["args"].get("crop_size")
     files = image_files(args.input)
@@ -84,8 +88,9 @@ def main(args):
         labels = probs.argmax(1)[0].cpu().numpy()
         mask = colourise(labels, info.palette)
         overlay = Image.blend(image, mask.convert("RGB"), OVERLAY_ALPHA)
-        mask.save(out_dir / f"{file.stem}_mask.png")
-        overlay.save(out_dir / f"{file.stem}_overlay.png")
+        for picture, name in ((mask, "mask"), (overlay, "overlay")):
+            atomic_write(out_dir / f"{file.stem}_{name}.png",
+                         lambda tmp, picture=picture: picture.save(tmp, format="PNG"))
         written.append(file.stem)
         log.info("%s -> %s", file, out_dir / f"{file.stem}_mask.png")
     log.info("wrote %d masks and overlays to %s", len(written), out_dir)

@@ -31,4 +31,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                              "(0: list none)")
     parser.add_argument("--plot", action=argparse.BooleanOptionalAction, default=True,
                         help="write architecture.png")
+    parser.add_argument("--trust-checkpoint", action="store_true",
+                        help="load a checkpoint holding pickled Python objects (it can run "
+                             "code: only for files from a source you trust)")
     return parser

@@ -251,16 +251,17 @@ def _param_array(path: Path, model: dict, name: str) -> np.ndarray:
     return array
 
 
-def load_search_architecture(path: str | os.PathLike) -> SearchArchitecture:
+def load_search_architecture(path: str | os.PathLike, *,
+                             trust: bool = False) -> SearchArchitecture:
     """Read alphas, betas and model_args from a search checkpoint on the CPU.
 
     Any checkpoint of train_autodeeplab.py works (any epoch's, or best.pth.tar). Every
     problem (missing, truncated, another kind, no alphas/betas, shapes that disagree with
-    model_args) is a UserError naming the file.
+    model_args) is a UserError naming the file. `trust` as in `load_checkpoint`.
     """
     path = Path(path)
     try:
-        state = load_checkpoint(path)
+        state = load_checkpoint(path, trust=trust)
     except (IndexError, KeyError, TypeError, AttributeError, UnicodeDecodeError,
             OverflowError) as err:
         # Unpickling arbitrary bytes (a text file, say) fails with these too, and
