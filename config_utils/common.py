@@ -47,7 +47,7 @@ def merge_resume_args(args: argparse.Namespace, saved: dict, explicit: set[str],
             raise UserError(f"--override names {flag} but {flag} is not given; pass the "
                             "value to use")
     for key in sorted(explicit):
-        if key not in saved or saved[key] == getattr(args, key):
+        if key not in saved or saved[key] == getattr(args, key) or key in current_keys:
             continue
         flag = "--" + key.replace("_", "-")
         if key in fixed_keys:
@@ -58,7 +58,7 @@ def merge_resume_args(args: argparse.Namespace, saved: dict, explicit: set[str],
                         getattr(args, key), saved[key])
         elif key in safe_keys:
             log.info("%s %s replaces the checkpoint's %s", flag, getattr(args, key), saved[key])
-        elif key not in current_keys:
+        else:
             log.warning("ignoring %s %s on resume: the checkpoint's value %s is kept "
                         "(--override %s to use yours)", flag, getattr(args, key), saved[key],
                         key.replace("_", "-"))

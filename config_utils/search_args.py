@@ -26,7 +26,9 @@ ARCH_KEYS = ("dataset", "filter_multiplier", "block_multiplier", "steps", "num_l
 RESUME_SAFE_KEYS = ("epochs", "workers", "device", "out_dir", "eval_interval", "no_val",
                     "resume", "data_root", "checkpoint_interval")
 # Flags that belong to this invocation only.
-CURRENT_KEYS = ("resume", "stop_after_epochs") + common.RUN_SAFETY_CURRENT_KEYS
+# out_dir: a resumed run stays in its checkpoint's folder (wherever it was moved to)
+# unless --out-dir names another.
+CURRENT_KEYS = ("resume", "stop_after_epochs", "out_dir") + common.RUN_SAFETY_CURRENT_KEYS
 # Mid-epoch checkpoints every 50 iterations: the paper's search takes about 9 s per iteration
 # (3 P100-days for 40 x 743), a few on current GPUs, so a kill loses minutes, not an epoch
 # (743 iterations); a checkpoint of the F=8 supernet (weights, momentum, Adam moments) takes

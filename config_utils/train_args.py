@@ -30,8 +30,10 @@ RESUME_SAFE_KEYS = ("iters", "epochs", "workers", "device", "out_dir", "eval_int
                     "no_val", "data_root", "eval_scales", "flip", "amp",
                     "checkpoint_interval")
 # Flags that belong to this invocation only.
+# out_dir: a resumed run stays in its checkpoint's folder (wherever it was moved to)
+# unless --out-dir names another.
 CURRENT_KEYS = ("resume", "eval_only", "stop_after_iters", "local_rank", "summary",
-                "export_onnx") + common.RUN_SAFETY_CURRENT_KEYS
+                "export_onnx", "out_dir") + common.RUN_SAFETY_CURRENT_KEYS
 # Mid-interval checkpoints every 500 iterations: a retrain step of the paper's models takes
 # about 0.5-1 s on a current GPU, so a kill loses minutes instead of up to an evaluation
 # interval (5000 iterations, about an hour); writing the S-L checkpoints (weights and momentum,

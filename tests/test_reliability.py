@@ -185,3 +185,200 @@ def test_retrain_killed_mid_interval_resumes_bit_identical(tmp_path, genotype_fi
         reference["optimizer"]["state"][0]["momentum_buffer"])
     # The interval's mean loss survives the kill too (all columns but the wall time).
     assert metrics_rows(out, drop="seconds") == metrics_rows(full, drop="seconds")
+
+
+@pytest.fixture(scope="module")
+def finished_search(tmp_path_factory):
+    """A finished one-epoch search: resuming it checks the flags and trains nothing."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    out = search(*SEARCH_TINY, "--epochs", "1", "--max-samples", "8",
+                 "--out-dir", tmp_path_factory.mktemp("finished") / "search")
+    torch.set_num_threads(threads)
+    return out / "checkpoint.pth.tar"
+
+
+def error_line(capsys, run, *argv):
+    """Run `run(*argv)`, expect exit 2, return the last stderr line (the error)."""
+    with pytest.raises(SystemExit) as info:
+        run(*argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: "), err
+    return last
+
+
+def saved_args(checkpoint):
+    import json
+
+    return json.loads((Path(checkpoint).parent / "args.json").read_text())
+
+
+@pytest.mark.parametrize("flag, value", [("--dataset", "camvid"), ("--num-layers", "4"),
+                                         ("--block-multiplier", "1"), ("--steps", "3")])
+def test_resume_with_other_shape_or_data_names_the_mismatch(capsys, finished_search, flag,
+                                                            value):
+    line = error_line(capsys, search, "--resume", finished_search, flag, value)
+    assert flag in line and "differs from the checkpoint's" in line
+
+
+def test_resume_with_other_class_count_names_it(tmp_path, capsys, finished_search):
+    state = load(finished_search)
+    state["model_args"]["num_classes"] = 3
+    other = tmp_path / "classes" / "checkpoint.pth.tar"
+    other.parent.mkdir()
+    torch.save(state, other)
+    line = error_line(capsys, search, "--resume", other)
+    assert "3 classes" in line and "6" in line and str(other) in line
+
+
+def test_other_flags_keep_the_checkpoint_value_unless_overridden(capsys, caplog,
+                                                                 finished_search):
+    search("--resume", finished_search, "--lr", "0.5", "--workers", "1")
+    assert "ignoring --lr 0.5" in caplog.text and "--override lr" in caplog.text
+    assert saved_args(finished_search)["lr"] != 0.5
+    assert saved_args(finished_search)["workers"] == 1  # a flag that changes no result
+    search("--resume", finished_search, "--lr", "0.5", "--override", "lr")
+    assert saved_args(finished_search)["lr"] == 0.5
+    line = error_line(capsys, search, "--resume", finished_search, "--filter-multiplier", "2",
+                      "--override", "filter-multiplier")
+    assert "cannot change on resume" in line
+    line = error_line(capsys, search, "--resume", finished_search, "--override", "arch-lr")
+    assert "--arch-lr is not given" in line
+    line = error_line(capsys, search, *SEARCH_TINY, "--override", "lr")
+    assert "only applies with --resume" in line
+
+
+def test_retrain_override(tmp_path, capsys, genotype_file):
+    out = retrain(*RETRAIN_TINY, "--max-samples", "4", "--iters", "2", "--no-val",
+                  "--genotype", genotype_file, "--out-dir", tmp_path / "run")
+    checkpoint = out / "checkpoint.pth.tar"
+    retrain("--resume", checkpoint, "--momentum", "0.5")
+    assert saved_args(checkpoint)["momentum"] == 0.9
+    retrain("--resume", checkpoint, "--momentum", "0.5", "--override", "momentum")
+    assert saved_args(checkpoint)["momentum"] == 0.5
+    line = error_line(capsys, retrain, "--resume", checkpoint, "--override", "genotype",
+                      "--genotype", genotype_file)
+    assert "--genotype" in line
+
+
+# ---------------------------------------------------------------- checkpoints and files
+
+
+def test_failed_save_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    from utils.checkpoint import save_checkpoint
+    from utils.errors import UserError
+
+    path = tmp_path / "checkpoint.pth.tar"
+    save_checkpoint({"kind": "x", "weights": torch.arange(10.0)}, path)
+    before = path.read_bytes()
+
+    def full_disk(obj, f, *args, **kwargs):
+        with open(f, "wb") as handle:
+            handle.write(b"PK\x03\x04 half a checkpoint")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(UserError, match="No space left on device.*previous one is kept"):
+        save_checkpoint({"kind": "x", "weights": torch.zeros(10)}, path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pth.tar"]  # no temp file
+
+
+def test_failed_save_mid_run_ends_in_one_line_and_keeps_the_checkpoint(tmp_path, capsys,
+                                                                      monkeypatch):
+    real_save = torch.save
+    calls = []
+
+    def fails_third(obj, f, *args, **kwargs):
+        calls.append(obj.get("global_step"))
+        if len(calls) == 3:
+            with open(f, "wb") as handle:
+                handle.write(b"half")
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", fails_third)
+    out = tmp_path / "run"
+    line = error_line(capsys, search, *SEARCH_TINY, "--epochs", "1", "--max-samples", "16",
+                      "--checkpoint-interval", "1", "--out-dir", out)
+    assert str(out / "checkpoint.pth.tar") in line and "previous one is kept" in line
+    assert load(out / "checkpoint.pth.tar")["global_step"] == calls[1] == 2
+    assert not list(out.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("entry", ["search", "decode", "eval", "predict"])
+@pytest.mark.parametrize("damage", ["truncated", "text"])
+def test_unreadable_checkpoint_is_one_line_naming_the_file(tmp_path, capsys, finished_search,
+                                                         entry, damage):
+    import decode_autodeeplab
+    import predict
+    from config_utils.decode_args import get_args_parser as decode_parser
+
+    bad = tmp_path / "bad.pth.tar"
+    data = finished_search.read_bytes()
+    bad.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"hello\n" * 50)
+    runs = {
+        "search": lambda: search("--resume", bad),
+        "decode": lambda: decode_autodeeplab.main(decode_parser().parse_args(
+            ["--resume", str(bad)])),
+        "eval": lambda: retrain("--resume", bad, "--eval-only"),
+        "predict": lambda: predict.main(predict.get_args_parser().parse_args(
+            ["--checkpoint", str(bad), "--input", str(bad), "--out-dir", str(tmp_path)])),
+    }
+    line = error_line(capsys, runs[entry])
+    assert str(bad) in line and "cannot be read" in line
+
+
+def test_pickled_objects_need_trust_checkpoint(tmp_path, capsys, finished_search):
+    import decode_autodeeplab
+    from config_utils.decode_args import get_args_parser as decode_parser
+
+    state = load(finished_search)
+    state["note"] = argparse_namespace = __import__("argparse").Namespace(x=1)
+    assert argparse_namespace.x == 1
+    pickled = tmp_path / "run" / "checkpoint.pth.tar"
+    pickled.parent.mkdir()
+    torch.save(state, pickled)
+    line = error_line(capsys, search, "--resume", pickled)
+    assert str(pickled) in line and "--trust-checkpoint" in line and "pickled" in line
+    line = error_line(capsys, lambda: decode_autodeeplab.main(decode_parser().parse_args(
+        ["--resume", str(pickled)])))
+    assert "--trust-checkpoint" in line
+    # Trusted on request: the (finished) search resumes, decode reads it.
+    search("--resume", pickled, "--trust-checkpoint")
+    decode_autodeeplab.main(decode_parser().parse_args(
+        ["--resume", str(pickled), "--trust-checkpoint", "--no-plot"]))
+    assert (pickled.parent / "genotype.json").is_file()
+
+
+# ---------------------------------------------------------------- numerical faults
+
+
+@pytest.mark.parametrize("entry", ["search", "retrain"])
+def test_nan_loss_stops_naming_iteration_and_last_good_checkpoint(tmp_path, capsys, entry,
+                                                                  genotype_file, monkeypatch):
+    out = tmp_path / "run"
+    anomaly = []
+    real = torch.autograd.set_detect_anomaly
+    monkeypatch.setattr(torch.autograd, "set_detect_anomaly",
+                        lambda mode, *a, **k: anomaly.append(mode))
+    if entry == "search":
+        argv = [*SEARCH_TINY, "--epochs", "1", "--max-samples", "8"]
+        run = search
+    else:
+        argv = [*RETRAIN_TINY, "--max-samples", "4", "--iters", "4", "--no-val",
+                "--genotype", genotype_file]
+        run = retrain
+    # An absurd learning rate: the first step still gives finite weights, the second a NaN.
+    line = error_line(capsys, run, *argv, "--lr", "1e30", "--checkpoint-interval", "1",
+                      "--detect-anomaly", "--out-dir", out)
+    real(False)
+    assert anomaly == [True]
+    assert "nan at iteration 1" in line
+    assert f"last good checkpoint is {out / 'checkpoint.pth.tar'}" in line
+    state = load(out / "checkpoint.pth.tar")
+    assert all(torch.isfinite(v).all() for v in state["model"].values()
+               if v.is_floating_point())

@@ -59,13 +59,28 @@ def _umask() -> int:
 
 
 def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
-    """torch.save `state` to `path` atomically."""
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
+    """torch.save `state` to `path` atomically; a failed write (a full disk) is a UserError
+    that says the previous checkpoint is kept."""
+    _write_or_explain(path, lambda tmp: torch.save(state, tmp))
 
 
 def write_json(obj: Any, path: str | os.PathLike) -> None:
     """Write `obj` as indented JSON to `path` atomically."""
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2) + "\n"))
+    _write_or_explain(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2) + "\n"))
+
+
+def _write_or_explain(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
+    try:
+        atomic_write(path, write)
+    except (OSError, RuntimeError) as err:
+        # torch.save's zip writer reports a failed write (a full disk) as a RuntimeError.
+        if isinstance(err, RuntimeError) and not any(
+                word in str(err) for word in ("write", "Writer", "inline_container")):
+            raise
+        reason = getattr(err, "strerror", None) or (str(err).strip().splitlines() or [""])[0]
+        kept = "the previous one is kept" if Path(path).exists() else "nothing was written"
+        raise UserError(f"cannot write {path} ({reason[:200]}); {kept}: free space or fix "
+                        "the folder, then --resume") from err
 
 
 def load_checkpoint(path: str | os.PathLike, kind: str | None = None, *,
