@@ -81,52 +81,63 @@ class SharedSourceOps(nn.Module):
         self.max_pool_bn = AffineFreeBN(groups * c)
         self.avg_pool_bn = AffineFreeBN(groups * c)
 
-    def _bn(self, name: str, y: torch.Tensor, n: int) -> torch.Tensor:
-        # (N*G, k*C, H, W) is the same memory as (N, G*k*C, H, W): one BN call, per-(group,
-        # edge) statistics.
-        return getattr(self, name)(y.view(n, -1, *y.shape[-2:])).view(y.shape)
+    def _per_group(self, weight: torch.Tensor) -> torch.Tensor:
+        # Every group (incoming state) uses the same weights: repeat the small tensor, never
+        # the activations.
+        return weight if self.groups == 1 else weight.repeat(self.groups, 1, 1, 1)
 
-    def _sep_conv(self, r_rep, name, n):
-        per_edge = self.num_edges
-        wide = r_rep.shape[1]
-        y = same_conv(r_rep, getattr(self, f"{name}_dw1"), 1, wide)
-        y = same_conv(y, getattr(self, f"{name}_pw1"), 1, per_edge)
-        y = F.relu(self._bn(f"{name}_bn1", y, n))
-        y = same_conv(y, getattr(self, f"{name}_dw2"), 1, wide)
-        y = same_conv(y, getattr(self, f"{name}_pw2"), 1, per_edge)
-        return self._bn(f"{name}_bn2", y, n)
+    def _sep_conv(self, r_rep, name):
+        wide, per_edge = r_rep.shape[1], self.groups * self.num_edges
+        y = same_conv(r_rep, self._per_group(getattr(self, f"{name}_dw1")), 1, wide)
+        y = same_conv(y, self._per_group(getattr(self, f"{name}_pw1")), 1, per_edge)
+        y = F.relu(getattr(self, f"{name}_bn1")(y))
+        y = same_conv(y, self._per_group(getattr(self, f"{name}_dw2")), 1, wide)
+        y = same_conv(y, self._per_group(getattr(self, f"{name}_pw2")), 1, per_edge)
+        return getattr(self, f"{name}_bn2")(y)
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """x: (N, G*C, H, W); weights: (k, len(PRIMITIVES)) normalised alphas of the edges.
+        """x: (N, G*C, H, W) channels-last; weights: (k, len(PRIMITIVES)) normalised alphas.
 
-        Returns (N, G, k, C, H, W): the mixed operation of every edge (paper Eq. 2).
+        Returns (N, H, W, G, k, C): the mixed operation of every edge (paper Eq. 2).
         """
         n, _, h, w = x.shape
         g, k, c = self.groups, self.num_edges, self.channels
-        # Groups (incoming states) fold into the batch: every group uses the same weights, and
-        # (N, G*C) is the same memory as (N*G, C), so no weight is repeated and nothing copied.
-        r = F.relu(x).view(n * g, c, h, w)  # shared by all four convolution types of all edges
-        r_rep = r.unsqueeze(1).expand(n * g, k, c, h, w).reshape(n * g, k * c, h, w)
+        # Channels-last throughout: depthwise and grouped convolutions run several times
+        # faster on it, and (group, edge, channel) is then the innermost, contiguous order.
+        r = F.relu(x)  # shared by all four convolution types of all k edges
+        r_rep = to_nchw(nhwc(r).view(n, h, w, g, 1, c).expand(n, h, w, g, k, c)
+                        .reshape(n, h, w, g * k * c))
 
-        def edge_weight(name):  # (1, 1, k, 1, 1, 1)
-            return weights[:, OP[name]].view(1, 1, k, 1, 1, 1)
+        def edge_weight(name):  # broadcasts over (N, H, W, G, k, C)
+            return weights[:, OP[name]].view(k, 1)
 
         def per_edge(y):
-            return y.view(n, g, k, c, h, w)
+            return nhwc(y).view(n, h, w, g, k, c)
 
-        out = per_edge(self._sep_conv(r_rep, "sep_conv_3x3", n)) * edge_weight("sep_conv_3x3")
-        out = out + per_edge(self._sep_conv(r_rep, "sep_conv_5x5", n)) \
+        out = per_edge(self._sep_conv(r_rep, "sep_conv_3x3")) * edge_weight("sep_conv_3x3")
+        out = out + per_edge(self._sep_conv(r_rep, "sep_conv_5x5")) \
             * edge_weight("sep_conv_5x5")
         for name in ("atrous_conv_3x3", "atrous_conv_5x5"):
-            y = same_conv(r, getattr(self, name), ATROUS_DILATION, 1)  # (N*G, k*C, H, W)
-            out = out + per_edge(self._bn(f"{name}_bn", y, n)) * edge_weight(name)
+            y = same_conv(r, self._per_group(getattr(self, name)), ATROUS_DILATION, g)
+            out = out + per_edge(getattr(self, f"{name}_bn")(y)) * edge_weight(name)
         # Parameter-free operations: one tensor for all k edges, broadcast over them.
         max_pool = self.max_pool_bn(F.max_pool2d(x, 3, 1, 1))
         avg_pool = self.avg_pool_bn(F.avg_pool2d(x, 3, 1, 1, count_include_pad=False))
-        out = out + max_pool.view(n, g, 1, c, h, w) * edge_weight("max_pool_3x3")
-        out = out + avg_pool.view(n, g, 1, c, h, w) * edge_weight("avg_pool_3x3")
-        out = out + x.view(n, g, 1, c, h, w) * edge_weight("skip_connect")
+        out = out + nhwc(max_pool).view(n, h, w, g, 1, c) * edge_weight("max_pool_3x3")
+        out = out + nhwc(avg_pool).view(n, h, w, g, 1, c) * edge_weight("avg_pool_3x3")
+        out = out + nhwc(x).view(n, h, w, g, 1, c) * edge_weight("skip_connect")
         return out
+
+
+def nhwc(x: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) -> its channels-last memory as an (N, H, W, C) view (copies only if the
+    tensor is not channels-last already)."""
+    return x.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)
+
+
+def to_nchw(x: torch.Tensor) -> torch.Tensor:
+    """(N, H, W, C) contiguous -> the (N, C, H, W) view with channels-last strides."""
+    return x.permute(0, 3, 1, 2)
 
 
 def same_conv(x: torch.Tensor, weight: torch.Tensor, dilation: int, groups: int) -> torch.Tensor:
@@ -195,15 +206,15 @@ class SearchCell(nn.Module):
         c, groups = self.channels, len(inputs)
         states = []
         for pre, direction, h in zip(self.preprocess, self.directions, inputs):
-            states.append(pre(h, size) if direction > 0 else pre(h))
+            states.append(nhwc(pre(h, size) if direction > 0 else pre(h)))
         n = states[0].shape[0]
-        x = torch.stack(states, dim=1).view(n, groups * c, *size)  # (N, G*C, H, W)
+        x = to_nchw(torch.stack(states, dim=3).view(n, *size, groups * c))  # (N, G*C, H, W)
 
-        blocks: list[torch.Tensor | None] = [None] * self.steps  # each (N, G or 1, C, H, W)
+        blocks: list[torch.Tensor | None] = [None] * self.steps  # each (N, H, W, G or 1, C)
 
         def scatter(out: torch.Tensor, j: int):
             for e, block in enumerate(range(max(0, j - 1), self.steps)):
-                term = out[:, :, e]
+                term = out[:, :, :, :, e]
                 blocks[block] = term if blocks[block] is None else blocks[block] + term
 
         if self.preprocess_prev_prev is not None:
@@ -211,10 +222,10 @@ class SearchCell(nn.Module):
             scatter(self.prev_prev_ops(s0, alphas[self.edges_0]), 0)
         for j, ops in enumerate(self.source_ops, start=1):
             # Block j-1 is complete once states 0..j have been read (it is state j+1).
-            source = x if j == 1 else blocks[j - 2].reshape(n, groups * c, *size)
+            source = x if j == 1 else to_nchw(blocks[j - 2].reshape(n, *size, groups * c))
             scatter(ops(source, alphas[getattr(self, f"edges_{j}")]), j)
 
-        out = torch.cat(blocks[-self.block_multiplier:], dim=2)  # (N, G, mult*C, H, W)
+        out = torch.cat(blocks[-self.block_multiplier:], dim=-1)  # (N, H, W, G, mult*C)
         # Paper Eq. 6: the beta-weighted sum over incoming states.
-        out = (out * betas.view(1, groups, 1, 1, 1)).sum(dim=1)
-        return out
+        out = (out * betas.view(groups, 1)).sum(dim=3)
+        return to_nchw(out)  # (N, mult*C, H, W), channels-last
