@@ -6,6 +6,9 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_DIR ?= run/demo
+# Extra flags for the demo's stages (the test suite runs the demo with tiny ones).
+SEARCH_FLAGS ?=
+RETRAIN_FLAGS ?=
 
 .PHONY: demo test install clean-demo
 
@@ -21,8 +24,13 @@ test: install
 
 # The demo writes into its own folder and starts it afresh each time.
 demo: install clean-demo
-	$(PY) train_autodeeplab.py --dataset synthetic --out-dir $(DEMO_DIR)/search
+	$(PY) train_autodeeplab.py --dataset synthetic --out-dir $(DEMO_DIR)/search $(SEARCH_FLAGS)
 	$(PY) decode_autodeeplab.py --resume $(DEMO_DIR)/search/checkpoint.pth.tar
+	$(PY) train.py --dataset synthetic --genotype $(DEMO_DIR)/search/genotype.json \
+		--out-dir $(DEMO_DIR)/retrain $(RETRAIN_FLAGS)
+	$(PY) -m dataloaders.datasets.synthetic --out-dir $(DEMO_DIR)/images --count 4
+	$(PY) predict.py --checkpoint $(DEMO_DIR)/retrain/best.pth.tar \
+		--input $(DEMO_DIR)/images --out-dir $(DEMO_DIR)/predictions
 
 clean-demo:
 	rm -rf $(DEMO_DIR)
