@@ -227,12 +227,12 @@ def build(
 
 def export_samples(out_dir, *, split: str = "val", count: int = 4, seed: int = 0,
                    image_size: tuple[int, int] | None = None) -> list:
-    """Write `count` generated images as `<split>_NNN.png` (and their labels as
-    `<split>_NNN_label.png`) to `out_dir`: files to try predict.py on. Returns the image paths."""
+    """Write `count` generated images as `<split>_NNN.png` to `out_dir` and their labels (class
+    ids) to `out_dir/labels/`: files to try predict.py on. Returns the image paths."""
     from pathlib import Path
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    (out / "labels").mkdir(parents=True, exist_ok=True)
     dataset = SyntheticSegmentation(split, num_samples=count, seed=seed, transform=None,
                                     image_size=image_size or DEFAULT_IMAGE_SIZE)
     paths = []
@@ -240,7 +240,7 @@ def export_samples(out_dir, *, split: str = "val", count: int = 4, seed: int = 0
         image, mask = dataset.load(i)
         paths.append(out / f"{split}_{i:03d}.png")
         image.save(paths[-1])
-        mask.save(out / f"{split}_{i:03d}_label.png")
+        mask.save(out / "labels" / f"{split}_{i:03d}.png")
     return paths
 
 
