@@ -382,3 +382,108 @@ def test_nan_loss_stops_naming_iteration_and_last_good_checkpoint(tmp_path, caps
     state = load(out / "checkpoint.pth.tar")
     assert all(torch.isfinite(v).all() for v in state["model"].values()
                if v.is_floating_point())
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def make_camvid(root, size=(24, 32), n=4, splits=("train", "val")):
+    """A tiny CamVid tree (class ids 0..10, 11 unlabelled)."""
+    rng = np.random.default_rng(0)
+    for split in splits:
+        (root / split).mkdir(parents=True)
+        (root / f"{split}annot").mkdir()
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(
+                root / split / f"f{i}.png")
+            Image.fromarray(rng.integers(0, 12, size, dtype=np.uint8)).save(
+                root / f"{split}annot" / f"f{i}.png")
+    return root
+
+
+CAMVID_SEARCH = ["--dataset", "camvid", "--filter-multiplier", "2", "--num-layers", "3",
+                 "--steps", "2", "--block-multiplier", "2", "--crop-size", "16",
+                 "--batch-size", "2", "--epochs", "1", "--alpha-epoch", "0"]
+
+
+def truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize("damage, named", [
+    (lambda root: truncate(root / "train/f2.png"), "train/f2.png"),
+    (lambda root: Image.fromarray(np.full((24, 32), 40, np.uint8)).save(
+        root / "trainannot/f3.png"), "trainannot/f3.png"),
+])
+def test_bad_file_found_inside_a_worker_is_one_line(tmp_path, capsys, damage, named):
+    """A truncated image or labels outside the classes (not the ignore label), met by a
+    DataLoader worker in the middle of an epoch: one line naming the file, exit 2."""
+    root = make_camvid(tmp_path / "camvid")
+    damage(root)
+    line = error_line(capsys, search, *CAMVID_SEARCH, "--data-root", root, "--workers", "2",
+                      "--no-val", "--out-dir", tmp_path / "run")
+    assert named in line, line
+    if "annot" in named:
+        assert "[40]" in line
+
+
+@pytest.mark.parametrize("damage, named", [
+    (lambda root: Image.fromarray(np.zeros((5, 7), np.uint8)).save(root / "trainannot/f1.png"),
+     "trainannot/f1.png"),
+    (lambda root: [p.unlink() for p in (root / "val").iterdir()], "val"),
+    (lambda root: __import__("shutil").rmtree(root / "valannot"), "valannot"),
+    (lambda root: __import__("shutil").rmtree(root), "camvid"),
+])
+def test_bad_data_found_at_build_time_leaves_no_run_folder(tmp_path, capsys, damage, named):
+    root = make_camvid(tmp_path / "camvid")
+    damage(root)
+    line = error_line(capsys, search, *CAMVID_SEARCH, "--data-root", root, "--workers", "0",
+                      "--out-dir", tmp_path / "run")
+    assert named in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_gray_palette_rgba_images_are_converted_and_small_images_padded(tmp_path):
+    root = make_camvid(tmp_path / "camvid", size=(12, 16))
+    gray = np.arange(12 * 16, dtype=np.uint8).reshape(12, 16)
+    Image.fromarray(gray, "L").save(root / "train/f0.png")
+    palette = Image.fromarray(gray % 8, "P")
+    palette.putpalette([v for i in range(256) for v in (i, 255 - i, 7 * i % 256)])
+    palette.save(root / "train/f1.png")
+    Image.fromarray(np.full((12, 16, 4), 99, np.uint8), "RGBA").save(root / "val/f0.png")
+    # Crops of 32 from 12 x 16 images: padded (mean image, ignored labels), not an error.
+    out = search(*CAMVID_SEARCH, "--crop-size", "32", "--data-root", root, "--workers", "0",
+                 "--out-dir", tmp_path / "run")
+    assert load(out / "checkpoint.pth.tar")["epoch"] == 1
+
+
+GENOTYPE_PROBLEMS = {
+    "unknown operation": (lambda r: r["cell"][0].__setitem__(0, [0, "conv_9x9"]),
+                          "unknown operation 'conv_9x9'"),
+    "wrong block count": (lambda r: r["cell"].pop(), "steps=5 but len(cell) = 4"),
+    "three inputs in a block": (lambda r: r["cell"][0].append([1, "skip_connect"]),
+                                "has 3 inputs"),
+    "invalid input index": (lambda r: r["cell"][1].__setitem__(1, [7, "skip_connect"]),
+                            "reads input 7"),
+    "invalid path": (lambda r: r.__setitem__("network_path", [0, 2, 2]),
+                     "jumps from level 0 to 2"),
+    "wrong format": (lambda r: r.__setitem__("format", "darts"), "format 'darts'"),
+    "wrong version": (lambda r: r.__setitem__("version", 99), "version 99"),
+}
+
+
+@pytest.mark.parametrize("problem", list(GENOTYPE_PROBLEMS))
+def test_bad_genotype_json_is_one_line_at_the_train_cli(tmp_path, capsys, problem):
+    import json
+
+    record = Genotype((0, 1, 1), GENOTYPES["autodeeplab"].cell).to_json()
+    change, message = GENOTYPE_PROBLEMS[problem]
+    change(record)
+    record.pop("num_layers", None) if problem == "invalid path" else None
+    path = tmp_path / "genotype.json"
+    path.write_text(json.dumps(record))
+    line = error_line(capsys, retrain, *RETRAIN_TINY, "--iters", "1", "--genotype", path,
+                      "--out-dir", tmp_path / "run")
+    assert message in line and str(path) in line
+    assert not (tmp_path / "run").exists()
