@@ -487,3 +487,63 @@ def test_bad_genotype_json_is_one_line_at_the_train_cli(tmp_path, capsys, proble
                       "--out-dir", tmp_path / "run")
     assert message in line and str(path) in line
     assert not (tmp_path / "run").exists()
+
+
+def test_run_folder_of_another_run_is_refused(tmp_path, capsys, finished_search):
+    other = tmp_path / "other"
+    search(*SEARCH_TINY, "--epochs", "1", "--max-samples", "8", "--out-dir", other)
+    before = (other / "checkpoint.pth.tar").read_bytes()
+    line = error_line(capsys, search, *SEARCH_TINY, "--epochs", "1", "--max-samples", "8",
+                      "--out-dir", other)
+    assert "already holds a search run" in line
+    # Resuming one run into the folder of another is refused as well.
+    line = error_line(capsys, search, "--resume", finished_search, "--out-dir", other)
+    assert str(other) in line and "already holds" in line
+    assert (other / "checkpoint.pth.tar").read_bytes() == before
+
+
+def test_run_folder_in_use_by_a_live_process_is_refused(tmp_path, capsys):
+    import fcntl
+
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    with open(busy / ".lock", "a+") as held:  # what a running search holds
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("4242\n")
+        held.flush()
+        line = error_line(capsys, search, *SEARCH_TINY, "--epochs", "1", "--max-samples", "8",
+                          "--out-dir", busy)
+    assert "in use by another process (pid 4242)" in line
+    assert not (busy / "checkpoint.pth.tar").exists()
+
+
+def test_default_run_folders_of_one_second_are_distinct(tmp_path, monkeypatch):
+    from utils.run import prepare_run_dir, release_run_dir
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("utils.run.time.strftime", lambda fmt: "20260101-000000")
+    first = prepare_run_dir(None, None, "synthetic", "search")
+    second = prepare_run_dir(None, None, "synthetic", "search")
+    release_run_dir()
+    assert first != second and first.is_dir() and second.is_dir()
+    assert second.name == first.name + "-2"
+
+
+# ---------------------------------------------------------------- load
+
+
+@pytest.mark.slow
+def test_concurrent_runs_finish_in_their_own_folders(tmp_path):
+    runs = [tmp_path / f"run{i}" for i in range(4)]
+    procs = [spawn("train_autodeeplab.py", *SEARCH_TINY, "--epochs", "1", "--max-samples", "8",
+                   "--seed", str(i), "--checkpoint-interval", "1", "--out-dir", run)
+             for i, run in enumerate(runs)]
+    for proc in procs:
+        assert proc.wait(timeout=300) == 0, proc.stderr.read()[-2000:]
+    for i, run in enumerate(runs):
+        log = (run / "search.log").read_text()
+        assert log.count("search done") == 1 and f"search done: {run} " in log
+        assert not any(str(other) in log for other in runs if other != run)
+        state = load(run / "checkpoint.pth.tar")
+        assert state["epoch"] == 1 and state["args"]["seed"] == i
+        assert Path(state["args"]["out_dir"]) == run
