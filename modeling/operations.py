@@ -69,15 +69,19 @@ class FactorizedReduce(nn.Module):
 
     def __init__(self, c_in: int, c_out: int, affine: bool = True):
         super().__init__()
-        self.conv_1 = nn.Conv2d(c_in, c_out // 2, 1, stride=2, bias=False)
-        self.conv_2 = nn.Conv2d(c_in, c_out - c_out // 2, 1, stride=2, bias=False)
+        # Stride 1 on the subsampled pixels: a 1x1 stride-2 conv is a 1x1 conv of the even
+        # pixels. Subsampling first also keeps clear of oneDNN's channels-last 1x1 stride-2
+        # backward, which corrupts the heap when c_in < 8 (torch 2.13 CPU).
+        self.conv_1 = nn.Conv2d(c_in, c_out // 2, 1, bias=False)
+        self.conv_2 = nn.Conv2d(c_in, c_out - c_out // 2, 1, bias=False)
         self.bn = nn.BatchNorm2d(c_out, affine=affine)
 
     def forward(self, x):
         x = F.relu(x)
         h, w = x.shape[-2:]
-        shifted = F.pad(x[:, :, 1:, 1:], (0, w % 2, 0, h % 2))
-        return self.bn(torch.cat([self.conv_1(x), self.conv_2(shifted)], dim=1))
+        even = x[:, :, ::2, ::2]
+        odd = F.pad(x[:, :, 1::2, 1::2], (0, w % 2, 0, h % 2))
+        return self.bn(torch.cat([self.conv_1(even), self.conv_2(odd)], dim=1))
 
 
 class ConvBNReLU(nn.Module):

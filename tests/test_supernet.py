@@ -126,3 +126,30 @@ def test_entropy_is_maximal_at_uniform_init():
     alpha_h, beta_h = arch_entropy(model)
     assert alpha_h == pytest.approx(np.log(len(PRIMITIVES)), rel=1e-5)
     assert 0 < beta_h <= np.log(3)
+
+
+@pytest.mark.parametrize("size", [(8, 8), (7, 9)])
+def test_factorized_reduce_equals_two_offset_stride2_convs(size):
+    """Brute force: the two 1x1 stride-2 convs (second one offset by a pixel) written out,
+    on a narrow channels-last input (c_in < 8, where oneDNN's stride-2 backward once broke)."""
+    from modeling.operations import FactorizedReduce
+    torch.manual_seed(0)
+    op = FactorizedReduce(4, 6).train()
+    x = torch.randn(2, 4, *size).contiguous(memory_format=torch.channels_last).requires_grad_()
+    out = op(x)
+    grads = torch.autograd.grad(out.pow(2).sum(), [x, *op.parameters()])
+
+    x_ref = x.detach().contiguous().requires_grad_()
+    relu = torch.relu(x_ref)
+    h, w = size
+    shifted = torch.nn.functional.pad(relu[:, :, 1:, 1:], (0, w % 2, 0, h % 2))
+    with torch.backends.mkldnn.flags(enabled=False):
+        a = torch.nn.functional.conv2d(relu, op.conv_1.weight, stride=2)
+        b = torch.nn.functional.conv2d(shifted, op.conv_2.weight, stride=2)
+    ref = torch.nn.functional.batch_norm(torch.cat([a, b], 1), None, None, op.bn.weight,
+                                         op.bn.bias, training=True)
+    grads_ref = torch.autograd.grad(ref.pow(2).sum(), [x_ref, *op.parameters()])
+    assert out.shape == (2, 6, (h + 1) // 2, (w + 1) // 2)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    for g, g_ref in zip(grads, grads_ref):
+        torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-4)
