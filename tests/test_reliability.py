@@ -51,9 +51,12 @@ def retrain(*argv):
     return train.main(train_args.get_args_parser().parse_args(list(map(str, argv))))
 
 
-def spawn(script, *argv):
+def spawn(script, *argv, session=False):
+    """A training subprocess; `session=True` gives it its own process group (a terminal's
+    Ctrl-C reaches the whole group, DataLoader workers included)."""
     return subprocess.Popen([sys.executable, script, *map(str, argv)], cwd=REPO, env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=session)
 
 
 def cli(script, *argv, timeout=180):
@@ -139,20 +142,23 @@ def test_search_killed_mid_epoch_resumes_bit_identical(tmp_path, search_referenc
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_search_signal_writes_checkpoint_and_exits(tmp_path, search_reference, signum, code):
+@pytest.mark.parametrize("signum, code, workers", [(signal.SIGTERM, 143, 0),
+                                                   (signal.SIGINT, 130, 2)])
+def test_search_signal_writes_checkpoint_and_exits(tmp_path, search_reference, signum, code,
+                                                   workers):
     out = tmp_path / "signalled"
-    # No periodic checkpoints: the only mid-epoch one is the signal's.
+    # No periodic checkpoints: the only mid-epoch one is the signal's. SIGINT goes to the
+    # whole process group, as Ctrl-C does, workers included.
     proc = spawn("train_autodeeplab.py", *SEARCH_RUN, "--checkpoint-interval", "0",
-                 "--out-dir", out)
+                 "--workers", workers, "--out-dir", out, session=True)
     wait_for_checkpoint(proc, out / "checkpoint.pth.tar", lambda s: s["epoch"] == 1)
-    proc.send_signal(signum)
+    os.killpg(proc.pid, signum) if signum == signal.SIGINT else proc.send_signal(signum)
     assert proc.wait(timeout=60) == code, proc.stderr.read()[-2000:]
     stopped = load(out / "checkpoint.pth.tar")
     assert stopped["epoch"] == 1 and stopped["position"] is not None
     assert 0 < stopped["position"]["batch"] <= 8
     assert "--resume" in proc.stderr.read()
-    search("--resume", out / "checkpoint.pth.tar")
+    search("--resume", out / "checkpoint.pth.tar", "--workers", "0")
     assert_same_model(search_reference["model"], load(out / "checkpoint.pth.tar")["model"])
 
 
@@ -163,10 +169,23 @@ def genotype_file(tmp_path):
     return path
 
 
+@pytest.fixture(scope="module")
+def retrain_reference(tmp_path_factory):
+    """An uninterrupted retraining, with the genotype file it used."""
+    folder = tmp_path_factory.mktemp("retrain_ref")
+    genotype = folder / "genotype.json"
+    Genotype((0, 1, 1), GENOTYPES["autodeeplab"].cell).save(genotype)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    out = retrain(*RETRAIN_RUN, "--genotype", genotype, "--out-dir", folder / "full")
+    torch.set_num_threads(threads)
+    return dict(load(out / "checkpoint.pth.tar"), out=out, genotype=genotype)
+
+
 @pytest.mark.slow
-def test_retrain_killed_mid_interval_resumes_bit_identical(tmp_path, genotype_file):
-    full = retrain(*RETRAIN_RUN, "--genotype", genotype_file, "--out-dir", tmp_path / "full")
-    reference = load(full / "checkpoint.pth.tar")
+def test_retrain_killed_mid_interval_resumes_bit_identical(tmp_path, retrain_reference):
+    reference, full = retrain_reference, retrain_reference["out"]
+    genotype_file = retrain_reference["genotype"]
     out = tmp_path / "killed"
     proc = spawn("train.py", *RETRAIN_RUN, "--genotype", genotype_file,
                  "--checkpoint-interval", "1", "--out-dir", out)
@@ -185,6 +204,20 @@ def test_retrain_killed_mid_interval_resumes_bit_identical(tmp_path, genotype_fi
         reference["optimizer"]["state"][0]["momentum_buffer"])
     # The interval's mean loss survives the kill too (all columns but the wall time).
     assert metrics_rows(out, drop="seconds") == metrics_rows(full, drop="seconds")
+
+
+@pytest.mark.slow
+def test_retrain_sigterm_writes_checkpoint_and_exits_143(tmp_path, retrain_reference):
+    out = tmp_path / "signalled"
+    proc = spawn("train.py", *RETRAIN_RUN, "--genotype", retrain_reference["genotype"],
+                 "--checkpoint-interval", "0", "--out-dir", out)
+    wait_for_checkpoint(proc, out / "checkpoint.pth.tar", lambda s: s["step"] == 7)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 143, proc.stderr.read()[-2000:]
+    stopped = load(out / "checkpoint.pth.tar")
+    assert 7 < stopped["step"] < 14 and stopped["position"] is not None
+    retrain("--resume", out / "checkpoint.pth.tar")
+    assert_same_model(retrain_reference["model"], load(out / "checkpoint.pth.tar")["model"])
 
 
 @pytest.fixture(scope="module")
