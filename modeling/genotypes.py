@@ -313,6 +313,40 @@ GENOTYPES: dict[str, Genotype] = {
 }
 
 
+def count_paths(num_layers: int) -> np.ndarray:
+    """(L, 4) number of valid network paths ending at each (layer, level) (SPEC section 2)."""
+    counts = np.zeros((num_layers, NUM_LEVELS), dtype=object)  # exact, however long the path
+    counts[0, :MAX_FIRST_LEVEL + 1] = 1
+    for layer in range(1, num_layers):
+        for level in range(NUM_LEVELS):
+            counts[layer, level] = sum(counts[layer - 1, s] for s in (level - 1, level, level + 1)
+                                       if 0 <= s < NUM_LEVELS)
+    return counts
+
+
+def random_genotype(num_layers: int, steps: int, rng: np.random.Generator) -> Genotype:
+    """An architecture drawn uniformly from the search space: each valid network path equally
+    likely (drawn backwards through the path counts), and each block an unordered pair of
+    distinct inputs with one real operation each, all choices equally likely."""
+    counts = count_paths(num_layers)
+
+    def pick(weights) -> int:
+        weights = np.array([float(w) for w in weights])
+        return int(rng.choice(len(weights), p=weights / weights.sum()))
+
+    path = [pick(counts[-1])]
+    for layer in range(num_layers - 2, -1, -1):
+        nxt = path[-1]
+        path.append(pick([counts[layer, s] if abs(s - nxt) <= 1 else 0
+                          for s in range(NUM_LEVELS)]))
+    operations = [p for p in PRIMITIVES if p != NONE_OP]
+    cell = []
+    for block in range(steps):
+        inputs = sorted(rng.choice(2 + block, size=INPUTS_PER_BLOCK, replace=False).tolist())
+        cell.append(tuple((int(i), operations[rng.integers(len(operations))]) for i in inputs))
+    return Genotype(tuple(reversed(path)), tuple(cell))
+
+
 def get_genotype(name: str) -> Genotype:
     """A named genotype from `GENOTYPES`; an unknown name is a UserError listing the known."""
     if name not in GENOTYPES:

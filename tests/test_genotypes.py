@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from modeling.genotypes import (GENOTYPE_NPY, GENOTYPES, NETWORK_PATH_NPY,
-                                NETWORK_PATH_SPACE_NPY, Genotype, get_genotype)
+                                NETWORK_PATH_SPACE_NPY, Genotype, count_paths, get_genotype,
+                                random_genotype)
 from modeling.search_space import PRIMITIVES, edge_offset
 from utils.errors import UserError
 
@@ -160,3 +161,42 @@ def test_load_errors_name_the_file(tmp_path):
         Genotype.load(invalid)
     assert str(invalid) in str(info.value) and "starts at level 3" in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def all_paths(num_layers):
+    """Brute force: every level sequence that Genotype accepts."""
+    import itertools
+    for path in itertools.product(range(4), repeat=num_layers):
+        try:
+            Genotype(path, SMALL.cell)
+        except UserError:
+            continue
+        yield path
+
+
+def test_path_counts_equal_brute_force_enumeration():
+    for num_layers in (1, 2, 3, 5):
+        paths = list(all_paths(num_layers))
+        counts = count_paths(num_layers)
+        assert sum(counts[-1]) == len(paths)
+        for level in range(4):
+            assert counts[-1, level] == sum(p[-1] == level for p in paths)
+
+
+def test_random_genotype_is_valid_and_uniform_over_paths():
+    rng = np.random.default_rng(0)
+    paths = list(all_paths(4))  # 26 paths
+    draws = [random_genotype(4, 3, rng) for _ in range(5200)]
+    seen = {}
+    for genotype in draws:
+        assert genotype.steps == 3 and genotype.num_layers == 4  # validated on construction
+        seen[genotype.network_path] = seen.get(genotype.network_path, 0) + 1
+    assert set(seen) == set(paths)
+    expected = len(draws) / len(paths)  # 200 each; 5 sigma ~ 70
+    assert all(abs(n - expected) < 5 * expected ** 0.5 for n in seen.values()), seen
+    # Every input pair of block 3 (6 unordered pairs of 4 states) and every operation appears.
+    pairs = {tuple(i for i, _ in g.cell[2]) for g in draws}
+    assert pairs == {(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)}
+    assert {op for g in draws for _, op in g.cell[0]} == set(PRIMITIVES) - {"none"}
+    again = [random_genotype(4, 3, np.random.default_rng(0)) for _ in range(2)]
+    assert again[0] == again[1] == draws[0]  # the seed decides
