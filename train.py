@@ -19,18 +19,19 @@ from pathlib import Path
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DistributedSampler, Subset
 
 from config_utils.common import merge_resume_args
 from config_utils.train_args import (ARCH_KEYS, CURRENT_KEYS, RESUME_SAFE_KEYS, explicit_keys,
                                      get_args_parser, resolve_defaults)
 from dataloaders import build_dataset, build_loader, dataset_info, derive_seed
-from engine.retrain import (IntervalProgress, build_criterion, check_replicas_in_sync, evaluate,
-                            export_onnx, format_metrics, init_distributed, resolve_genotype,
-                            train_steps)
+from engine.retrain import (IntervalProgress, build_criterion, evaluate, export_onnx,
+                            format_metrics, resolve_genotype, train_steps)
 from engine.search import NonFiniteLoss, check_finite
 from modeling.retrain_net import AutoDeepLab, RetrainConfig
-from utils.checkpoint import RETRAIN_KIND, load_checkpoint, save_checkpoint, write_json
+from utils.checkpoint import (RETRAIN_KIND, load_checkpoint, save_checkpoint, save_with_best,
+                              write_json)
+from utils.distributed import (agreed_stop, check_replicas_in_sync, init_distributed,
+                               rank_share, shard_sampler, stop_if_requested)
 from utils.errors import UserError, exit_on_user_error
 from utils.interrupt import Interrupted, StopSignals
 from utils.flops import count_parameters, multi_adds
@@ -120,19 +121,16 @@ def build_data(args, device, dist_info):
     train_loader = None
     if not args.eval_only:
         train_set = build_dataset(args.dataset, "train", train=True, **common)
-        sampler = DistributedSampler(train_set, dist_info.world_size, dist_info.rank,
-                                     shuffle=True, seed=args.seed, drop_last=True) \
-            if dist_info.distributed else None
         train_loader = build_loader(train_set, batch_size=args.batch_size, shuffle=True,
                                     workers=args.workers, device=device, drop_last=True,
-                                    seed=derive_seed(args.seed, STREAM_TRAIN), sampler=sampler)
+                                    seed=derive_seed(args.seed, STREAM_TRAIN),
+                                    sampler=shard_sampler(train_set, dist_info, args.seed))
     val_loader = None
     if args.eval_only or not args.no_val:
         val_set = build_dataset(args.dataset, args.split if args.eval_only else "val",
                                 train=False, **common)
-        # Every rank takes every world_size-th image: no padding, so summed counts are exact.
-        shard = Subset(val_set, list(range(dist_info.rank, len(val_set), dist_info.world_size)))
-        val_loader = build_loader(shard, batch_size=1, shuffle=False, workers=args.workers,
+        val_loader = build_loader(rank_share(val_set, dist_info), batch_size=1,
+                                  shuffle=False, workers=args.workers,
                                   device=device, drop_last=False,
                                   seed=derive_seed(args.seed, STREAM_VAL))
     return train_loader, val_loader
@@ -153,15 +151,6 @@ def main(args):
         release_run_dir()
         if dist_info.distributed:
             torch.distributed.destroy_process_group()
-
-
-def agreed_stop(requested: int | None, dist_info, device) -> int | None:
-    """The stop request of any process (all stop at the same step), else None."""
-    if not dist_info.distributed:
-        return requested
-    flag = torch.tensor([requested or 0], device=device)
-    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-    return int(flag.item()) or None
 
 
 def run(args, dist_info, dist_device, stop):
@@ -332,13 +321,8 @@ def run(args, dist_info, dist_device, stop):
                     writer.add_scalar("val/mIoU", miou, step)
                     writer.add_scalar("val/pixel_acc", metrics["pixel_acc"], step)
                 writer.flush()
-                end_state = state(step, None)
-                save_checkpoint(end_state, checkpoint_path)
-                if is_best:
-                    save_checkpoint(end_state, out_dir / "best.pth.tar")
-            requested = agreed_stop(stop.requested, dist_info, device)
-            if requested:
-                raise Interrupted(requested, checkpoint_path)
+                save_with_best(state(step, None), checkpoint_path, is_best)
+            stop_if_requested(stop, dist_info, device, checkpoint_path)
     finally:
         if writer is not None:
             writer.close()

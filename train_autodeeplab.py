@@ -3,6 +3,7 @@
     python train_autodeeplab.py --dataset synthetic
     CUDA_VISIBLE_DEVICES=0 python train_autodeeplab.py --dataset camvid --data-root DIR
     python train_autodeeplab.py --resume RUN/checkpoint.pth.tar
+    torchrun --nproc_per_node=4 train_autodeeplab.py --dataset camvid --data-root DIR
 """
 from __future__ import annotations
 
@@ -21,7 +22,11 @@ from dataloaders import IGNORE_INDEX, build_dataset, build_loader, dataset_info,
 from engine.search import (Architect, BStream, EpochProgress, NonFiniteLoss, check_finite,
                            evaluate, split_train_set, train_one_epoch)
 from modeling.supernet import AutoDeepLabSearch, SupernetConfig, arch_entropy
-from utils.checkpoint import SEARCH_KIND, load_checkpoint, save_checkpoint, write_json
+from utils.checkpoint import (SEARCH_KIND, load_checkpoint, save_checkpoint, save_with_best,
+                              write_json)
+from utils.distributed import (DistInfo, agreed_stop, broadcast_buffers,
+                               check_replicas_in_sync, init_distributed, rank_share,
+                               shard_sampler, stop_if_requested)
 from utils.errors import UserError, exit_on_user_error
 from utils.interrupt import Interrupted, StopSignals
 from utils.lr_scheduler import cosine_schedule
@@ -53,16 +58,20 @@ def check_args(args) -> None:
         raise UserError(f"--checkpoint-interval must be >= 0, got {args.checkpoint_interval}")
 
 
-def build_data(args, device, split=None):
-    """Train set with its A/B split and loaders, and the validation loader (or None)."""
+def build_data(args, device, dist_info: DistInfo, split=None):
+    """Train set with its A/B split and loaders, and the validation loader (or None).
+
+    Under torchrun every process makes the same split and loads its own share of A, of B
+    (reshuffled every pass) and of the validation images."""
     common = dict(data_root=args.data_root, crop_size=args.crop_size, resize=args.resize,
                   seed=args.seed, max_samples=args.max_samples, use_sbd=args.use_sbd)
     train_set = build_dataset(args.dataset, "train", train=True, num_samples=args.num_samples,
                               image_size=args.image_size, **common)
     if split is None:
-        if len(train_set) < 2 * args.batch_size:
+        per_half = args.batch_size * dist_info.world_size  # one batch per process
+        if len(train_set) < 2 * per_half:
             raise UserError(f"the train split has {len(train_set)} images; halves A and B need "
-                            f"at least {args.batch_size} each: lower --batch-size")
+                            f"at least {per_half} each: lower --batch-size")
         a_idx, b_idx = split_train_set(len(train_set), args.seed)
     else:
         if split["num_train"] != len(train_set):
@@ -72,17 +81,22 @@ def build_data(args, device, split=None):
         a_idx, b_idx = split["a"].numpy(), split["b"].numpy()
     loader_args = dict(batch_size=args.batch_size, shuffle=True, workers=args.workers,
                        device=device, drop_last=True)
-    loader_a = build_loader(Subset(train_set, a_idx.tolist()),
-                            seed=derive_seed(args.seed, STREAM_A), **loader_args)
+    half_a = Subset(train_set, a_idx.tolist())
+    seed_a = derive_seed(args.seed, STREAM_A)
+    loader_a = build_loader(half_a, seed=seed_a, sampler=shard_sampler(half_a, dist_info, seed_a),
+                            **loader_args)
     # B gets a twin of the dataset: its own augmentation seed, so that the two loaders'
     # set_epoch calls never change each other's augmentations.
-    loader_b = build_loader(Subset(train_set.twin(), b_idx.tolist()),
-                            seed=derive_seed(args.seed, STREAM_B), **loader_args)
+    half_b = Subset(train_set.twin(), b_idx.tolist())
+    seed_b = derive_seed(args.seed, STREAM_B)
+    loader_b = build_loader(half_b, seed=seed_b, sampler=shard_sampler(half_b, dist_info, seed_b),
+                            **loader_args)
     val_loader = None
     if not args.no_val:
         val_set = build_dataset(args.dataset, "val", train=False, image_size=args.image_size,
                                 **common)
-        val_loader = build_loader(val_set, batch_size=1, shuffle=False, workers=args.workers,
+        val_loader = build_loader(rank_share(val_set, dist_info), batch_size=1,
+                                  shuffle=False, workers=args.workers,
                                   device=device, drop_last=False,
                                   seed=derive_seed(args.seed, STREAM_VAL))
     split = {"num_train": len(train_set), "seed": args.seed,
@@ -121,6 +135,16 @@ def report_epoch(model, epoch: int, epochs: int, result, metrics: dict | None, l
 
 @exit_on_user_error
 def main(args):
+    dist_info, dist_device = init_distributed(None, args.device)
+    try:
+        return run(args, dist_info, dist_device)
+    finally:
+        if dist_info.distributed:
+            torch.distributed.destroy_process_group()
+
+
+def run(args, dist_info: DistInfo, dist_device):
+    """Check the flags and the data, prepare the run folder (rank 0 only), search."""
     explicit = explicit_keys(args)
     checkpoint = None
     if args.resume:
@@ -132,37 +156,51 @@ def main(args):
         raise UserError("--override only applies with --resume; drop it")
     args = resolve_defaults(args)
     check_args(args)
+    saved_world = checkpoint.get("world_size", 1) if checkpoint is not None else None
+    if saved_world not in (None, dist_info.world_size):
+        raise UserError(f"checkpoint {args.resume} was searched by {saved_world} process(es) "
+                        f"but this run has {dist_info.world_size}; resume with as many "
+                        "(torchrun --nproc_per_node): the batches of an epoch depend on it")
     seed_everything(args.seed)
-    device = select_device(args.device)
+    device = dist_device or select_device(args.device)
     dataset_info(args.dataset)  # an unknown name fails here, before anything is written
     # Data problems are found before the run folder is made, so a typo leaves no debris.
     info, split, loader_a, loader_b, val_loader = build_data(
-        args, device, checkpoint["split"] if checkpoint else None)
+        args, device, dist_info, checkpoint["split"] if checkpoint else None)
     if checkpoint is not None and checkpoint["model_args"]["num_classes"] != info.num_classes:
         raise UserError(f"checkpoint {args.resume} was searched with "
                         f"{checkpoint['model_args']['num_classes']} classes but dataset "
                         f"{args.dataset} now has {info.num_classes}; start a new run")
-    out_dir = prepare_run_dir(args.out_dir, args.resume, args.dataset, "search")
+    out_dir = None
+    if dist_info.is_main:  # only rank 0 writes the run folder
+        out_dir = prepare_run_dir(args.out_dir, args.resume, args.dataset, "search")
     try:
         with StopSignals() as stop:
-            return search(args, checkpoint, out_dir, device, info, split, loader_a, loader_b,
-                          val_loader, stop)
+            return search(args, checkpoint, out_dir, device, dist_info, info, split, loader_a,
+                          loader_b, val_loader, stop)
     except Interrupted as err:
-        log.warning("%s: checkpoint %s written; continue with: python train_autodeeplab.py "
-                    "--resume %s", err, err.checkpoint, err.checkpoint)
+        if err.checkpoint is not None:
+            launch = "torchrun ..." if dist_info.distributed else "python"
+            log.warning("%s: checkpoint %s written; continue with: %s train_autodeeplab.py "
+                        "--resume %s", err, err.checkpoint, launch, err.checkpoint)
         sys.exit(err.exit_code)
     finally:
-        release_run_dir(out_dir)
+        if out_dir is not None:
+            release_run_dir(out_dir)
 
 
-def search(args, checkpoint, out_dir, device, info, split, loader_a, loader_b, val_loader, stop):
-    """The search proper, in the prepared run folder `out_dir`."""
-    args.out_dir = str(out_dir)
-    setup_logging(out_dir / "search.log")
+def search(args, checkpoint, out_dir, device, dist_info, info, split, loader_a, loader_b,
+           val_loader, stop):
+    """The search proper; rank 0 writes the prepared run folder `out_dir` (None elsewhere)."""
+    if out_dir is not None:
+        args.out_dir = str(out_dir)
+        setup_logging(out_dir / "search.log")
+    else:
+        setup_logging(None, logging.WARNING)
     log.info("command: %s", " ".join(sys.argv))
-    log.info("dataset %s: %d classes, A %d / B %d images, %d steps per epoch, device %s",
-             args.dataset, info.num_classes, len(split["a"]), len(split["b"]), len(loader_a),
-             device)
+    log.info("dataset %s: %d classes, A %d / B %d images, %d steps per epoch of batch %d x %d "
+             "processes, device %s", args.dataset, info.num_classes, len(split["a"]),
+             len(split["b"]), len(loader_a), args.batch_size, dist_info.world_size, device)
     torch.autograd.set_detect_anomaly(args.detect_anomaly)
 
     config = SupernetConfig(num_classes=info.num_classes, num_layers=args.num_layers,
@@ -193,14 +231,15 @@ def search(args, checkpoint, out_dir, device, info, split, loader_a, loader_b, v
     n_weights = sum(p.numel() for p in model.weight_parameters())
     log.info("supernet F=%d B=%d steps=%d L=%d: %.2fM weights", config.filter_multiplier,
              config.block_multiplier, config.steps, config.num_layers, n_weights / 1e6)
-    write_json(args_to_json(args), out_dir / "args.json")
+    writer = metrics_csv = checkpoint_path = None
+    if out_dir is not None:
+        from tensorboardX import SummaryWriter
 
-    from tensorboardX import SummaryWriter
-
-    writer = SummaryWriter(str(out_dir))
-    metrics_csv = MetricsCSV(out_dir / "metrics.csv")
-    metrics_csv.truncate_after(start_epoch)  # rows past the checkpoint
-    checkpoint_path = out_dir / "checkpoint.pth.tar"
+        write_json(args_to_json(args), out_dir / "args.json")
+        writer = SummaryWriter(str(out_dir))
+        metrics_csv = MetricsCSV(out_dir / "metrics.csv")
+        metrics_csv.truncate_after(start_epoch)  # rows past the checkpoint
+        checkpoint_path = out_dir / "checkpoint.pth.tar"
 
     def state(epochs_done: int, position: EpochProgress | None) -> dict:
         """Everything a resume needs; `position` is where a mid-epoch checkpoint stands."""
@@ -213,18 +252,20 @@ def search(args, checkpoint, out_dir, device, info, split, loader_a, loader_b, v
                 "global_step": global_step, "b_passes": b_stream.passes,
                 "b_consumed": b_stream.consumed, "split": split, "rng": rng_state(),
                 "args": args_to_json(args), "best_miou": best_miou, "metrics": metrics,
-                "genotype": model.genotype().to_json(), "dataset": args.dataset}
+                "genotype": model.genotype().to_json(), "dataset": args.dataset,
+                "world_size": dist_info.world_size}
 
     def after_step(position: EpochProgress, step: int) -> None:
         nonlocal global_step
         global_step = step
+        requested = agreed_stop(stop.requested, dist_info, device)
         due = args.checkpoint_interval and step % args.checkpoint_interval == 0 \
             and position.batch < len(loader_a)  # the epoch's end writes its own
-        if due or stop.requested:
+        if (due or requested) and checkpoint_path is not None:
             check_finite(model, step)
             save_checkpoint(state(epoch, position), checkpoint_path)
-        if stop.requested:
-            raise Interrupted(stop.requested, checkpoint_path)
+        if requested:
+            raise Interrupted(requested, checkpoint_path)
 
     last_epoch = args.epochs if args.stop_after_epochs is None else min(
         args.epochs, start_epoch + args.stop_after_epochs)
@@ -236,30 +277,37 @@ def search(args, checkpoint, out_dir, device, info, split, loader_a, loader_b, v
                     b_stream, epoch=epoch, arch_active=epoch >= args.alpha_epoch,
                     device=device, grad_clip=args.grad_clip, global_step=global_step,
                     writer=writer, after_step=after_step,
-                    progress=progress if epoch == start_epoch else None)
+                    progress=progress if epoch == start_epoch else None,
+                    show_progress=dist_info.is_main)
                 check_finite(model, global_step)
             except NonFiniteLoss as err:
-                kept = checkpoint_path if checkpoint_path.exists() else "none yet"
+                kept = checkpoint_path if checkpoint_path and checkpoint_path.exists() \
+                    else "none yet"
                 raise UserError(f"{err}; stopped, the last good checkpoint is {kept} (lower "
                                 "--lr or --arch-lr, or check the data; --detect-anomaly names "
                                 "the operation)") from err
+            if dist_info.distributed:
+                checksum = check_replicas_in_sync(model)  # raises if a process diverged
+                log.info("weights, alphas and betas identical on all %d processes (checksum "
+                         "%.6f)", dist_info.world_size, checksum)
+                broadcast_buffers(model)  # rank 0's BN statistics: validated and saved
             validate = val_loader is not None and (
                 (epoch + 1) % args.eval_interval == 0 or epoch + 1 == args.epochs)
-            metrics = evaluate(model, val_loader, info.num_classes, device) if validate else None
+            metrics = evaluate(model, val_loader, info.num_classes, device,
+                               show_progress=dist_info.is_main) if validate else None
             is_best = metrics is not None and metrics["miou"] > best_miou
             best_miou = max(best_miou, metrics["miou"]) if metrics else best_miou
-            report_epoch(model, epoch, args.epochs, result, metrics,
-                         weight_optimizer.param_groups[0]["lr"], metrics_csv, writer)
-            end_state = state(epoch + 1, None)
-            save_checkpoint(end_state, checkpoint_path)
-            if is_best:
-                save_checkpoint(end_state, out_dir / "best.pth.tar")
-            if stop.requested:
-                raise Interrupted(stop.requested, checkpoint_path)
+            if out_dir is not None:
+                report_epoch(model, epoch, args.epochs, result, metrics,
+                             weight_optimizer.param_groups[0]["lr"], metrics_csv, writer)
+                save_with_best(state(epoch + 1, None), checkpoint_path, is_best)
+            stop_if_requested(stop, dist_info, device, checkpoint_path)
     finally:
-        writer.close()
-    log.info("search done: %s (decode with: python decode_autodeeplab.py --resume %s)",
-             out_dir, checkpoint_path)
+        if writer is not None:
+            writer.close()
+    if out_dir is not None:
+        log.info("search done: %s (decode with: python decode_autodeeplab.py --resume %s)",
+                 out_dir, checkpoint_path)
     return out_dir
 
 

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
@@ -123,63 +122,6 @@ def build_criterion(kind: str, *, batch_size: int, thresh: float, min_kept: int)
     if kind == "ce":
         return nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)
     return OhemCrossEntropy(thresh, min_kept * batch_size // OHEM_REFERENCE_IMAGES)
-
-
-# --- distributed ------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class DistInfo:
-    """Where this process sits: rank 0 of 1 unless launched by torchrun / distributed.launch."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed(local_rank_flag: int | None,
-                     device_name: str | None) -> tuple[DistInfo, torch.device | None]:
-    """Join the process group when WORLD_SIZE > 1 (NCCL on CUDA, gloo on CPU)."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
-        return DistInfo(), None
-    rank = int(os.environ["RANK"])
-    local_rank = int(os.environ.get("LOCAL_RANK", local_rank_flag or 0))
-    use_cuda = torch.cuda.is_available() and (device_name is None or device_name.startswith("cuda"))
-    if use_cuda:
-        torch.cuda.set_device(local_rank)
-        device = torch.device("cuda", local_rank)
-    else:
-        device = torch.device("cpu")
-    dist.init_process_group("nccl" if use_cuda else "gloo")
-    return DistInfo(rank, world_size, local_rank), device
-
-
-def check_replicas_in_sync(model: nn.Module) -> float:
-    """All-gather a float64 checksum of every parameter; raise if processes differ.
-
-    DDP keeps parameters identical by construction; this catches what would silently break it
-    (a rank-dependent op, a parameter left out of the gradient all-reduce). BN running
-    statistics are left out: without SyncBatchNorm (CPU) each process updates them from its
-    own batches, and DDP re-broadcasts rank 0's before every forward; rank 0's are saved.
-    """
-    with torch.no_grad():
-        local = torch.stack([p.detach().double().sum() for p in model.parameters()]).cpu()
-    if dist.is_available() and dist.is_initialized():
-        gathered = [torch.zeros_like(local) for _ in range(dist.get_world_size())]
-        dist.all_gather(gathered, local)
-        for rank, other in enumerate(gathered):
-            if not torch.equal(other, local):
-                raise RuntimeError(f"model replicas diverged: rank {rank} differs from rank "
-                                   f"{dist.get_rank()}")
-    return local.sum().item()
 
 
 # --- training ---------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from dataloaders import IGNORE_INDEX
+from utils.distributed import average_gradients
 from utils.metrics import ConfusionMatrix
 
 log = logging.getLogger(__name__)
@@ -45,16 +46,19 @@ class Architect:
         self.optimizer = torch.optim.Adam(self.arch_params, lr=lr, weight_decay=weight_decay)
 
     def step(self, images: torch.Tensor, targets: torch.Tensor) -> float:
-        """One Adam step of alphas and betas on a B batch; gradients of nothing else."""
+        """One Adam step of alphas and betas on a B batch; gradients of nothing else
+        (averaged over the processes under torchrun)."""
         self.optimizer.zero_grad(set_to_none=True)
         loss = self.criterion(self.model(images), targets)
         loss.backward(inputs=self.arch_params)
+        average_gradients(self.arch_params)
         self.optimizer.step()
         return loss.item()
 
 
 def weight_step(model, criterion, optimizer, weights, images, targets, grad_clip: float) -> float:
-    """One SGD step of the weights on an A batch; gradients of nothing else. Returns the loss.
+    """One SGD step of the weights on an A batch; gradients of nothing else (averaged over
+    the processes under torchrun, before clipping). Returns the loss.
 
     A non-finite loss skips the update (the caller stops the run)."""
     loss = criterion(model(images), targets)
@@ -62,6 +66,7 @@ def weight_step(model, criterion, optimizer, weights, images, targets, grad_clip
         return loss.item()
     optimizer.zero_grad(set_to_none=True)
     loss.backward(inputs=weights)
+    average_gradients(weights)
     if grad_clip > 0:
         nn.utils.clip_grad_norm_(weights, grad_clip)
     optimizer.step()
@@ -135,7 +140,7 @@ class EpochProgress:
 def train_one_epoch(model, criterion, weight_optimizer, scheduler, architect, loader_a, b_stream,
                     *, epoch: int, arch_active: bool, device: torch.device, grad_clip: float,
                     global_step: int, writer=None, progress: EpochProgress | None = None,
-                    after_step=None) -> tuple[EpochResult, int]:
+                    after_step=None, show_progress: bool = True) -> tuple[EpochResult, int]:
     """One search epoch: per A batch a weight step, then (when `arch_active`) an architecture
     step on the next B batch. Returns the epoch's mean losses and the new global step.
 
@@ -152,7 +157,8 @@ def train_one_epoch(model, criterion, weight_optimizer, scheduler, architect, lo
     if arch_active and not resumed:
         b_stream.new_pass()
     start = time.time() - progress.seconds
-    bar = tqdm(loader_a, desc=f"search epoch {epoch}", leave=False, disable=None,
+    bar = tqdm(loader_a, desc=f"search epoch {epoch}", leave=False,
+               disable=None if show_progress else True,
                dynamic_ncols=True, initial=progress.batch)
     for images, targets in bar:
         images = images.to(device, non_blocking=True)
@@ -199,11 +205,14 @@ def check_finite(model: nn.Module, step: int) -> None:
 
 
 @torch.inference_mode()
-def evaluate(model, loader, num_classes: int, device: torch.device) -> dict:
-    """Confusion-matrix metrics of `model` on `loader` (whole images)."""
+def evaluate(model, loader, num_classes: int, device: torch.device,
+             show_progress: bool = True) -> dict:
+    """Confusion-matrix metrics of `model` on `loader` (whole images), summed over the
+    processes under torchrun (each with its share of the images)."""
     model.eval()
     cm = ConfusionMatrix(num_classes, IGNORE_INDEX, device=device)
-    for images, targets in tqdm(loader, desc="validate", leave=False, disable=None):
+    for images, targets in tqdm(loader, desc="validate", leave=False,
+                                disable=None if show_progress else True):
         images = images.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
         cm.update(targets, model(images).argmax(1))

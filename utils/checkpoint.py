@@ -15,6 +15,7 @@ from utils.errors import UserError
 
 SEARCH_KIND = "autodeeplab-search"
 RETRAIN_KIND = "autodeeplab-retrain"
+BEST_NAME = "best.pth.tar"  # beside checkpoint.pth.tar: the state at the best val score
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
@@ -62,6 +63,14 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
     """torch.save `state` to `path` atomically; a failed write (a full disk) is a UserError
     that says the previous checkpoint is kept."""
     _write_or_explain(path, lambda tmp: torch.save(state, tmp))
+
+
+def save_with_best(state: dict, path: str | os.PathLike, is_best: bool) -> None:
+    """`save_checkpoint` to `path` and, when `is_best` (the best validation score so far),
+    to best.pth.tar beside it."""
+    save_checkpoint(state, path)
+    if is_best:
+        save_checkpoint(state, Path(path).with_name(BEST_NAME))
 
 
 def write_json(obj: Any, path: str | os.PathLike) -> None:
