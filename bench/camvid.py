@@ -47,13 +47,13 @@ DEFAULT_ROOT = REPO.parent / "shared" / "datasets" / "camvid"
 # the paper's half of the search (20 of 40 epochs), scaled with the number of epochs.
 PROTOCOLS = {
     # 2-core CPU, about 1.5 hours: images at a third of their size (120 x 160), F = 4 supernet
-    # (8 epochs of 46 steps, ~30 min), F = 8 retraining (800 iterations, ~11 min per network).
+    # (8 epochs of 45 steps, ~40 min), F = 8 retraining (600 iterations, ~8 min per network).
     "cpu": dict(
         search=["--resize", "120", "--crop-size", "96", "--batch-size", "4",
                 "--filter-multiplier", "4", "--block-multiplier", "5", "--steps", "5",
                 "--num-layers", "12", "--epochs", "8", "--alpha-epoch", "4", "--workers", "1"],
         retrain=["--resize", "120", "--crop-size", "96", "--batch-size", "8",
-                 "--filter-multiplier", "8", "--iters", "800", "--eval-interval", "400",
+                 "--filter-multiplier", "8", "--iters", "600", "--eval-interval", "300",
                  "--warmup-iters", "50", "--lr", "0.05", "--workers", "1"],
         eval_size=(120, 160)),
     # One GPU: full 360 x 480 resolution, the paper's search settings (40 epochs, architecture
