@@ -12,9 +12,6 @@ import json
 import logging
 import math
 import sys
-import warnings
-from contextlib import nullcontext
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -28,6 +25,7 @@ from engine.retrain import (IntervalProgress, build_criterion, evaluate, export_
                             format_metrics, resolve_genotype, train_steps)
 from engine.search import NonFiniteLoss, check_finite
 from modeling.retrain_net import AutoDeepLab, RetrainConfig
+from utils.amp import amp_context
 from utils.checkpoint import (RETRAIN_KIND, load_checkpoint, save_checkpoint, save_with_best,
                               write_json)
 from utils.distributed import (agreed_stop, check_replicas_in_sync, init_distributed,
@@ -100,18 +98,6 @@ def summary(config: RetrainConfig, input_size, arch: str | None) -> dict:
             "multi_adds": ops, "multi_adds_g": round(ops / 1e9, 2), "input": list(input_size),
             "filter_multiplier": config.filter_multiplier, "num_classes": config.num_classes,
             "network_path": list(config.genotype.network_path)}
-
-
-def amp_context(args, device):
-    """(autocast factory, GradScaler): bf16/fp16 autocast on CUDA only."""
-    enabled = args.amp and device.type == "cuda"
-    if args.amp and not enabled:
-        warnings.warn("--amp needs CUDA; training in float32 on the CPU", stacklevel=2)
-    dtype = torch.bfloat16 if args.amp_dtype == "bf16" else torch.float16
-    autocast = partial(torch.autocast, device_type=device.type, dtype=dtype) if enabled \
-        else nullcontext
-    scaler = torch.amp.GradScaler("cuda", enabled=enabled and dtype == torch.float16)
-    return autocast, scaler
 
 
 def build_data(args, device, dist_info):
@@ -206,7 +192,7 @@ def run(args, dist_info, dist_device, stop):
             model_without_ddp = model
         model = DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
-    autocast, scaler = amp_context(args, device)
+    autocast, scaler = amp_context(args.amp, args.amp_dtype, device)
     eval_kwargs = dict(crop=args.crop_size, scales=tuple(args.eval_scales), flip=args.flip,
                        autocast=autocast, show_progress=show)
     if args.eval_only:

@@ -22,6 +22,7 @@ from dataloaders import IGNORE_INDEX, build_dataset, build_loader, dataset_info,
 from engine.search import (Architect, BStream, EpochProgress, NonFiniteLoss, check_finite,
                            evaluate, split_train_set, train_one_epoch)
 from modeling.supernet import AutoDeepLabSearch, SupernetConfig, arch_entropy
+from utils.amp import amp_context
 from utils.checkpoint import (SEARCH_KIND, load_checkpoint, save_checkpoint, save_with_best,
                               write_json)
 from utils.distributed import (DistInfo, agreed_stop, broadcast_buffers,
@@ -211,7 +212,8 @@ def search(args, checkpoint, out_dir, device, dist_info, info, split, loader_a, 
     weight_optimizer = torch.optim.SGD(model.weight_parameters(), lr=args.lr,
                                        momentum=args.momentum, weight_decay=args.weight_decay)
     scheduler = cosine_schedule(weight_optimizer, args.epochs * len(loader_a), args.min_lr)
-    architect = Architect(model, criterion, args.arch_lr, args.arch_weight_decay)
+    autocast, _ = amp_context(args.amp, "bf16", device)  # bf16 needs no GradScaler
+    architect = Architect(model, criterion, args.arch_lr, args.arch_weight_decay, autocast)
     b_stream = BStream(loader_b)
     start_epoch, global_step, best_miou, progress, metrics = 0, 0, -math.inf, None, None
     if checkpoint is not None:
@@ -278,7 +280,7 @@ def search(args, checkpoint, out_dir, device, dist_info, info, split, loader_a, 
                     device=device, grad_clip=args.grad_clip, global_step=global_step,
                     writer=writer, after_step=after_step,
                     progress=progress if epoch == start_epoch else None,
-                    show_progress=dist_info.is_main)
+                    show_progress=dist_info.is_main, autocast=autocast)
                 check_finite(model, global_step)
             except NonFiniteLoss as err:
                 kept = checkpoint_path if checkpoint_path and checkpoint_path.exists() \
@@ -294,7 +296,8 @@ def search(args, checkpoint, out_dir, device, dist_info, info, split, loader_a, 
             validate = val_loader is not None and (
                 (epoch + 1) % args.eval_interval == 0 or epoch + 1 == args.epochs)
             metrics = evaluate(model, val_loader, info.num_classes, device,
-                               show_progress=dist_info.is_main) if validate else None
+                               show_progress=dist_info.is_main,
+                               autocast=autocast) if validate else None
             is_best = metrics is not None and metrics["miou"] > best_miou
             best_miou = max(best_miou, metrics["miou"]) if metrics else best_miou
             if out_dir is not None:

@@ -24,7 +24,7 @@ DATASET_DEFAULTS = {
 ARCH_KEYS = ("dataset", "filter_multiplier", "block_multiplier", "steps", "num_layers")
 # Flags that may change on resume without changing what the run computes so far.
 RESUME_SAFE_KEYS = ("epochs", "workers", "device", "out_dir", "eval_interval", "no_val",
-                    "resume", "data_root", "checkpoint_interval")
+                    "resume", "data_root", "checkpoint_interval", "amp")
 # Flags that belong to this invocation only.
 # out_dir: a resumed run stays in its checkpoint's folder (wherever it was moved to)
 # unless --out-dir names another.
@@ -95,6 +95,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="Adam weight decay of alphas and betas " + dflt("arch_weight_decay"))
     g.add_argument("--alpha-epoch", type=int, default=None,
                    help="epoch from which architecture steps run " + dflt("alpha_epoch"))
+    g.add_argument("--amp", action="store_true",
+                   help="bf16 mixed precision on CUDA (torch.amp autocast; ignored with a "
+                        "warning on the CPU)")
 
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=int, default=None, help="seed of everything, the A/B split too "

@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,9 +38,11 @@ def split_train_set(num_samples: int, seed: int) -> tuple[np.ndarray, np.ndarray
 class Architect:
     """Owns the architecture optimiser and its one first-order step (DARTS, SPEC section 3)."""
 
-    def __init__(self, model, criterion, lr: float, weight_decay: float):
+    def __init__(self, model, criterion, lr: float, weight_decay: float,
+                 autocast=nullcontext):
         self.model = model
         self.criterion = criterion
+        self.autocast = autocast  # --amp: torch.autocast on CUDA
         self.arch_params = model.arch_parameters()
         # The paper gives Adam's lr and weight decay only; its moment decays are Adam's own
         # defaults (DARTS' 0.5 for the first moment is not in Auto-DeepLab's text).
@@ -49,19 +52,22 @@ class Architect:
         """One Adam step of alphas and betas on a B batch; gradients of nothing else
         (averaged over the processes under torchrun)."""
         self.optimizer.zero_grad(set_to_none=True)
-        loss = self.criterion(self.model(images), targets)
+        with self.autocast():
+            loss = self.criterion(self.model(images), targets)
         loss.backward(inputs=self.arch_params)
         average_gradients(self.arch_params)
         self.optimizer.step()
         return loss.item()
 
 
-def weight_step(model, criterion, optimizer, weights, images, targets, grad_clip: float) -> float:
+def weight_step(model, criterion, optimizer, weights, images, targets, grad_clip: float,
+                autocast=nullcontext) -> float:
     """One SGD step of the weights on an A batch; gradients of nothing else (averaged over
     the processes under torchrun, before clipping). Returns the loss.
 
     A non-finite loss skips the update (the caller stops the run)."""
-    loss = criterion(model(images), targets)
+    with autocast():
+        loss = criterion(model(images), targets)
     if not torch.isfinite(loss):
         return loss.item()
     optimizer.zero_grad(set_to_none=True)
@@ -140,7 +146,8 @@ class EpochProgress:
 def train_one_epoch(model, criterion, weight_optimizer, scheduler, architect, loader_a, b_stream,
                     *, epoch: int, arch_active: bool, device: torch.device, grad_clip: float,
                     global_step: int, writer=None, progress: EpochProgress | None = None,
-                    after_step=None, show_progress: bool = True) -> tuple[EpochResult, int]:
+                    after_step=None, show_progress: bool = True,
+                    autocast=nullcontext) -> tuple[EpochResult, int]:
     """One search epoch: per A batch a weight step, then (when `arch_active`) an architecture
     step on the next B batch. Returns the epoch's mean losses and the new global step.
 
@@ -164,7 +171,7 @@ def train_one_epoch(model, criterion, weight_optimizer, scheduler, architect, lo
         images = images.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
         loss = weight_step(model, criterion, weight_optimizer, weights, images, targets,
-                           grad_clip)
+                           grad_clip, autocast)
         if not math.isfinite(loss):
             raise NonFiniteLoss(f"weight loss is {loss} at iteration {global_step} "
                                 f"(epoch {epoch})")
@@ -206,7 +213,7 @@ def check_finite(model: nn.Module, step: int) -> None:
 
 @torch.inference_mode()
 def evaluate(model, loader, num_classes: int, device: torch.device,
-             show_progress: bool = True) -> dict:
+             show_progress: bool = True, autocast=nullcontext) -> dict:
     """Confusion-matrix metrics of `model` on `loader` (whole images), summed over the
     processes under torchrun (each with its share of the images)."""
     model.eval()
@@ -215,6 +222,8 @@ def evaluate(model, loader, num_classes: int, device: torch.device,
                                 disable=None if show_progress else True):
         images = images.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
-        cm.update(targets, model(images).argmax(1))
+        with autocast():
+            logits = model(images)
+        cm.update(targets, logits.argmax(1))
     cm.all_reduce()
     return cm.compute()

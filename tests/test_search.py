@@ -160,3 +160,15 @@ def test_search_runs_on_real_camvid(tmp_path, camvid_root):
     assert state["split"]["num_train"] == 4
     rows = list(csv.DictReader(open(out / "metrics.csv")))
     assert 0.0 <= float(rows[0]["val_miou"]) <= 1.0
+
+
+def test_amp_on_cpu_warns_and_searches_in_float32(tmp_path):
+    flags = ["--epochs", "1", "--alpha-epoch", "0", "--max-samples", "4", "--no-val"]
+    plain = run_search(tmp_path, *flags, name="plain")
+    with pytest.warns(UserWarning, match="--amp needs CUDA; running in float32 on the CPU"):
+        amp = run_search(tmp_path, *flags, "--amp", name="amp")
+    states = [torch.load(out / "checkpoint.pth.tar", map_location="cpu", weights_only=True)
+              for out in (plain, amp)]
+    assert states[1]["args"]["amp"] is True
+    for key, value in states[0]["model"].items():
+        assert torch.equal(value, states[1]["model"][key]), key

@@ -1,0 +1,26 @@
+"""Mixed precision with torch.amp, for the search and the retraining alike.
+
+Autocast runs on CUDA only: on the CPU the flag is ignored with a warning (CPU bf16 autocast
+is slower than float32 on most CPUs and changes results)."""
+from __future__ import annotations
+
+import warnings
+from contextlib import nullcontext
+from functools import partial
+
+import torch
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def amp_context(enabled: bool, dtype_name: str, device: torch.device):
+    """(autocast factory, GradScaler) for `--amp`: a `torch.autocast` of `dtype_name` on CUDA,
+    else `nullcontext`; the scaler is enabled for fp16 on CUDA only (bf16 needs none)."""
+    active = enabled and device.type == "cuda"
+    if enabled and not active:
+        warnings.warn("--amp needs CUDA; running in float32 on the CPU", stacklevel=2)
+    dtype = AMP_DTYPES[dtype_name]
+    autocast = partial(torch.autocast, device_type=device.type, dtype=dtype) if active \
+        else nullcontext
+    scaler = torch.amp.GradScaler("cuda", enabled=active and dtype == torch.float16)
+    return autocast, scaler
