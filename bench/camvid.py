@@ -1,7 +1,7 @@
 """Evidence on real data: search on CamVid, decode, and retrain the searched network against the
 paper's architecture and random architectures of the same space, at equal budget.
 
-    .venv/bin/python bench/camvid.py                         # CPU protocol, about 1.5 h on 2 cores
+    .venv/bin/python bench/camvid.py                         # CPU protocol, about 1.3 h on 2 cores
     .venv/bin/python bench/camvid.py --protocol gpu --device cuda
     .venv/bin/python bench/camvid.py --protocol smoke        # a few iterations (the test suite)
 
@@ -46,14 +46,14 @@ DEFAULT_ROOT = REPO.parent / "shared" / "datasets" / "camvid"
 # for Multi-Adds (the val images after --resize). The architecture warm-up (--alpha-epoch) is
 # the paper's half of the search (20 of 40 epochs), scaled with the number of epochs.
 PROTOCOLS = {
-    # 2-core CPU, about 1.5 hours: images at a third of their size (120 x 160), F = 4 supernet
-    # (8 epochs of 45 steps, ~40 min), F = 8 retraining (600 iterations, ~8 min per network).
+    # 2-core CPU, about 1.3 hours: images at a third of their size (120 x 160), F = 4 supernet
+    # (8 epochs of 45 steps, ~45 min), F = 8 retraining (400 iterations, ~6 min per network).
     "cpu": dict(
         search=["--resize", "120", "--crop-size", "96", "--batch-size", "4",
                 "--filter-multiplier", "4", "--block-multiplier", "5", "--steps", "5",
                 "--num-layers", "12", "--epochs", "8", "--alpha-epoch", "4", "--workers", "1"],
         retrain=["--resize", "120", "--crop-size", "96", "--batch-size", "8",
-                 "--filter-multiplier", "8", "--iters", "600", "--eval-interval", "300",
+                 "--filter-multiplier", "8", "--iters", "400", "--eval-interval", "400",
                  "--warmup-iters", "50", "--lr", "0.05", "--workers", "1"],
         eval_size=(120, 160)),
     # One GPU: full 360 x 480 resolution, the paper's search settings (40 epochs, architecture
@@ -83,7 +83,7 @@ def get_args_parser():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--protocol", default="cpu", choices=sorted(PROTOCOLS),
-                   help="budget: cpu (2 cores, ~1.5 h), gpu (full resolution), smoke (seconds)")
+                   help="budget: cpu (2 cores, ~1.3 h), gpu (full resolution), smoke (seconds)")
     p.add_argument("--data-root", default=None,
                    help=f"CamVid in the SegNet layout (default: $AUTODEEPLAB_CAMVID, else "
                         f"{DEFAULT_ROOT})")
