@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from config_utils.common import merge_resume_args
+from config_utils.common import resume_args
 from config_utils.train_args import (ARCH_KEYS, CURRENT_KEYS, RESUME_SAFE_KEYS, explicit_keys,
                                      get_args_parser, resolve_defaults)
 from dataloaders import build_dataset, build_loader, dataset_info, derive_seed
@@ -26,7 +26,7 @@ from engine.retrain import (IntervalProgress, build_criterion, evaluate, export_
 from engine.search import NonFiniteLoss, check_finite
 from modeling.retrain_net import AutoDeepLab, RetrainConfig
 from utils.amp import amp_context
-from utils.checkpoint import (RETRAIN_KIND, load_checkpoint, save_checkpoint, save_with_best,
+from utils.checkpoint import (RETRAIN_KIND, save_checkpoint, save_with_best,
                               write_json)
 from utils.distributed import (agreed_stop, check_replicas_in_sync, init_distributed,
                                rank_share, shard_sampler, stop_if_requested)
@@ -140,15 +140,9 @@ def main(args):
 
 
 def run(args, dist_info, dist_device, stop):
-    explicit = explicit_keys(args)
-    checkpoint = None
-    if args.resume:
-        checkpoint = load_checkpoint(args.resume, kind=RETRAIN_KIND, trust=args.trust_checkpoint)
-        args = merge_resume_args(args, checkpoint["args"], explicit, fixed_keys=ARCH_KEYS,
-                                 safe_keys=RESUME_SAFE_KEYS, current_keys=CURRENT_KEYS,
-                                 override=args.override)
-    elif args.override:
-        raise UserError("--override only applies with --resume; drop it")
+    args, checkpoint = resume_args(args, explicit_keys(args), kind=RETRAIN_KIND,
+                                   fixed_keys=ARCH_KEYS, safe_keys=RESUME_SAFE_KEYS,
+                                   current_keys=CURRENT_KEYS)
     args = resolve_defaults(args)
     if args.summary or args.export_onnx:  # neither needs data
         config = RetrainConfig.from_dict(checkpoint["model_args"]) if checkpoint \

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import Subset
 
-from config_utils.common import merge_resume_args
+from config_utils.common import resume_args
 from config_utils.search_args import (ARCH_KEYS, CURRENT_KEYS, RESUME_SAFE_KEYS, explicit_keys,
                                       get_args_parser, resolve_defaults)
 from dataloaders import IGNORE_INDEX, build_dataset, build_loader, dataset_info, derive_seed
@@ -23,7 +23,7 @@ from engine.search import (Architect, BStream, EpochProgress, NonFiniteLoss, che
                            evaluate, split_train_set, train_one_epoch)
 from modeling.supernet import AutoDeepLabSearch, SupernetConfig, arch_entropy
 from utils.amp import amp_context
-from utils.checkpoint import (SEARCH_KIND, load_checkpoint, save_checkpoint, save_with_best,
+from utils.checkpoint import (SEARCH_KIND, save_checkpoint, save_with_best,
                               write_json)
 from utils.distributed import (DistInfo, agreed_stop, broadcast_buffers,
                                check_replicas_in_sync, init_distributed, rank_share,
@@ -146,15 +146,9 @@ def main(args):
 
 def run(args, dist_info: DistInfo, dist_device):
     """Check the flags and the data, prepare the run folder (rank 0 only), search."""
-    explicit = explicit_keys(args)
-    checkpoint = None
-    if args.resume:
-        checkpoint = load_checkpoint(args.resume, kind=SEARCH_KIND, trust=args.trust_checkpoint)
-        args = merge_resume_args(args, checkpoint["args"], explicit, fixed_keys=ARCH_KEYS,
-                                 safe_keys=RESUME_SAFE_KEYS, current_keys=CURRENT_KEYS,
-                                 override=args.override)
-    elif args.override:
-        raise UserError("--override only applies with --resume; drop it")
+    args, checkpoint = resume_args(args, explicit_keys(args), kind=SEARCH_KIND,
+                                   fixed_keys=ARCH_KEYS, safe_keys=RESUME_SAFE_KEYS,
+                                   current_keys=CURRENT_KEYS)
     args = resolve_defaults(args)
     check_args(args)
     saved_world = checkpoint.get("world_size", 1) if checkpoint is not None else None

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import logging
 
+from utils.checkpoint import load_checkpoint
 from utils.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,21 @@ def merge_resume_args(args: argparse.Namespace, saved: dict, explicit: set[str],
     for key, value in merged.items():
         setattr(args, key, value)
     return args
+
+
+def resume_args(args: argparse.Namespace, explicit: set[str], *, kind: str, fixed_keys,
+                safe_keys, current_keys) -> tuple[argparse.Namespace, dict | None]:
+    """(args, checkpoint): with --resume, the checkpoint (of `kind`) and the flags merged with
+    its saved ones by `merge_resume_args`; without, (args, None), and --override is an error."""
+    if not args.resume:
+        if args.override:
+            raise UserError("--override only applies with --resume; drop it")
+        return args, None
+    checkpoint = load_checkpoint(args.resume, kind=kind, trust=args.trust_checkpoint)
+    args = merge_resume_args(args, checkpoint["args"], explicit, fixed_keys=fixed_keys,
+                             safe_keys=safe_keys, current_keys=current_keys,
+                             override=args.override)
+    return args, checkpoint
 
 
 def add_run_safety_args(group, checkpoint_interval: int, unit: str) -> None:
