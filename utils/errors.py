@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import gc
 import logging
 import sys
 
@@ -22,8 +23,13 @@ def exit_on_user_error(main):
             return main(*args, **kwargs)
         except UserError as err:
             logging.getLogger(__name__).debug("user error", exc_info=True)
-            print(f"error: {one_line(err)}", file=sys.stderr)
-            sys.exit(EXIT_USER_ERROR)
+            message = one_line(err)
+            err.__traceback__ = None
+        # Outside the handler nothing holds the failed run's frames: collecting them now shuts
+        # down its DataLoader workers (which ignore SIGTERM, so exit could not end them).
+        gc.collect()
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
 
     return wrapper
 
