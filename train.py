@@ -23,7 +23,7 @@ from config_utils.train_args import (ARCH_KEYS, CURRENT_KEYS, RESUME_SAFE_KEYS, 
 from dataloaders import build_dataset, build_loader, dataset_info, derive_seed
 from engine.retrain import (IntervalProgress, build_criterion, evaluate, export_onnx,
                             format_metrics, resolve_genotype, train_steps)
-from engine.search import NonFiniteLoss, check_finite
+from engine.search import NonFiniteLoss, check_finite, diverged_error
 from modeling.retrain_net import AutoDeepLab, RetrainConfig
 from utils.amp import amp_context
 from utils.checkpoint import (RETRAIN_KIND, save_checkpoint, save_with_best,
@@ -269,11 +269,7 @@ def run(args, dist_info, dist_device, stop):
                                      after_step=after_step)
                 check_finite(model_without_ddp, result.step)
             except NonFiniteLoss as err:
-                kept = checkpoint_path if checkpoint_path and checkpoint_path.exists() \
-                    else "none yet"
-                raise UserError(f"{err}; stopped, the last good checkpoint is {kept} (lower "
-                                "--lr or check the data; --detect-anomaly names the "
-                                "operation)") from err
+                raise diverged_error(err, checkpoint_path, "--lr") from err
             step, progress = result.step, None
             if dist_info.distributed:
                 checksum = check_replicas_in_sync(model_without_ddp)

@@ -20,7 +20,7 @@ from config_utils.search_args import (ARCH_KEYS, CURRENT_KEYS, RESUME_SAFE_KEYS,
                                       get_args_parser, resolve_defaults)
 from dataloaders import IGNORE_INDEX, build_dataset, build_loader, dataset_info, derive_seed
 from engine.search import (Architect, BStream, EpochProgress, NonFiniteLoss, check_finite,
-                           evaluate, split_train_set, train_one_epoch)
+                           diverged_error, evaluate, split_train_set, train_one_epoch)
 from modeling.supernet import AutoDeepLabSearch, SupernetConfig, arch_entropy
 from utils.amp import amp_context
 from utils.checkpoint import (SEARCH_KIND, save_checkpoint, save_with_best,
@@ -277,11 +277,7 @@ def search(args, checkpoint, out_dir, device, dist_info, info, split, loader_a, 
                     show_progress=dist_info.is_main, autocast=autocast)
                 check_finite(model, global_step)
             except NonFiniteLoss as err:
-                kept = checkpoint_path if checkpoint_path and checkpoint_path.exists() \
-                    else "none yet"
-                raise UserError(f"{err}; stopped, the last good checkpoint is {kept} (lower "
-                                "--lr or --arch-lr, or check the data; --detect-anomaly names "
-                                "the operation)") from err
+                raise diverged_error(err, checkpoint_path, "--lr or --arch-lr") from err
             if dist_info.distributed:
                 checksum = check_replicas_in_sync(model)  # raises if a process diverged
                 log.info("weights, alphas and betas identical on all %d processes (checksum "

@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from dataloaders import IGNORE_INDEX
 from utils.distributed import average_gradients
+from utils.errors import UserError
 from utils.metrics import ConfusionMatrix
 
 log = logging.getLogger(__name__)
@@ -21,6 +22,14 @@ log = logging.getLogger(__name__)
 
 class NonFiniteLoss(RuntimeError):
     """The loss became NaN or infinite; the message names the iteration."""
+
+
+def diverged_error(err: NonFiniteLoss, checkpoint_path, remedy: str) -> UserError:
+    """The one line a diverged run stops with: what went non-finite, the last good checkpoint
+    (never overwritten by the diverged state) and `remedy` (which learning rates to lower)."""
+    kept = checkpoint_path if checkpoint_path and checkpoint_path.exists() else "none yet"
+    return UserError(f"{err}; stopped, the last good checkpoint is {kept} (lower {remedy}, or "
+                     "check the data; --detect-anomaly names the operation)")
 
 
 def split_train_set(num_samples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
