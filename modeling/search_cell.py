@@ -9,8 +9,14 @@ file evaluates:
 - every incoming state of a node at once, stacked along channels as groups `g`, so a single
   batch-norm call keeps per-application statistics and the maths does not change;
 - every edge that reads one state at once: the ReLU in front of the convolutions is computed
-  once, the parameter-free operations (pools followed by affine-free BN, identity) give the
-  same tensor for every edge, and the convolutions of all edges run as one grouped conv;
+  once; the first depthwise convolution of every edge reads that one tensor (a depthwise
+  conv with k filters per channel); the pointwise convolutions of all edges and both
+  separable types are one batched matmul; the dense atrous convolutions of all edges are one
+  convolution, the groups seen as more images; the parameter-free operations (pools followed
+  by affine-free BN, identity) give the same tensor for every edge and are mixed by one small
+  matmul;
+- each edge's operation weight (alpha) is the scale of the batch norm that ends the
+  operation, so the weighted sum of Eq. 2 costs no multiplications of its own;
 - the H(l-2) input once, since it is the same tensor for all incoming states of a node;
 - `none` not at all (its contribution is zero; its alpha still gets a gradient through the
   softmax).
@@ -34,10 +40,12 @@ BN_EPS = 1e-5
 
 
 class AffineFreeBN(nn.Module):
-    """Batch norm without scale and shift (DARTS search convention), `channels` wide.
+    """Batch norm without a learnt scale and shift (DARTS search convention).
 
     With channels laid out as (group, edge, channel) every (group, edge) gets its own
-    statistics in one call, exactly as separate per-edge, per-application BNs would.
+    statistics in one call, exactly as separate per-edge, per-application BNs would. `scale`,
+    when given, multiplies each output channel: the supernet passes the edge's operation
+    weight (alpha) there, so the mixed operation's product costs no call of its own.
     """
 
     def __init__(self, channels: int):
@@ -45,8 +53,8 @@ class AffineFreeBN(nn.Module):
         self.register_buffer("running_mean", torch.zeros(channels))
         self.register_buffer("running_var", torch.ones(channels))
 
-    def forward(self, x):
-        return F.batch_norm(x, self.running_mean, self.running_var, None, None,
+    def forward(self, x, scale=None):
+        return F.batch_norm(x, self.running_mean, self.running_var, scale, None,
                             self.training, BN_MOMENTUM, BN_EPS)
 
 
@@ -55,6 +63,10 @@ def _conv_weight(num_edges: int, channels: int, in_per_group: int, k: int) -> nn
     w = torch.empty(num_edges * channels, in_per_group, k, k)
     nn.init.kaiming_uniform_(w, a=math.sqrt(5))  # fan_in = in_per_group * k * k, as per edge
     return nn.Parameter(w)
+
+
+SEP_CONVS = ("sep_conv_3x3", "sep_conv_5x5")
+ATROUS_CONVS = ("atrous_conv_3x3", "atrous_conv_5x5")
 
 
 class SharedSourceOps(nn.Module):
@@ -86,14 +98,21 @@ class SharedSourceOps(nn.Module):
         # the activations.
         return weight if self.groups == 1 else weight.repeat(self.groups, 1, 1, 1)
 
-    def _sep_conv(self, r_rep, name):
-        wide, per_edge = r_rep.shape[1], self.groups * self.num_edges
-        y = same_conv(r_rep, self._per_group(getattr(self, f"{name}_dw1")), 1, wide)
-        y = same_conv(y, self._per_group(getattr(self, f"{name}_pw1")), 1, per_edge)
-        y = F.relu(getattr(self, f"{name}_bn1")(y))
-        y = same_conv(y, self._per_group(getattr(self, f"{name}_dw2")), 1, wide)
-        y = same_conv(y, self._per_group(getattr(self, f"{name}_pw2")), 1, per_edge)
-        return getattr(self, f"{name}_bn2")(y)
+    def _pointwise(self, xs: list[torch.Tensor], stage: str, shape) -> list[torch.Tensor]:
+        """The 1x1 convolutions of both separable types, every edge, as one batched matmul.
+
+        xs: per type in SEP_CONVS, a (P, G, k, C) view (P = N*H*W). oneDNN has no fast path
+        for grouped 1x1 convolutions (torch loops over the groups in its slow kernel), so
+        (type, edge) become the batch of one `bmm`. Returns per type (N, G*k*C, H, W).
+        """
+        n, h, w = shape
+        g, k, c = self.groups, self.num_edges, self.channels
+        rows = torch.stack([x.permute(2, 0, 1, 3) for x in xs])  # (2, k, P, G, C)
+        weight = torch.stack([getattr(self, f"{name}_{stage}").view(k, c, c)
+                              for name in SEP_CONVS])  # (2, k, C_out, C_in)
+        y = torch.bmm(rows.view(2 * k, -1, c), weight.view(2 * k, c, c).transpose(1, 2))
+        y = y.view(2, k, n * h * w, g, c).permute(0, 2, 3, 1, 4).contiguous()  # (2, P, G, k, C)
+        return [to_nchw(y[t].view(n, h, w, g * k * c)) for t in range(len(SEP_CONVS))]
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """x: (N, G*C, H, W) channels-last; weights: (k, len(PRIMITIVES)) normalised alphas.
@@ -102,30 +121,51 @@ class SharedSourceOps(nn.Module):
         """
         n, _, h, w = x.shape
         g, k, c = self.groups, self.num_edges, self.channels
-        # Channels-last throughout: depthwise and grouped convolutions run several times
-        # faster on it, and (group, edge, channel) is then the innermost, contiguous order.
-        r = F.relu(x)  # shared by all four convolution types of all k edges
-        r_rep = to_nchw(nhwc(r).view(n, h, w, g, 1, c).expand(n, h, w, g, k, c)
-                        .reshape(n, h, w, g * k * c))
+        shape = (n, h, w)
 
-        def edge_weight(name):  # broadcasts over (N, H, W, G, k, C)
-            return weights[:, OP[name]].view(k, 1)
+        def edge_scale(name):  # the op's weight for every (group, edge, channel)
+            # Materialised: with one edge the reshape would be a stride-0 view, and the CPU
+            # batch-norm backward reads its weight as if it were dense (torch 2.13).
+            return weights[:, OP[name]].view(1, k, 1).expand(g, k, c).contiguous().view(-1)
 
-        def per_edge(y):
+        def per_edge(y):  # (N, G*k*C, H, W) -> (N, H, W, G, k, C)
             return nhwc(y).view(n, h, w, g, k, c)
 
-        out = per_edge(self._sep_conv(r_rep, "sep_conv_3x3")) * edge_weight("sep_conv_3x3")
-        out = out + per_edge(self._sep_conv(r_rep, "sep_conv_5x5")) \
-            * edge_weight("sep_conv_5x5")
-        for name in ("atrous_conv_3x3", "atrous_conv_5x5"):
-            y = same_conv(r, self._per_group(getattr(self, name)), ATROUS_DILATION, g)
-            out = out + per_edge(getattr(self, f"{name}_bn")(y)) * edge_weight(name)
-        # Parameter-free operations: one tensor for all k edges, broadcast over them.
+        # Channels-last throughout: depthwise convolutions run several times faster on it,
+        # and (group, edge, channel) is then the innermost, contiguous order.
+        r = F.relu(x)  # shared by all four convolution types of all k edges
+        # Separable convolutions, stage 1: every edge's depthwise filter reads the same r, so
+        # one depthwise conv with k filters per channel serves all edges (order (g, c, e)).
+        ys = []
+        for name in SEP_CONVS:
+            dw = getattr(self, f"{name}_dw1")
+            dw = dw.view(k, c, 1, *dw.shape[-2:]).transpose(0, 1).reshape(c * k, 1, *dw.shape[-2:])
+            y = same_conv(r, self._per_group(dw), 1, g * c)
+            ys.append(nhwc(y).view(-1, g, c, k).transpose(2, 3))  # (P, G, k, C)
+        ys = self._pointwise(ys, "pw1", shape)
+        # Stage 2: per-edge BN, ReLU and depthwise conv, then the pointwise convs again.
+        ys = [F.relu(getattr(self, f"{name}_bn1")(y)) for name, y in zip(SEP_CONVS, ys)]
+        ys = [nhwc(same_conv(y, self._per_group(getattr(self, f"{name}_dw2")), 1, g * k * c))
+              .view(-1, g, k, c) for name, y in zip(SEP_CONVS, ys)]
+        ys = self._pointwise(ys, "pw2", shape)
+        out = None
+        for name, y in zip(SEP_CONVS, ys):
+            y = per_edge(getattr(self, f"{name}_bn2")(y, edge_scale(name)))
+            out = y if out is None else out + y
+        # The dense atrous convolutions see the groups as more images (the weights are the
+        # same for every group): oneDNN's grouped dense kernels are up to 3x slower.
+        r_batch = groups_to_batch(r, g)
+        for name in ATROUS_CONVS:
+            y = batch_to_groups(same_conv(r_batch, getattr(self, name), ATROUS_DILATION, 1), g)
+            out = out + per_edge(getattr(self, f"{name}_bn")(y, edge_scale(name)))
+        # Parameter-free operations: one tensor for all k edges, mixed by one small matmul.
         max_pool = self.max_pool_bn(F.max_pool2d(x, 3, 1, 1))
         avg_pool = self.avg_pool_bn(F.avg_pool2d(x, 3, 1, 1, count_include_pad=False))
-        out = out + nhwc(max_pool).view(n, h, w, g, 1, c) * edge_weight("max_pool_3x3")
-        out = out + nhwc(avg_pool).view(n, h, w, g, 1, c) * edge_weight("avg_pool_3x3")
-        out = out + nhwc(x).view(n, h, w, g, 1, c) * edge_weight("skip_connect")
+        free = ("max_pool_3x3", "avg_pool_3x3", "skip_connect")
+        stacked = torch.stack([nhwc(t).view(n, h, w, g, c) for t in (max_pool, avg_pool, x)],
+                              dim=-2)  # (N, H, W, G, 3, C)
+        mix = weights[:, [OP[name] for name in free]]  # (k, 3)
+        out = out + torch.matmul(mix, stacked)  # (N, H, W, G, k, C)
         return out
 
 
@@ -138,6 +178,24 @@ def nhwc(x: torch.Tensor) -> torch.Tensor:
 def to_nchw(x: torch.Tensor) -> torch.Tensor:
     """(N, H, W, C) contiguous -> the (N, C, H, W) view with channels-last strides."""
     return x.permute(0, 3, 1, 2)
+
+
+def groups_to_batch(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """(N, G*C, H, W) channels-last -> (N*G, C, H, W) channels-last: every group an image."""
+    if groups == 1:
+        return x
+    n, gc, h, w = x.shape
+    y = nhwc(x).view(n, h, w, groups, gc // groups).permute(0, 3, 1, 2, 4).contiguous()
+    return to_nchw(y.view(n * groups, h, w, gc // groups))
+
+
+def batch_to_groups(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """The inverse of `groups_to_batch`: (N*G, C, H, W) -> (N, G*C, H, W), channels-last."""
+    if groups == 1:
+        return x
+    ng, c, h, w = x.shape
+    y = nhwc(x).view(ng // groups, groups, h, w, c).permute(0, 2, 3, 1, 4).contiguous()
+    return to_nchw(y.view(ng // groups, h, w, groups * c))
 
 
 def same_conv(x: torch.Tensor, weight: torch.Tensor, dilation: int, groups: int) -> torch.Tensor:
