@@ -1,0 +1,110 @@
+"""What the step benchmarks share: timing, the matmul reference, FLOP counting, fresh processes.
+
+A benchmark script defines `measure(args, crop) -> dict` and calls `run_per_crop`, which
+measures every crop in a fresh process of its own so that the peak resident memory is that
+configuration's alone.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
+
+
+def add_common_args(parser, crops, batch_size):
+    parser.add_argument("--crops", type=int, nargs="+", default=crops, help="crop sizes")
+    parser.add_argument("--batch-size", type=int, default=batch_size, help="images per step")
+    parser.add_argument("--num-classes", type=int, default=19, help="classes (Cityscapes: 19)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    parser.add_argument("--repeats", type=int, default=5, help="timed steps (median and min)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)  # child
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device, warmup, repeats):
+    """Median and min seconds of `fn` over `repeats` calls after `warmup` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        t = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), min(times)
+
+
+def matmul_gflops(device, n: int = 2048, repeats: int = 5) -> float:
+    """The machine's float32 matmul rate, measured now, in this process."""
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    return 2 * n ** 3 / timed(lambda: a @ b, device, 2, repeats)[1] / 1e9
+
+
+def peak_memory_gib(device) -> float:
+    """Peak GPU memory allocated on CUDA, else this process's peak resident set."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2 ** 30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # KiB -> GiB
+
+
+def conv_backward_flop(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation,
+                       transposed, _output_padding, _groups, output_mask, out_shape=None) -> int:
+    """Backward of a convolution: one forward's FLOPs for each gradient asked for.
+
+    torch's own formula multiplies grouped convolutions by the group count (a depthwise conv's
+    backward comes out ~40x its forward), which would make every grouped-conv model look slow
+    per FLOP; this counts what the kernels compute."""
+    forward = conv_flop_count(list(x_shape), list(w_shape), list(grad_out_shape), transposed)
+    return forward * (int(output_mask[0]) + int(output_mask[1]))
+
+
+def count_flops(loss_fn) -> tuple[int, int]:
+    """(forward, forward + backward) FLOPs of `loss_fn()` and its backward."""
+    counter = FlopCounterMode(display=False, custom_mapping={
+        torch.ops.aten.convolution_backward: conv_backward_flop})
+    with counter:
+        loss = loss_fn()
+        forward = counter.get_total_flops()
+        loss.backward()
+    return forward, counter.get_total_flops()
+
+
+def throughput(total_flops: int, seconds: float, device) -> dict:
+    """Achieved GFLOP/s against the matmul rate measured in the same process."""
+    mm = matmul_gflops(device)
+    achieved = total_flops / seconds / 1e9
+    return {"achieved_gflops": round(achieved, 1), "matmul_gflops": round(mm, 1),
+            "fraction_of_matmul": round(achieved / mm, 4)}
+
+
+def run_per_crop(args, script: str, measure) -> None:
+    """`measure(args, crop)` for each crop in a fresh process; one JSON line per crop."""
+    if args.one is not None:
+        print(json.dumps(measure(args, args.one)), flush=True)
+        return
+    for crop in args.crops:
+        argv = [sys.executable, script, "--one", str(crop)]
+        for key, value in vars(args).items():
+            if key in ("crops", "one") or value is False or value is None:
+                continue
+            argv.append("--" + key.replace("_", "-"))
+            if value is not True:
+                argv.append(str(value))
+        out = subprocess.run(argv, capture_output=True, text=True)
+        if out.returncode != 0:
+            sys.exit(f"crop {crop} failed:\n{out.stderr}")
+        print(out.stdout.strip(), flush=True)
