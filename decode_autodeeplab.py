@@ -24,8 +24,8 @@ PICTURE = "architecture.png"
 def main(args) -> None:
     arch = load_search_architecture(args.resume, trust=args.trust_checkpoint)
     out_dir = Path(args.out_dir) if args.out_dir else arch.path.parent
-    weights, probs = arch_probabilities(arch.alphas, arch.betas)
-    genotype = genotype_from_arch(arch.alphas, arch.betas)
+    weights, probs = arch_probabilities(arch.alphas, arch.betas, arch.edge_logits)
+    genotype = genotype_from_arch(arch.alphas, arch.betas, arch.edge_logits)
     path_prob = path_probability(probs, genotype.network_path)
 
     # genotype.json is the contract; the extra "source" entry records where it came from.

@@ -43,7 +43,7 @@ STREAM_A, STREAM_B, STREAM_VAL = 1, 2, 3
 def check_args(args) -> None:
     """One-line errors for values that cannot work."""
     positive = ("epochs", "batch_size", "crop_size", "filter_multiplier", "block_multiplier",
-                "steps", "num_layers", "eval_interval")
+                "steps", "num_layers", "eval_interval", "partial_channels")
     for key in positive:
         if getattr(args, key) <= 0:
             raise UserError(f"--{key.replace('_', '-')} must be positive, got {getattr(args, key)}")
@@ -53,6 +53,9 @@ def check_args(args) -> None:
     if args.block_multiplier > args.steps:
         raise UserError(f"--block-multiplier {args.block_multiplier} exceeds --steps "
                         f"{args.steps}; a cell concatenates at most all of its blocks")
+    if args.filter_multiplier % args.partial_channels:
+        raise UserError(f"--partial-channels {args.partial_channels} must divide "
+                        f"--filter-multiplier {args.filter_multiplier}")
     if args.alpha_epoch < 0:
         raise UserError(f"--alpha-epoch must be >= 0, got {args.alpha_epoch}")
     if args.checkpoint_interval < 0:
@@ -200,7 +203,8 @@ def search(args, checkpoint, out_dir, device, dist_info, info, split, loader_a, 
 
     config = SupernetConfig(num_classes=info.num_classes, num_layers=args.num_layers,
                             filter_multiplier=args.filter_multiplier,
-                            block_multiplier=args.block_multiplier, steps=args.steps)
+                            block_multiplier=args.block_multiplier, steps=args.steps,
+                            partial_channels=args.partial_channels)
     model = AutoDeepLabSearch(config, checkpoint_cells=args.checkpoint_cells).to(device)
     criterion = nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)
     weight_optimizer = torch.optim.SGD(model.weight_parameters(), lr=args.lr,
@@ -225,8 +229,10 @@ def search(args, checkpoint, out_dir, device, dist_info, info, split, loader_a, 
         log.info("resumed from %s at epoch %d, batch %d (step %d)", args.resume, start_epoch,
                  progress.batch if progress else 0, global_step)
     n_weights = sum(p.numel() for p in model.weight_parameters())
-    log.info("supernet F=%d B=%d steps=%d L=%d: %.2fM weights", config.filter_multiplier,
-             config.block_multiplier, config.steps, config.num_layers, n_weights / 1e6)
+    log.info("supernet F=%d B=%d steps=%d L=%d%s: %.2fM weights", config.filter_multiplier,
+             config.block_multiplier, config.steps, config.num_layers,
+             f" partial channels K={config.partial_channels}" if config.partial_channels > 1
+             else "", n_weights / 1e6)
     writer = metrics_csv = checkpoint_path = None
     if out_dir is not None:
         from tensorboardX import SummaryWriter

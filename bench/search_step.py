@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/search_step.py                       # F=8 B=5 L=12, crops 64 128 192
     .venv/bin/python bench/search_step.py --crops 192 --checkpoint-cells
+    .venv/bin/python bench/search_step.py --crops 192 --partial-channels 4
 
 Each crop runs in a fresh process, so the peak resident memory (CPU) is that configuration's
 own; on CUDA `torch.cuda.max_memory_allocated` is reported. In the same process the machine's
@@ -33,6 +34,8 @@ def get_args_parser():
     p.add_argument("--steps", type=int, default=5, help="blocks per cell")
     p.add_argument("--num-layers", type=int, default=12, help="L")
     p.add_argument("--checkpoint-cells", action="store_true", help="recompute cell activations")
+    p.add_argument("--partial-channels", type=int, default=1, metavar="K",
+                   help="PC-DARTS partial channel connections (1: the paper's supernet)")
     return p
 
 
@@ -41,7 +44,8 @@ def measure(args, crop: int) -> dict:
     torch.manual_seed(0)
     config = SupernetConfig(num_classes=args.num_classes, num_layers=args.num_layers,
                             filter_multiplier=args.filter_multiplier,
-                            block_multiplier=args.block_multiplier, steps=args.steps)
+                            block_multiplier=args.block_multiplier, steps=args.steps,
+                            partial_channels=args.partial_channels)
     model = AutoDeepLabSearch(config, checkpoint_cells=args.checkpoint_cells).to(device).train()
     criterion = torch.nn.CrossEntropyLoss(ignore_index=255)
     weights = model.weight_parameters()
@@ -62,7 +66,8 @@ def measure(args, crop: int) -> dict:
     return {
         "crop": crop, "batch": args.batch_size, "F": args.filter_multiplier,
         "B": args.block_multiplier, "steps": args.steps, "L": args.num_layers,
-        "checkpoint_cells": args.checkpoint_cells, "device": str(device),
+        "checkpoint_cells": args.checkpoint_cells, "partial_channels": args.partial_channels,
+        "device": str(device),
         "threads": torch.get_num_threads(),
         "weight_step_s": {"median": round(w_med, 3), "min": round(w_min, 3)},
         "arch_step_s": {"median": round(a_med, 3), "min": round(a_min, 3)},

@@ -12,7 +12,7 @@ PAPER_DEFAULTS = dict(
     epochs=40, batch_size=2, crop_size=321, resize=None, lr=0.025, min_lr=0.001, momentum=0.9,
     weight_decay=3e-4, arch_lr=3e-3, arch_weight_decay=1e-3, alpha_epoch=20,
     filter_multiplier=8, block_multiplier=5, steps=5, num_layers=12, eval_interval=1,
-    grad_clip=5.0, workers=4, seed=0,
+    grad_clip=5.0, workers=4, seed=0, partial_channels=1,
 )
 DATASET_DEFAULTS = {
     "synthetic": dict(PAPER_DEFAULTS, epochs=4, batch_size=4, crop_size=64, alpha_epoch=2,
@@ -21,7 +21,8 @@ DATASET_DEFAULTS = {
     "cityscapes": dict(PAPER_DEFAULTS, resize=512),
 }
 # Flags that fix the supernet's shape or data: a resumed run must keep them.
-ARCH_KEYS = ("dataset", "filter_multiplier", "block_multiplier", "steps", "num_layers")
+ARCH_KEYS = ("dataset", "filter_multiplier", "block_multiplier", "steps", "num_layers",
+             "partial_channels")
 # Flags that may change on resume without changing what the run computes so far.
 RESUME_SAFE_KEYS = ("epochs", "workers", "device", "out_dir", "eval_interval", "no_val",
                     "resume", "data_root", "checkpoint_interval", "amp")
@@ -78,6 +79,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--checkpoint-cells", action="store_true",
                    help="recompute cell activations in the backward pass (less memory, "
                         "same gradients, slower)")
+    g.add_argument("--partial-channels", type=int, default=None, metavar="K",
+                   help="PC-DARTS partial channel connections: operations see 1/K of each "
+                        "input's channels, blocks sum their edges with learnt edge weights; a "
+                        "different algorithm from the paper's (1), for less memory; K must "
+                        "divide --filter-multiplier " + dflt("partial_channels"))
 
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=None, help="search epochs " + dflt("epochs"))

@@ -33,7 +33,8 @@ import torch
 
 from modeling.genotypes import Genotype, input_name, level_stride
 from modeling.search_space import (DIRECTIONS, NUM_LEVELS, PRIMITIVES, edge_offset, num_edges,
-                                   normalize_alphas, normalize_betas, transition_mask)
+                                   normalize_alphas, normalize_betas, normalize_edge_weights,
+                                   transition_mask)
 from utils.checkpoint import SEARCH_KIND, load_checkpoint
 from utils.errors import UserError
 
@@ -186,11 +187,13 @@ def _to_numpy(x) -> np.ndarray:
     return np.asarray(x)
 
 
-def arch_probabilities(alphas, betas) -> tuple[np.ndarray, np.ndarray]:
+def arch_probabilities(alphas, betas, edge_logits=None) -> tuple[np.ndarray, np.ndarray]:
     """Raw alphas (E, 8) and betas (L, 4, 3) -> (cell weights (E, 8), path probs (L, 4, 3)).
 
     Uses the project's one normalisation of each (`modeling/search_space.py`, paper Eq. 7).
-    Accepts numpy arrays or tensors; returns numpy arrays.
+    A search with partial channels also has edge-normalisation logits (E,); as in PC-DARTS,
+    each edge's operation weights are then multiplied by its normalised edge weight, which
+    decides the top-2 inputs of each block. Accepts numpy arrays or tensors; returns numpy.
     """
     alphas, betas = _to_numpy(alphas), _to_numpy(betas)
     if alphas.ndim != 2 or alphas.shape[1] != len(PRIMITIVES):
@@ -199,14 +202,24 @@ def arch_probabilities(alphas, betas) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"betas must have shape (L, {NUM_LEVELS}, {len(DIRECTIONS)}), "
                          f"got {betas.shape}")
     weights = normalize_alphas(torch.from_numpy(np.ascontiguousarray(alphas)))
+    if edge_logits is not None:
+        edge_logits = _to_numpy(edge_logits)
+        if edge_logits.shape != (alphas.shape[0],):
+            raise ValueError(f"edge_logits must have shape ({alphas.shape[0]},), got "
+                             f"{edge_logits.shape}")
+        steps = steps_for_edges(alphas.shape[0])
+        weights = weights * normalize_edge_weights(
+            torch.from_numpy(np.ascontiguousarray(edge_logits)).to(weights.dtype),
+            steps).unsqueeze(1)
     probs = normalize_betas(torch.from_numpy(np.ascontiguousarray(betas)),
                             torch.from_numpy(transition_mask(betas.shape[0])))
     return weights.numpy(), probs.numpy()
 
 
-def genotype_from_arch(alphas, betas) -> Genotype:
-    """Decode raw alphas (E, 8) and betas (L, 4, 3) into a `Genotype` (SPEC section 4)."""
-    weights, probs = arch_probabilities(alphas, betas)
+def genotype_from_arch(alphas, betas, edge_logits=None) -> Genotype:
+    """Decode raw alphas (E, 8) and betas (L, 4, 3) (and, from a partial-channel search, the
+    edge logits (E,)) into a `Genotype` (SPEC section 4)."""
+    weights, probs = arch_probabilities(alphas, betas, edge_logits)
     return Genotype(network_path=tuple(decode_network_path(probs)),
                     cell=tuple(tuple(pairs) for pairs in decode_cell(weights)))
 
@@ -223,6 +236,7 @@ class SearchArchitecture:
     model_args: dict
     epoch: int | None = None
     global_step: int | None = None
+    edge_logits: np.ndarray | None = None  # (E,) raw, from a partial-channel search only
 
     @property
     def num_layers(self) -> int:
@@ -295,8 +309,18 @@ def load_search_architecture(path: str | os.PathLike, *,
         raise UserError(f"checkpoint {path} has alphas {tuple(alphas.shape)} and betas "
                         f"{tuple(betas.shape)}, but its model_args (num_layers={num_layers}, "
                         f"steps={steps}) need {expected_alphas} and {expected_betas}")
+    edge_logits = None
+    if int(model_args.get("partial_channels", 1)) > 1:
+        if "edge_logits" not in model:
+            raise UserError(f"checkpoint {path} is a partial-channel search without "
+                            f"edge_logits; {_NOT_SEARCH_FIX}")
+        edge_logits = _param_array(path, model, "edge_logits")
+        if edge_logits.shape != (expected_alphas[0],):
+            raise UserError(f"checkpoint {path} has edge_logits {tuple(edge_logits.shape)}, "
+                            f"but steps={steps} needs ({expected_alphas[0]},)")
     return SearchArchitecture(path=path, alphas=alphas, betas=betas, model_args=dict(model_args),
-                              epoch=state.get("epoch"), global_step=state.get("global_step"))
+                              epoch=state.get("epoch"), global_step=state.get("global_step"),
+                              edge_logits=edge_logits)
 
 
 # --- readable report -------------------------------------------------------------------------

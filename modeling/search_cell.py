@@ -215,6 +215,14 @@ def same_conv(x: torch.Tensor, weight: torch.Tensor, dilation: int, groups: int)
                     groups=groups)
 
 
+def channel_shuffle(x: torch.Tensor, parts: int) -> torch.Tensor:
+    """PC-DARTS' channel shuffle over the last dim: channel p*(C/parts) + i goes to i*parts + p."""
+    if parts == 1:
+        return x
+    c = x.shape[-1]
+    return x.unflatten(-1, (parts, c // parts)).transpose(-1, -2).reshape(*x.shape[:-1], c)
+
+
 class SearchCell(nn.Module):
     """One node of the trellis: the cell applied to each incoming state, beta-weighted.
 
@@ -227,12 +235,21 @@ class SearchCell(nn.Module):
             level coarser (bilinear upsampling).
         prev_prev_channels: channels of H(l-2) at this level, or None where it does not exist
             (then the edges from input 0 contribute nothing, as a zero input would).
+        partial_channels: K of PC-DARTS' partial channel connections; 1 is the paper's cell.
+            With K > 1 the operations of every edge see only the first C/K channels of their
+            input, the other channels pass unchanged, the two are concatenated and
+            channel-shuffled, and each block sums its edges with edge-normalisation weights.
     """
 
     def __init__(self, steps: int, block_multiplier: int, channels: int,
-                 incoming: list[tuple[int, int]], prev_prev_channels: int | None):
+                 incoming: list[tuple[int, int]], prev_prev_channels: int | None,
+                 partial_channels: int = 1):
         super().__init__()
+        if channels % partial_channels:
+            raise ValueError(f"channels {channels} not divisible by partial_channels "
+                             f"{partial_channels}")
         self.steps, self.block_multiplier, self.channels = steps, block_multiplier, channels
+        self.partial_channels = partial_channels
         self.directions = [d for d, _ in incoming]
         groups = len(incoming)
         self.preprocess = nn.ModuleList()
@@ -246,44 +263,74 @@ class SearchCell(nn.Module):
         self.preprocess_prev_prev = (ReLUConvBN(prev_prev_channels, channels, 1, affine=False)
                                      if prev_prev_channels is not None else None)
         # State j (0 = H(l-2), 1 = H(l-1), k+1 = block k) is read by blocks max(0, j-1)..steps-1.
-        self.prev_prev_ops = (SharedSourceOps(channels, steps, 1)
+        op_channels = channels // partial_channels
+        self.prev_prev_ops = (SharedSourceOps(op_channels, steps, 1)
                               if prev_prev_channels is not None else None)
         self.source_ops = nn.ModuleList(
-            SharedSourceOps(channels, steps - max(0, j - 1), groups) for j in range(1, steps + 1))
+            SharedSourceOps(op_channels, steps - max(0, j - 1), groups)
+            for j in range(1, steps + 1))
         for j in range(steps + 1):
             first = max(0, j - 1)
             edges = [edge_offset(b) + j for b in range(first, steps)]
             self.register_buffer(f"edges_{j}", torch.tensor(edges), persistent=False)
 
     def forward(self, inputs: list[torch.Tensor], prev_prev: torch.Tensor | None,
-                alphas: torch.Tensor, betas: torch.Tensor, size: tuple[int, int]):
+                alphas: torch.Tensor, betas: torch.Tensor, size: tuple[int, int],
+                edge_weights: torch.Tensor | None = None):
         """inputs: the incoming states in `incoming` order; prev_prev: H(l-2) at this level;
         alphas: (E, ops) normalised; betas: (G,) normalised weights of the incoming
-        transitions; size: this level's (H, W). Returns (N, block_multiplier * C, H, W).
+        transitions; size: this level's (H, W); edge_weights: (E,) normalised edge weights
+        (partial channels only). Returns (N, block_multiplier * C, H, W).
         """
-        c, groups = self.channels, len(inputs)
+        c, groups, parts = self.channels, len(inputs), self.partial_channels
         states = []
         for pre, direction, h in zip(self.preprocess, self.directions, inputs):
             states.append(nhwc(pre(h, size) if direction > 0 else pre(h)))
         n = states[0].shape[0]
-        x = to_nchw(torch.stack(states, dim=3).view(n, *size, groups * c))  # (N, G*C, H, W)
+        x = torch.stack(states, dim=3)  # (N, H, W, G, C)
 
-        blocks: list[torch.Tensor | None] = [None] * self.steps  # each (N, H, W, G or 1, C)
+        # Per block, the sum over its edges, (N, H, W, G or 1, C); with partial channels the
+        # operated part (C/K) and the passed-through part (C - C/K) are summed separately.
+        blocks: list[torch.Tensor | None] = [None] * self.steps
+        passed: list[torch.Tensor | None] = [None] * self.steps
 
-        def scatter(out: torch.Tensor, j: int):
+        def add(acc, i, term):
+            acc[i] = term if acc[i] is None else acc[i] + term
+
+        def read(j: int, state: torch.Tensor, ops: SharedSourceOps):
+            """All edges from state j, (N, H, W, G, C), into the blocks that read it."""
+            edges = getattr(self, f"edges_{j}")
+            weights = alphas[edges]
+            if parts > 1:
+                scale = edge_weights[edges]  # (k,)
+                weights = weights * scale.unsqueeze(1)  # the mixed op is linear in them
+                op_in, rest = state[..., :c // parts], state[..., c // parts:]
+            else:
+                op_in = state
+            g = op_in.shape[3]
+            out = ops(to_nchw(op_in.reshape(n, *size, g * op_in.shape[-1])), weights)
             for e, block in enumerate(range(max(0, j - 1), self.steps)):
-                term = out[:, :, :, :, e]
-                blocks[block] = term if blocks[block] is None else blocks[block] + term
+                add(blocks, block, out[:, :, :, :, e])
+                if parts > 1:
+                    add(passed, block, rest * scale[e])
+
+        complete: dict[int, torch.Tensor] = {}
+
+        def state_of_block(b: int) -> torch.Tensor:
+            if parts == 1:
+                return blocks[b]
+            if b not in complete:
+                complete[b] = channel_shuffle(torch.cat([blocks[b], passed[b]], dim=-1), parts)
+            return complete[b]
 
         if self.preprocess_prev_prev is not None:
-            s0 = self.preprocess_prev_prev(prev_prev)
-            scatter(self.prev_prev_ops(s0, alphas[self.edges_0]), 0)
+            read(0, nhwc(self.preprocess_prev_prev(prev_prev)).unsqueeze(3), self.prev_prev_ops)
         for j, ops in enumerate(self.source_ops, start=1):
             # Block j-1 is complete once states 0..j have been read (it is state j+1).
-            source = x if j == 1 else to_nchw(blocks[j - 2].reshape(n, *size, groups * c))
-            scatter(ops(source, alphas[getattr(self, f"edges_{j}")]), j)
+            read(j, x if j == 1 else state_of_block(j - 2), ops)
 
-        out = torch.cat(blocks[-self.block_multiplier:], dim=-1)  # (N, H, W, G, mult*C)
+        out = torch.cat([state_of_block(b) for b in range(self.steps - self.block_multiplier,
+                                                          self.steps)], dim=-1)
         # Paper Eq. 6: the beta-weighted sum over incoming states.
-        out = (out * betas.view(groups, 1)).sum(dim=3)
-        return to_nchw(out)  # (N, mult*C, H, W), channels-last
+        out = (out * betas.view(groups, 1)).sum(dim=3)  # (N, H, W, mult*C)
+        return to_nchw(out.contiguous())  # (N, mult*C, H, W), channels-last

@@ -85,3 +85,13 @@ def normalize_betas(betas: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     probs = F.softmax(logits, dim=-1)
     # Rows with no valid direction (nodes that do not exist) are all -inf -> NaN; zero them.
     return torch.where(mask, probs, torch.zeros_like(probs))
+
+
+def normalize_edge_weights(logits: torch.Tensor, steps: int) -> torch.Tensor:
+    """PC-DARTS edge normalisation: softmax of each block's edge logits over its inputs.
+
+    logits: (E,) raw, edges numbered block by block (`cell_edges`). Returns (E,) weights that
+    sum to one within every block.
+    """
+    return torch.cat([F.softmax(logits[edge_offset(b):edge_offset(b + 1)], dim=0)
+                      for b in range(steps)])

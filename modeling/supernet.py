@@ -13,7 +13,8 @@ from modeling.aspp import ASPPHead
 from modeling.operations import stem
 from modeling.search_cell import SearchCell
 from modeling.search_space import (DIRECTIONS, NUM_LEVELS, PRIMITIVES, level_exists,
-                                   normalize_alphas, normalize_betas, num_edges,
+                                   normalize_alphas, normalize_betas,
+                                   normalize_edge_weights, num_edges,
                                    transition_mask)
 
 # ASPP rate at level s is ASPP_RATE_BASE / stride (paper section 4.1): 24, 12, 6, 3.
@@ -34,10 +35,15 @@ class SupernetConfig:
     stem_widths: tuple[int, int, int] = (64, 64, 128)
     # Width of each level's ASPP; None means the width of the level's cell output.
     aspp_channels: int | None = None
+    # K of PC-DARTS' partial channel connections (a different algorithm); 1: the paper's.
+    partial_channels: int = 1
 
     def __post_init__(self):
         if not 1 <= self.block_multiplier <= self.steps:
             raise ValueError("block_multiplier must be between 1 and steps")
+        if self.partial_channels < 1 or self.filter_multiplier % self.partial_channels:
+            raise ValueError(f"partial_channels must divide the filter multiplier "
+                             f"{self.filter_multiplier}, got {self.partial_channels}")
         object.__setattr__(self, "stem_widths", tuple(self.stem_widths))
 
     def level_channels(self, level: int) -> int:
@@ -71,6 +77,9 @@ class AutoDeepLabSearch(nn.Module):
                                                                  len(PRIMITIVES)))
         self.betas = nn.Parameter(ARCH_INIT_SCALE * torch.randn(cfg.num_layers, NUM_LEVELS,
                                                                 len(DIRECTIONS)))
+        # PC-DARTS' edge-normalisation logits, one per cell edge (partial channels only).
+        self.edge_logits = (nn.Parameter(ARCH_INIT_SCALE * torch.randn(num_edges(cfg.steps)))
+                            if cfg.partial_channels > 1 else None)
         # The trellis, from the table of allowed transitions: node (l, t) receives from every
         # (l-1, s) with mask[l, s, d] and s + DIRECTIONS[d] == t.
         self.cells = nn.ModuleDict()
@@ -90,7 +99,7 @@ class AutoDeepLabSearch(nn.Module):
                             for s, d in sources]
                 self.cells[self._key(layer, target)] = SearchCell(
                     cfg.steps, cfg.block_multiplier, cfg.level_channels(target), incoming,
-                    prev_prev)
+                    prev_prev, cfg.partial_channels)
         last = cfg.num_layers - 1
         self.head_levels = [s for s in range(NUM_LEVELS) if level_exists(last, s)]
         self.heads = nn.ModuleDict({
@@ -104,8 +113,10 @@ class AutoDeepLabSearch(nn.Module):
         return f"{layer}_{level}"
 
     def arch_parameters(self) -> list[nn.Parameter]:
-        """The architecture parameters: cell alphas (E, ops) and network betas (L, 4, 3)."""
-        return [self.alphas, self.betas]
+        """The architecture parameters: cell alphas (E, ops) and network betas (L, 4, 3), and
+        with partial channels the edge-normalisation logits (E,)."""
+        params = [self.alphas, self.betas]
+        return params if self.edge_logits is None else params + [self.edge_logits]
 
     def weight_parameters(self) -> list[nn.Parameter]:
         """Every other parameter: what the weight optimiser trains."""
@@ -118,11 +129,17 @@ class AutoDeepLabSearch(nn.Module):
     def normalized_betas(self) -> torch.Tensor:
         return normalize_betas(self.betas, self.beta_mask)
 
+    def normalized_edge_weights(self) -> torch.Tensor | None:
+        if self.edge_logits is None:
+            return None
+        return normalize_edge_weights(self.edge_logits, self.config.steps)
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """images: (N, 3, H, W) -> logits (N, num_classes, H, W)."""
         cfg = self.config
         alphas = self.normalized_alphas()  # (E, ops)
         betas = self.normalized_betas()  # (L, 4, 3)
+        edge_weights = self.normalized_edge_weights()  # (E,) or None
         # Channels-last from the stem on: the cells' grouped convolutions are fastest on it.
         images = images.contiguous(memory_format=torch.channels_last)
         prev = {0: self.stem(images)}  # layer -1: the stem at level 0, (N, 128, H/4, W/4)
@@ -141,7 +158,8 @@ class AutoDeepLabSearch(nn.Module):
                 src = torch.tensor([s for s, _ in sources])
                 dirs = torch.tensor([d for _, d in sources])
                 weights = betas[layer, src, dirs]  # (G,)
-                args = (inputs, prev_prev.get(target), alphas, weights, sizes[target])
+                args = (inputs, prev_prev.get(target), alphas, weights, sizes[target],
+                        edge_weights)
                 if self.checkpoint_cells and self.training:
                     current[target] = torch.utils.checkpoint.checkpoint(
                         cell, *args, use_reentrant=False)
@@ -160,8 +178,10 @@ class AutoDeepLabSearch(nn.Module):
         """The architecture decoded so far (SPEC section 4), as a `Genotype`."""
         from modeling.decoding import genotype_from_arch
 
+        edge_logits = (None if self.edge_logits is None
+                       else self.edge_logits.detach().cpu().numpy())
         return genotype_from_arch(self.alphas.detach().cpu().numpy(),
-                                  self.betas.detach().cpu().numpy())
+                                  self.betas.detach().cpu().numpy(), edge_logits)
 
     def model_args(self) -> dict:
         return asdict(self.config)

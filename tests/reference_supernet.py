@@ -46,8 +46,21 @@ def mixed_op(x, ops, e, w):
     return sum(out)
 
 
-def cell(cell_module, inputs, prev_prev, alphas, betas, size):
+def shuffle(x, parts):
+    """PC-DARTS' channel_shuffle, written as in its paper's code (NCHW)."""
+    n, c, h, w = x.shape
+    return x.view(n, parts, c // parts, h, w).transpose(1, 2).reshape(n, c, h, w)
+
+
+def partial_edge(x, ops, e, w, parts):
+    """PC-DARTS edge: the mixed op on the first C/K channels, the rest passed, shuffled."""
+    k = x.shape[1] // parts
+    return shuffle(torch.cat([mixed_op(x[:, :k], ops, e, w), x[:, k:]], dim=1), parts)
+
+
+def cell(cell_module, inputs, prev_prev, alphas, betas, size, edge_weights=None):
     steps, mult = cell_module.steps, cell_module.block_multiplier
+    parts = cell_module.partial_channels
     outs = []
     for pre, direction, h in zip(cell_module.preprocess, cell_module.directions, inputs):
         s1 = pre(h, size) if direction > 0 else pre(h)
@@ -61,7 +74,12 @@ def cell(cell_module, inputs, prev_prev, alphas, betas, size):
                     continue
                 ops = cell_module.prev_prev_ops if j == 0 else cell_module.source_ops[j - 1]
                 e = b - max(0, j - 1)
-                terms.append(mixed_op(state, ops, e, alphas[edge_offset(b) + j]))
+                edge = edge_offset(b) + j
+                if parts == 1:
+                    terms.append(mixed_op(state, ops, e, alphas[edge]))
+                else:
+                    terms.append(edge_weights[edge]
+                                 * partial_edge(state, ops, e, alphas[edge], parts))
             states.append(sum(terms))
         outs.append(torch.cat(states[-mult:], dim=1))
     return sum(beta * o for beta, o in zip(betas, outs))
@@ -70,6 +88,7 @@ def cell(cell_module, inputs, prev_prev, alphas, betas, size):
 def forward(model, images):
     cfg = model.config
     alphas, betas = model.normalized_alphas(), model.normalized_betas()
+    edge_weights = model.normalized_edge_weights()
     prev = {0: model.stem(images)}
     sizes = [tuple(prev[0].shape[-2:])]
     for _ in range(1, NUM_LEVELS):
@@ -82,7 +101,8 @@ def forward(model, images):
                 continue
             weights = [betas[layer, s, d] for s, d in sources]
             current[target] = cell(model.cells[f"{layer}_{target}"], [prev[s] for s, _ in sources],
-                                   prev_prev.get(target), alphas, weights, sizes[target])
+                                   prev_prev.get(target), alphas, weights, sizes[target],
+                                   edge_weights)
         prev_prev, prev = prev, current
     logits = 0
     for s in model.head_levels:

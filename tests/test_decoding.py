@@ -251,3 +251,21 @@ def test_genotype_from_arch_accepts_tensors_and_uses_the_one_normalisation():
     assert from_numpy.network_path == tuple(decode_network_path(probs))
     with pytest.raises(ValueError, match="betas"):
         genotype_from_arch(alphas, betas[:, :3])
+
+
+def test_edge_weights_of_a_partial_channel_search_choose_the_inputs():
+    """PC-DARTS decoding: an edge's operation weights are scaled by its edge weight, so with
+    equal alphas the two inputs with the largest edge logits are kept (brute force)."""
+    steps = 4
+    rng = np.random.default_rng(0)
+    alphas = np.zeros((num_edges(steps), len(PRIMITIVES)))
+    alphas[:, PRIMITIVES.index("sep_conv_3x3")] = 1.0
+    edge_logits = rng.normal(size=num_edges(steps))
+    betas = np.zeros((3, 4, 3))
+    cell = genotype_from_arch(alphas, betas, edge_logits).cell
+    for block in range(steps):
+        logits = edge_logits[edge_offset(block):edge_offset(block) + 2 + block]
+        assert [i for i, _ in cell[block]] == sorted(np.argsort(-logits)[:2].tolist())
+        assert all(op == "sep_conv_3x3" for _, op in cell[block])
+    without = genotype_from_arch(alphas, betas).cell
+    assert [[i for i, _ in b] for b in without] == [[0, 1]] * steps  # ties: lowest inputs

@@ -102,6 +102,8 @@ def test_resume_with_other_supernet_shape_is_refused(tmp_path):
     (["--dataset", "camvid", "--data-root", "/nonexistent/camvid"], "/nonexistent/camvid"),
     (["--dataset", "nosuchset"], "unknown dataset 'nosuchset'"),
     (["--batch-size", "1"], "--batch-size must be at least 2"),
+    (["--partial-channels", "3"], "--partial-channels 3 must divide --filter-multiplier 4"),
+    (["--partial-channels", "0"], "--partial-channels must be positive"),
     (["--resume", "/nonexistent/checkpoint.pth.tar"], "/nonexistent/checkpoint.pth.tar"),
 ])
 def test_bad_input_ends_in_one_error_line(tmp_path, argv, message):
@@ -172,3 +174,35 @@ def test_amp_on_cpu_warns_and_searches_in_float32(tmp_path):
     assert states[1]["args"]["amp"] is True
     for key, value in states[0]["model"].items():
         assert torch.equal(value, states[1]["model"][key]), key
+
+
+def test_partial_channel_search_resumes_exactly_and_decodes(tmp_path):
+    """--partial-channels: a third architecture parameter, trained, checkpointed, resumed
+    bit-identically, and used by decode."""
+    common = ["--partial-channels", "2", "--epochs", "2", "--alpha-epoch", "0",
+              "--max-samples", "8", "--no-val"]
+    full = run_search(tmp_path, *common, name="full")
+    part = run_search(tmp_path, *common, "--stop-after-epochs", "1", name="part")
+    train_autodeeplab.main(get_args_parser().parse_args(
+        ["--resume", str(part / "checkpoint.pth.tar")]))
+    a = torch.load(full / "checkpoint.pth.tar", weights_only=True)
+    b = torch.load(part / "checkpoint.pth.tar", weights_only=True)
+    assert a["model_args"]["partial_channels"] == 2
+    for name, value in a["model"].items():
+        assert torch.equal(value, b["model"][name]), name
+    from modeling.supernet import AutoDeepLabSearch, SupernetConfig
+
+    torch.manual_seed(0)  # the search's own seed: the same initial parameters
+    init = AutoDeepLabSearch(SupernetConfig(**a["model_args"])).edge_logits.detach()
+    assert not torch.allclose(a["model"]["edge_logits"], init, atol=1e-4)  # trained
+
+    res = subprocess.run([sys.executable, "decode_autodeeplab.py", "--resume",
+                          str(full / "checkpoint.pth.tar"), "--no-plot"], cwd=REPO,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    from modeling.decoding import genotype_from_arch
+    from modeling.genotypes import Genotype
+
+    expected = genotype_from_arch(a["model"]["alphas"], a["model"]["betas"],
+                                  a["model"]["edge_logits"])
+    assert Genotype.load(full / "genotype.json").to_json() == expected.to_json()

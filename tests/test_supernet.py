@@ -88,11 +88,13 @@ def test_beta_normalisation_per_source_node():
     torch.testing.assert_close(probs[5, 0, 1:], expected)
 
 
-def test_fast_supernet_equals_per_edge_reference():
-    model = tiny_model(seed=3).double()
+@pytest.mark.parametrize("partial_channels", [1, 2])
+def test_fast_supernet_equals_per_edge_reference(partial_channels):
+    model = tiny_model(seed=3, filter_multiplier=2 * partial_channels,
+                       partial_channels=partial_channels).double()
     with torch.no_grad():  # non-trivial architecture weights
-        model.alphas.normal_(0, 1)
-        model.betas.normal_(0, 1)
+        for p in model.arch_parameters():
+            p.normal_(0, 1)
     reference = copy.deepcopy(model)
     x = torch.randn(2, 3, 48, 40, dtype=torch.float64)
     target = torch.randint(0, 3, (2, 48, 40))
@@ -105,6 +107,19 @@ def test_fast_supernet_equals_per_edge_reference():
     for name, p in model.named_parameters():
         torch.testing.assert_close(p.grad, ref_params[name].grad, rtol=1e-7, atol=1e-9,
                                    msg=lambda m, name=name: f"{name}: {m}")
+    assert (model.edge_logits is not None) == (partial_channels > 1)
+
+
+def test_partial_channels_operate_on_a_kth_of_the_channels():
+    full, partial = tiny_model(filter_multiplier=4), tiny_model(filter_multiplier=4,
+                                                                partial_channels=4)
+    ops_full = full.cells["0_0"].source_ops[0].atrous_conv_5x5
+    ops_partial = partial.cells["0_0"].source_ops[0].atrous_conv_5x5
+    assert ops_partial.shape[0] * 4 == ops_full.shape[0]
+    assert ops_partial.shape[1] * 4 == ops_full.shape[1]
+    assert len(partial.arch_parameters()) == 3 and len(full.arch_parameters()) == 2
+    with pytest.raises(ValueError, match="partial_channels must divide"):
+        tiny_model(filter_multiplier=4, partial_channels=3)
 
 
 def test_checkpoint_cells_gives_identical_gradients():
