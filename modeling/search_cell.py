@@ -144,7 +144,9 @@ class SharedSourceOps(nn.Module):
             ys.append(nhwc(y).view(-1, g, c, k).transpose(2, 3))  # (P, G, k, C)
         ys = self._pointwise(ys, "pw1", shape)
         # Stage 2: per-edge BN, ReLU and depthwise conv, then the pointwise convs again.
-        ys = [F.relu(getattr(self, f"{name}_bn1")(y)) for name, y in zip(SEP_CONVS, ys)]
+        # In place: batch norm's backward needs its input, not its output.
+        ys = [F.relu(getattr(self, f"{name}_bn1")(y), inplace=True)
+              for name, y in zip(SEP_CONVS, ys)]
         ys = [nhwc(same_conv(y, self._per_group(getattr(self, f"{name}_dw2")), 1, g * k * c))
               .view(-1, g, k, c) for name, y in zip(SEP_CONVS, ys)]
         ys = self._pointwise(ys, "pw2", shape)
@@ -329,8 +331,9 @@ class SearchCell(nn.Module):
             # Block j-1 is complete once states 0..j have been read (it is state j+1).
             read(j, x if j == 1 else state_of_block(j - 2), ops)
 
-        out = torch.cat([state_of_block(b) for b in range(self.steps - self.block_multiplier,
-                                                          self.steps)], dim=-1)
-        # Paper Eq. 6: the beta-weighted sum over incoming states.
-        out = (out * betas.view(groups, 1)).sum(dim=3)  # (N, H, W, mult*C)
-        return to_nchw(out.contiguous())  # (N, mult*C, H, W), channels-last
+        # Paper Eq. 6: the beta-weighted sum over incoming states, block by block (the
+        # blocks are kept for the backward pass anyway; their concatenation need not be).
+        betas = betas.view(groups, 1)
+        out = torch.cat([(state_of_block(b) * betas).sum(dim=3)
+                         for b in range(self.steps - self.block_multiplier, self.steps)], dim=-1)
+        return to_nchw(out)  # (N, mult*C, H, W), channels-last
