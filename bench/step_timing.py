@@ -17,6 +17,8 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
+from utils.allocator import allocator_in_use, fast_allocator_env
+
 
 def add_common_args(parser, crops, batch_size):
     parser.add_argument("--crops", type=int, nargs="+", default=crops, help="crop sizes")
@@ -25,6 +27,9 @@ def add_common_args(parser, crops, batch_size):
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     parser.add_argument("--repeats", type=int, default=5, help="timed steps (median and min)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--system-allocator", action="store_true",
+                        help="measure with the system malloc, not tcmalloc/jemalloc where "
+                             "installed (what the entry scripts use, utils/allocator.py)")
     parser.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)  # child
 
 
@@ -94,7 +99,7 @@ def throughput(total_flops: int, seconds: float, device) -> dict:
 def run_per_crop(args, script: str, measure) -> None:
     """`measure(args, crop)` for each crop in a fresh process; one JSON line per crop."""
     if args.one is not None:
-        print(json.dumps(measure(args, args.one)), flush=True)
+        print(json.dumps({**measure(args, args.one), "allocator": allocator_in_use()}), flush=True)
         return
     for crop in args.crops:
         argv = [sys.executable, script, "--one", str(crop)]
@@ -104,7 +109,8 @@ def run_per_crop(args, script: str, measure) -> None:
             argv.append("--" + key.replace("_", "-"))
             if value is not True:
                 argv.append(str(value))
-        out = subprocess.run(argv, capture_output=True, text=True)
+        env = None if args.system_allocator else fast_allocator_env()
+        out = subprocess.run(argv, capture_output=True, text=True, env=env)
         if out.returncode != 0:
             sys.exit(f"crop {crop} failed:\n{out.stderr}")
         print(out.stdout.strip(), flush=True)
