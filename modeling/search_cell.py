@@ -54,6 +54,10 @@ class AffineFreeBN(nn.Module):
         self.register_buffer("running_var", torch.ones(channels))
 
     def forward(self, x, scale=None):
+        if scale is not None:
+            # The CPU batch-norm backward reads its weight as if it were dense (torch 2.13):
+            # a stride-0 view (one edge's alpha expanded) would give wrong gradients.
+            scale = scale.contiguous()
         return F.batch_norm(x, self.running_mean, self.running_var, scale, None,
                             self.training, BN_MOMENTUM, BN_EPS)
 
@@ -67,6 +71,7 @@ def _conv_weight(num_edges: int, channels: int, in_per_group: int, k: int) -> nn
 
 SEP_CONVS = ("sep_conv_3x3", "sep_conv_5x5")
 ATROUS_CONVS = ("atrous_conv_3x3", "atrous_conv_5x5")
+PARAMETER_FREE = ("max_pool_3x3", "avg_pool_3x3", "skip_connect")  # the order of `stacked`
 
 
 class SharedSourceOps(nn.Module):
@@ -124,9 +129,7 @@ class SharedSourceOps(nn.Module):
         shape = (n, h, w)
 
         def edge_scale(name):  # the op's weight for every (group, edge, channel)
-            # Materialised: with one edge the reshape would be a stride-0 view, and the CPU
-            # batch-norm backward reads its weight as if it were dense (torch 2.13).
-            return weights[:, OP[name]].view(1, k, 1).expand(g, k, c).contiguous().view(-1)
+            return weights[:, OP[name]].view(1, k, 1).expand(g, k, c).reshape(-1)
 
         def per_edge(y):  # (N, G*k*C, H, W) -> (N, H, W, G, k, C)
             return nhwc(y).view(n, h, w, g, k, c)
@@ -139,7 +142,8 @@ class SharedSourceOps(nn.Module):
         ys = []
         for name in SEP_CONVS:
             dw = getattr(self, f"{name}_dw1")
-            dw = dw.view(k, c, 1, *dw.shape[-2:]).transpose(0, 1).reshape(c * k, 1, *dw.shape[-2:])
+            size = dw.shape[-2:]
+            dw = dw.view(k, c, 1, *size).transpose(0, 1).reshape(c * k, 1, *size)
             y = same_conv(r, self._per_group(dw), 1, g * c)
             ys.append(nhwc(y).view(-1, g, c, k).transpose(2, 3))  # (P, G, k, C)
         ys = self._pointwise(ys, "pw1", shape)
@@ -163,10 +167,9 @@ class SharedSourceOps(nn.Module):
         # Parameter-free operations: one tensor for all k edges, mixed by one small matmul.
         max_pool = self.max_pool_bn(F.max_pool2d(x, 3, 1, 1))
         avg_pool = self.avg_pool_bn(F.avg_pool2d(x, 3, 1, 1, count_include_pad=False))
-        free = ("max_pool_3x3", "avg_pool_3x3", "skip_connect")
         stacked = torch.stack([nhwc(t).view(n, h, w, g, c) for t in (max_pool, avg_pool, x)],
                               dim=-2)  # (N, H, W, G, 3, C)
-        mix = weights[:, [OP[name] for name in free]]  # (k, 3)
+        mix = weights[:, [OP[name] for name in PARAMETER_FREE]]  # (k, 3)
         out = out + torch.matmul(mix, stacked)  # (N, H, W, G, k, C)
         return out
 

@@ -30,13 +30,20 @@ def find_fast_allocator(search_dirs=SEARCH_DIRS) -> str | None:
     return None
 
 
+def _preloaded(env) -> str | None:
+    """The library of `LIBRARIES` that `env`'s LD_PRELOAD names, without lib and .so."""
+    preload = env.get("LD_PRELOAD", "")
+    for name in LIBRARIES:
+        stem = name.split(".so")[0]
+        if stem in preload:
+            return stem[3:]
+    return None
+
+
 def allocator_in_use() -> str:
     """For the log: which allocator this process runs with."""
-    preload = os.environ.get("LD_PRELOAD", "")
-    for name in LIBRARIES:
-        if name.split(".so")[0] in preload:
-            return f"{name.split('.so')[0][3:]} (LD_PRELOAD)"
-    return "system malloc"
+    library = _preloaded(os.environ)
+    return f"{library} (LD_PRELOAD)" if library else "system malloc"
 
 
 def fast_allocator_env(env=None, search_dirs=SEARCH_DIRS) -> dict | None:
@@ -45,7 +52,7 @@ def fast_allocator_env(env=None, search_dirs=SEARCH_DIRS) -> dict | None:
     env = dict(os.environ if env is None else env)
     if not sys.platform.startswith("linux") or env.get(ENV, "").lower() == "system":
         return None
-    if any(name.split(".so")[0] in env.get("LD_PRELOAD", "") for name in LIBRARIES):
+    if _preloaded(env):
         return None
     library = find_fast_allocator(search_dirs)
     if library is None:
