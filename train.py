@@ -26,6 +26,7 @@ from engine.retrain import (IntervalProgress, build_criterion, evaluate, export_
 from engine.search import NonFiniteLoss, check_finite, diverged_error
 from modeling.retrain_net import AutoDeepLab, RetrainConfig
 from utils.allocator import allocator_in_use, preload_fast_allocator
+from utils.onednn import size_primitive_cache
 from utils.amp import amp_context
 from utils.checkpoint import (RETRAIN_KIND, save_checkpoint, save_with_best,
                               write_json)
@@ -178,7 +179,8 @@ def run(args, dist_info, dist_device, stop):
     else:
         setup_logging(None, logging.INFO if show else logging.WARNING)
     log.info("command: %s", " ".join(sys.argv))
-    log.info("memory allocator: %s", allocator_in_use())
+    log.info("memory allocator: %s; oneDNN primitive cache: %s", allocator_in_use(),
+             size_primitive_cache())
 
     model_without_ddp = AutoDeepLab(config).to(device)
     model = model_without_ddp
@@ -309,5 +311,6 @@ def run(args, dist_info, dist_device, stop):
     return out_dir
 
 if __name__ == "__main__":
+    size_primitive_cache()  # before any convolution: oneDNN reads it once
     preload_fast_allocator()  # tcmalloc when installed: re-executes once, before any work
     main(get_args_parser().parse_args())

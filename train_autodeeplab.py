@@ -23,6 +23,7 @@ from engine.search import (Architect, BStream, EpochProgress, NonFiniteLoss, che
                            diverged_error, evaluate, split_train_set, train_one_epoch)
 from modeling.supernet import AutoDeepLabSearch, SupernetConfig, arch_entropy
 from utils.allocator import allocator_in_use, preload_fast_allocator
+from utils.onednn import size_primitive_cache
 from utils.amp import amp_context
 from utils.checkpoint import (SEARCH_KIND, save_checkpoint, save_with_best,
                               write_json)
@@ -197,7 +198,8 @@ def search(args, checkpoint, out_dir, device, dist_info, info, split, loader_a, 
     else:
         setup_logging(None, logging.WARNING)
     log.info("command: %s", " ".join(sys.argv))
-    log.info("memory allocator: %s", allocator_in_use())
+    log.info("memory allocator: %s; oneDNN primitive cache: %s", allocator_in_use(),
+             size_primitive_cache())
     log.info("dataset %s: %d classes, A %d / B %d images, %d steps per epoch of batch %d x %d "
              "processes, device %s", args.dataset, info.num_classes, len(split["a"]),
              len(split["b"]), len(loader_a), args.batch_size, dist_info.world_size, device)
@@ -313,5 +315,6 @@ def search(args, checkpoint, out_dir, device, dist_info, info, split, loader_a, 
 
 
 if __name__ == "__main__":
+    size_primitive_cache()  # before any convolution: oneDNN reads it once
     preload_fast_allocator()  # tcmalloc when installed: re-executes once, before any work
     main(get_args_parser().parse_args())

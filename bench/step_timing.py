@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -18,6 +19,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
 from utils.allocator import allocator_in_use, fast_allocator_env
+from utils.onednn import ENV as ONEDNN_CACHE_ENV
+from utils.onednn import size_primitive_cache
 
 
 def add_common_args(parser, crops, batch_size):
@@ -30,6 +33,9 @@ def add_common_args(parser, crops, batch_size):
     parser.add_argument("--system-allocator", action="store_true",
                         help="measure with the system malloc, not tcmalloc/jemalloc where "
                              "installed (what the entry scripts use, utils/allocator.py)")
+    parser.add_argument("--default-onednn-cache", action="store_true",
+                        help="measure with oneDNN's default primitive cache (1024), not the "
+                             "entry scripts' larger one (utils/onednn.py)")
     parser.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)  # child
 
 
@@ -99,7 +105,9 @@ def throughput(total_flops: int, seconds: float, device) -> dict:
 def run_per_crop(args, script: str, measure) -> None:
     """`measure(args, crop)` for each crop in a fresh process; one JSON line per crop."""
     if args.one is not None:
-        print(json.dumps({**measure(args, args.one), "allocator": allocator_in_use()}), flush=True)
+        print(json.dumps({**measure(args, args.one), "allocator": allocator_in_use(),
+                          "onednn_primitive_cache": os.environ.get(ONEDNN_CACHE_ENV, "default")}),
+              flush=True)
         return
     for crop in args.crops:
         argv = [sys.executable, script, "--one", str(crop)]
@@ -109,7 +117,11 @@ def run_per_crop(args, script: str, measure) -> None:
             argv.append("--" + key.replace("_", "-"))
             if value is not True:
                 argv.append(str(value))
-        env = None if args.system_allocator else fast_allocator_env()
+        env = (None if args.system_allocator else fast_allocator_env()) or dict(os.environ)
+        if args.default_onednn_cache:
+            env.pop(ONEDNN_CACHE_ENV, None)
+        else:
+            size_primitive_cache(env=env)
         out = subprocess.run(argv, capture_output=True, text=True, env=env)
         if out.returncode != 0:
             sys.exit(f"crop {crop} failed:\n{out.stderr}")
