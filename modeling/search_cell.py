@@ -117,7 +117,7 @@ class SharedSourceOps(nn.Module):
                               for name in SEP_CONVS])  # (2, k, C_out, C_in)
         y = torch.bmm(rows.view(2 * k, -1, c), weight.view(2 * k, c, c).transpose(1, 2))
         y = y.view(2, k, n * h * w, g, c).permute(0, 2, 3, 1, 4).contiguous()  # (2, P, G, k, C)
-        return [to_nchw(y[t].view(n, h, w, g * k * c)) for t in range(len(SEP_CONVS))]
+        return [to_nchw(t.view(n, h, w, g * k * c)) for t in y.unbind(0)]
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """x: (N, G*C, H, W) channels-last; weights: (k, len(PRIMITIVES)) normalised alphas.
@@ -314,8 +314,11 @@ class SearchCell(nn.Module):
                 op_in = state
             g = op_in.shape[3]
             out = ops(to_nchw(op_in.reshape(n, *size, g * op_in.shape[-1])), weights)
-            for e, block in enumerate(range(max(0, j - 1), self.steps)):
-                add(blocks, block, out[:, :, :, :, e])
+            # unbind, not out[..., e]: the backward of k selects would zero-fill and add k
+            # tensors of out's full size, the backward of unbind stacks once.
+            for e, (block, term) in enumerate(zip(range(max(0, j - 1), self.steps),
+                                                  out.unbind(dim=4))):
+                add(blocks, block, term)
                 if parts > 1:
                     add(passed, block, rest * scale[e])
 
