@@ -10,11 +10,13 @@ file evaluates:
   batch-norm call keeps per-application statistics and the maths does not change;
 - every edge that reads one state at once: the ReLU in front of the convolutions is computed
   once; the first depthwise convolution of every edge reads that one tensor (a depthwise
-  conv with k filters per channel); the pointwise convolutions of all edges and both
-  separable types are one batched matmul; the dense atrous convolutions of all edges are one
-  convolution, the groups seen as more images; the parameter-free operations (pools followed
-  by affine-free BN, identity) give the same tensor for every edge and are mixed by one small
-  matmul;
+  conv with k filters per channel); both separable types run as one tensor (one batch norm,
+  one ReLU, one batched matmul for the pointwise convolutions of all edges, and on small
+  levels one depthwise call, the 3x3 filters zero-padded to 5x5); the dense atrous
+  convolutions of all edges are one convolution, the groups seen as more images; the
+  parameter-free operations (pools followed by affine-free BN, identity) give the same tensor
+  for every edge and are mixed by one small matmul;
+- depthwise weight gradients on oneDNN's fast kernel (`DepthwiseConv`);
 - each edge's operation weight (alpha) is the scale of the batch norm that ends the
   operation, so the weighted sum of Eq. 2 costs no multiplications of its own;
 - the H(l-2) input once, since it is the same tensor for all incoming states of a node;
@@ -70,6 +72,10 @@ def _conv_weight(num_edges: int, channels: int, in_per_group: int, k: int) -> nn
 
 
 SEP_CONVS = ("sep_conv_3x3", "sep_conv_5x5")
+SEP_KERNEL = 5  # the larger depthwise kernel of SEP_CONVS
+# Levels up to this many pixels run both separable types' depthwise convolutions as one call
+# (fewer calls); larger ones one call per type (fewer taps on oneDNN's slow 5x5 kernels).
+MERGED_DEPTHWISE_MAX_PIXELS = 16 * 16
 ATROUS_CONVS = ("atrous_conv_3x3", "atrous_conv_5x5")
 PARAMETER_FREE = ("max_pool_3x3", "avg_pool_3x3", "skip_connect")  # the order of `stacked`
 
@@ -90,34 +96,80 @@ class SharedSourceOps(nn.Module):
             setattr(self, f"{name}_pw1", _conv_weight(k, c, c, 1))
             setattr(self, f"{name}_dw2", _conv_weight(k, c, 1, size))
             setattr(self, f"{name}_pw2", _conv_weight(k, c, c, 1))
-            setattr(self, f"{name}_bn1", AffineFreeBN(wide))
-            setattr(self, f"{name}_bn2", AffineFreeBN(wide))
+        # Both separable types run as one tensor, channels (type, group, edge, channel).
+        self.sep_conv_bn1 = AffineFreeBN(len(SEP_CONVS) * wide)
+        self.sep_conv_bn2 = AffineFreeBN(len(SEP_CONVS) * wide)
         for name, size in (("atrous_conv_3x3", 3), ("atrous_conv_5x5", 5)):
             setattr(self, name, _conv_weight(k, c, c, size))
             setattr(self, f"{name}_bn", AffineFreeBN(wide))
         self.max_pool_bn = AffineFreeBN(groups * c)
         self.avg_pool_bn = AffineFreeBN(groups * c)
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Search checkpoints written before both separable types shared one batch norm hold
+        # one per type; the shared one's channels are theirs, concatenated in SEP_CONVS order.
+        for stage in ("bn1", "bn2"):
+            for stat in ("running_mean", "running_var"):
+                old = [f"{prefix}{name}_{stage}.{stat}" for name in SEP_CONVS]
+                if all(key in state_dict for key in old):
+                    state_dict[f"{prefix}sep_conv_{stage}.{stat}"] = torch.cat(
+                        [state_dict.pop(key) for key in old])
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def _per_group(self, weight: torch.Tensor) -> torch.Tensor:
         # Every group (incoming state) uses the same weights: repeat the small tensor, never
         # the activations.
         return weight if self.groups == 1 else weight.repeat(self.groups, 1, 1, 1)
 
-    def _pointwise(self, xs: list[torch.Tensor], stage: str, shape) -> list[torch.Tensor]:
+    def _depthwise(self, x: torch.Tensor, stage: str, merged: bool) -> torch.Tensor:
+        """The depthwise convolutions of `stage` of both separable types and every edge.
+
+        Stage "dw1" reads r, (N, G*C, H, W): each channel feeds types*k filters, one per
+        (type, edge). Stage "dw2" reads (N, types*G*k*C, H, W): one filter per channel.
+        `merged`: both types in one call, the 3x3 filters zero-padded to 5x5 (exact: the
+        padded taps multiply by zero and their gradient is dropped by the padding's
+        backward); fewer calls, which is what small levels pay for. Otherwise one call per
+        type: oneDNN's 5x5 depthwise kernels are slow per tap, and on large levels the 3x3
+        would pay 25/9 of its taps on them. Returns the pointwise rows (types, k, P, G, C).
+        """
+        g, k, c = self.groups, self.num_edges, self.channels
+        filters = [getattr(self, f"{name}_{stage}") for name in SEP_CONVS]
+        if merged:
+            filters = [torch.stack([F.pad(f, ((SEP_KERNEL - f.shape[-1]) // 2,) * 4)
+                                    .view(k, c, SEP_KERNEL, SEP_KERNEL) for f in filters])]
+        else:
+            filters = [f.view(1, k, c, *f.shape[-2:]) for f in filters]
+        rows, first = [], 0
+        for f in filters:  # (types of this call, k, C, size, size)
+            t, size = f.shape[0], f.shape[-2:]
+            if stage == "dw1":  # output channels (group, channel, type, edge)
+                weight = self._per_group(f.permute(2, 0, 1, 3, 4).reshape(c * t * k, 1, *size))
+                y = nhwc(same_conv(x, weight, 1, g * c)).reshape(-1, g, c, t, k)
+                rows.append(y.permute(3, 4, 0, 1, 2))
+            else:  # channels (type, group, edge, channel) in and out
+                wide = t * g * k * c
+                weight = f.unsqueeze(1).expand(t, g, k, c, *size).reshape(wide, 1, *size)
+                part = x[:, first * g * k * c:first * g * k * c + wide]
+                y = nhwc(same_conv(part, weight, 1, wide)).reshape(-1, t, g, k, c)
+                rows.append(y.permute(1, 3, 0, 2, 4))
+            first += t
+        return rows[0] if len(rows) == 1 else torch.cat(rows)
+
+    def _pointwise(self, rows: torch.Tensor, stage: str, shape) -> torch.Tensor:
         """The 1x1 convolutions of both separable types, every edge, as one batched matmul.
 
-        xs: per type in SEP_CONVS, a (P, G, k, C) view (P = N*H*W). oneDNN has no fast path
-        for grouped 1x1 convolutions (torch loops over the groups in its slow kernel), so
-        (type, edge) become the batch of one `bmm`. Returns per type (N, G*k*C, H, W).
+        rows: (types, k, P, G, C) (P = N*H*W). oneDNN has no fast path for grouped 1x1
+        convolutions (torch loops over the groups in its slow kernel), so (type, edge) become
+        the batch of one `bmm`. Returns (N, types*G*k*C, H, W), channels (type, group, edge,
+        channel), channels-last.
         """
         n, h, w = shape
-        g, k, c = self.groups, self.num_edges, self.channels
-        rows = torch.stack([x.permute(2, 0, 1, 3) for x in xs])  # (2, k, P, G, C)
+        t, g, k, c = len(SEP_CONVS), self.groups, self.num_edges, self.channels
         weight = torch.stack([getattr(self, f"{name}_{stage}").view(k, c, c)
-                              for name in SEP_CONVS])  # (2, k, C_out, C_in)
-        y = torch.bmm(rows.view(2 * k, -1, c), weight.view(2 * k, c, c).transpose(1, 2))
-        y = y.view(2, k, n * h * w, g, c).permute(0, 2, 3, 1, 4).contiguous()  # (2, P, G, k, C)
-        return [to_nchw(t.view(n, h, w, g * k * c)) for t in y.unbind(0)]
+                              for name in SEP_CONVS])  # (types, k, C_out, C_in)
+        y = torch.bmm(rows.reshape(t * k, -1, c), weight.view(t * k, c, c).transpose(1, 2))
+        y = y.view(t, k, n * h * w, g, c).permute(2, 0, 3, 1, 4).contiguous()  # (P, t, G, k, C)
+        return to_nchw(y.view(n, h, w, t * g * k * c))
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """x: (N, G*C, H, W) channels-last; weights: (k, len(PRIMITIVES)) normalised alphas.
@@ -125,45 +177,33 @@ class SharedSourceOps(nn.Module):
         Returns (N, H, W, G, k, C): the mixed operation of every edge (paper Eq. 2).
         """
         n, _, h, w = x.shape
-        g, k, c = self.groups, self.num_edges, self.channels
+        g, k, c, t = self.groups, self.num_edges, self.channels, len(SEP_CONVS)
         shape = (n, h, w)
 
-        def edge_scale(name):  # the op's weight for every (group, edge, channel)
-            return weights[:, OP[name]].view(1, k, 1).expand(g, k, c).reshape(-1)
-
-        def per_edge(y):  # (N, G*k*C, H, W) -> (N, H, W, G, k, C)
-            return nhwc(y).view(n, h, w, g, k, c)
+        def edge_scale(names):  # the ops' weights for every (op, group, edge, channel)
+            ops = weights[:, [OP[name] for name in names]].t()  # (ops, k)
+            return ops.reshape(len(names), 1, k, 1).expand(len(names), g, k, c).reshape(-1)
 
         # Channels-last throughout: depthwise convolutions run several times faster on it,
         # and (group, edge, channel) is then the innermost, contiguous order.
         r = F.relu(x)  # shared by all four convolution types of all k edges
-        # Separable convolutions, stage 1: every edge's depthwise filter reads the same r, so
-        # one depthwise conv with k filters per channel serves all edges (order (g, c, e)).
-        ys = []
-        for name in SEP_CONVS:
-            dw = getattr(self, f"{name}_dw1")
-            size = dw.shape[-2:]
-            dw = dw.view(k, c, 1, *size).transpose(0, 1).reshape(c * k, 1, *size)
-            y = same_conv(r, self._per_group(dw), 1, g * c)
-            ys.append(nhwc(y).view(-1, g, c, k).transpose(2, 3))  # (P, G, k, C)
-        ys = self._pointwise(ys, "pw1", shape)
+        # Separable convolutions: both types and all k edges at once. Stage 1's depthwise
+        # filters all read the same r; the pointwise convolutions are one batched matmul.
+        merged = h * w <= MERGED_DEPTHWISE_MAX_PIXELS
+        y = self._pointwise(self._depthwise(r, "dw1", merged), "pw1", shape)
         # Stage 2: per-edge BN, ReLU and depthwise conv, then the pointwise convs again.
         # In place: batch norm's backward needs its input, not its output.
-        ys = [F.relu(getattr(self, f"{name}_bn1")(y), inplace=True)
-              for name, y in zip(SEP_CONVS, ys)]
-        ys = [nhwc(same_conv(y, self._per_group(getattr(self, f"{name}_dw2")), 1, g * k * c))
-              .view(-1, g, k, c) for name, y in zip(SEP_CONVS, ys)]
-        ys = self._pointwise(ys, "pw2", shape)
-        out = None
-        for name, y in zip(SEP_CONVS, ys):
-            y = per_edge(getattr(self, f"{name}_bn2")(y, edge_scale(name)))
-            out = y if out is None else out + y
+        y = F.relu(self.sep_conv_bn1(y), inplace=True)
+        y = self._pointwise(self._depthwise(y, "dw2", merged), "pw2", shape)
+        y = self.sep_conv_bn2(y, edge_scale(SEP_CONVS))
+        out = nhwc(y).view(n, h, w, t, g, k, c).sum(dim=3)  # (N, H, W, G, k, C)
         # The dense atrous convolutions see the groups as more images (the weights are the
         # same for every group): oneDNN's grouped dense kernels are up to 3x slower.
         r_batch = groups_to_batch(r, g)
         for name in ATROUS_CONVS:
             y = batch_to_groups(same_conv(r_batch, getattr(self, name), ATROUS_DILATION, 1), g)
-            out = out + per_edge(getattr(self, f"{name}_bn")(y, edge_scale(name)))
+            out = out + nhwc(getattr(self, f"{name}_bn")(y, edge_scale([name]))).view(
+                n, h, w, g, k, c)
         # Parameter-free operations: one tensor for all k edges, mixed by one small matmul.
         max_pool = self.max_pool_bn(F.max_pool2d(x, 3, 1, 1))
         avg_pool = self.avg_pool_bn(F.avg_pool2d(x, 3, 1, 1, count_include_pad=False))
@@ -216,8 +256,64 @@ def same_conv(x: torch.Tensor, weight: torch.Tensor, dilation: int, groups: int)
     rh, rw = min(ch, (h - 1) // dilation), min(cw, (w - 1) // dilation)
     if rh < ch or rw < cw:
         weight = weight[:, :, ch - rh:ch + rh + 1, cw - rw:cw + rw + 1]
+    if dilation == 1 and groups == x.shape[1] == weight.shape[0]:
+        return DepthwiseConv.apply(x, weight)
     return F.conv2d(x, weight, padding=(dilation * rh, dilation * rw), dilation=dilation,
                     groups=groups)
+
+
+class DepthwiseConv(torch.autograd.Function):
+    """A stride-1 'same' depthwise convolution (one filter per channel, odd kernel) whose
+    weight gradient stays on oneDNN's fast depthwise kernel.
+
+    That kernel (jit_dw) serves the weight gradient only for filters at most 3 wide on inputs
+    larger than the filter's reach; otherwise oneDNN falls back to generic paths 3-10x slower
+    (measured: 5x5 at 48 x 48 x 120 channels 2.2 ms against 0.95 ms here; 3x3 at 2 x 2 x
+    1920 channels 1.6 ms against 0.2 ms). So the gradient is taken from an explicitly padded
+    input, the filter's columns in slices of at most 3. Exact: the same sums, split by tap.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight):
+        x = x.contiguous(memory_format=torch.channels_last)  # what oneDNN reads either way
+        ctx.save_for_backward(x, weight)
+        return F.conv2d(x, weight, padding=(weight.shape[-2] // 2, weight.shape[-1] // 2),
+                        groups=x.shape[1])
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        kh, kw = weight.shape[-2:]
+        ph, pw, c = kh // 2, kw // 2, x.shape[1]
+        grad = grad.contiguous(memory_format=torch.channels_last)
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.ops.aten.convolution_backward(
+                grad, x, weight, None, [1, 1], [ph, pw], [1, 1], False, [0, 0], c,
+                [True, False, False])[0]
+        if ctx.needs_input_grad[1]:
+            grad_w = _depthwise_weight_grad(x, grad, weight)
+        return grad_x, grad_w
+
+
+def _depthwise_weight_grad(x, grad, weight):
+    """The weight gradient of `DepthwiseConv`, by oneDNN's fast kernel where it applies."""
+    kh, kw = weight.shape[-2:]
+    ph, pw, c, width = kh // 2, kw // 2, x.shape[1], x.shape[-1]
+    if kw <= 3 and min(x.shape[-2:]) > kh - 1:
+        return torch.ops.aten.convolution_backward(
+            grad, x, weight, None, [1, 1], [ph, pw], [1, 1], False, [0, 0], c,
+            [False, True, False])[1]
+    x = F.pad(x, (pw, pw, ph, ph)).contiguous(memory_format=torch.channels_last)
+    parts = []
+    for first in range(0, kw, 3):  # taps [first, first + cols) of every filter row
+        cols = min(3, kw - first)
+        out_width = width + 2 * pw - cols + 1  # the grad, shifted to line up with the taps
+        g = F.pad(grad, (first, out_width - width - first))
+        parts.append(torch.ops.aten.convolution_backward(
+            g.contiguous(memory_format=torch.channels_last), x, weight[..., first:first + cols],
+            None, [1, 1], [0, 0], [1, 1], False, [0, 0], c, [False, True, False])[1])
+    return torch.cat(parts, dim=-1)
 
 
 def channel_shuffle(x: torch.Tensor, parts: int) -> torch.Tensor:

@@ -100,6 +100,15 @@ class AutoDeepLabSearch(nn.Module):
                 self.cells[self._key(layer, target)] = SearchCell(
                     cfg.steps, cfg.block_multiplier, cfg.level_channels(target), incoming,
                     prev_prev, cfg.partial_channels)
+        # Where each node's incoming transitions sit in betas.view(-1), built once: the forward
+        # gathers all of them in one call and gives each cell a slice.
+        index: list[int] = []
+        self.beta_slices: dict[tuple[int, int], slice] = {}
+        for (layer, target), sources in self.incoming.items():
+            start = len(index)
+            index += [(layer * NUM_LEVELS + s) * len(DIRECTIONS) + d for s, d in sources]
+            self.beta_slices[(layer, target)] = slice(start, len(index))
+        self.register_buffer("beta_index", torch.tensor(index), persistent=False)
         last = cfg.num_layers - 1
         self.head_levels = [s for s in range(NUM_LEVELS) if level_exists(last, s)]
         self.heads = nn.ModuleDict({
@@ -138,7 +147,8 @@ class AutoDeepLabSearch(nn.Module):
         """images: (N, 3, H, W) -> logits (N, num_classes, H, W)."""
         cfg = self.config
         alphas = self.normalized_alphas()  # (E, ops)
-        betas = self.normalized_betas()  # (L, 4, 3)
+        # Per incoming transition of every node, in `beta_slices` order.
+        betas = self.normalized_betas().reshape(-1)[self.beta_index]
         edge_weights = self.normalized_edge_weights()  # (E,) or None
         # Channels-last from the stem on: the cells' grouped convolutions are fastest on it.
         images = images.contiguous(memory_format=torch.channels_last)
@@ -155,9 +165,7 @@ class AutoDeepLabSearch(nn.Module):
                     continue
                 cell = self.cells[self._key(layer, target)]
                 inputs = [prev[s] for s, _ in sources]
-                src = torch.tensor([s for s, _ in sources])
-                dirs = torch.tensor([d for _, d in sources])
-                weights = betas[layer, src, dirs]  # (G,)
+                weights = betas[self.beta_slices[(layer, target)]]  # (G,)
                 args = (inputs, prev_prev.get(target), alphas, weights, sizes[target],
                         edge_weights)
                 if self.checkpoint_cells and self.training:

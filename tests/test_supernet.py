@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from modeling import search_cell
 from modeling.search_space import (NUM_LEVELS, PRIMITIVES, normalize_betas, num_edges,
                                    transition_mask)
 from modeling.supernet import AutoDeepLabSearch, SupernetConfig, arch_entropy
@@ -89,7 +90,11 @@ def test_beta_normalisation_per_source_node():
 
 
 @pytest.mark.parametrize("partial_channels", [1, 2])
-def test_fast_supernet_equals_per_edge_reference(partial_channels):
+@pytest.mark.parametrize("merged_max_pixels", [None, 30, 0])  # all, the small levels, none
+def test_fast_supernet_equals_per_edge_reference(partial_channels, merged_max_pixels,
+                                                 monkeypatch):
+    if merged_max_pixels is not None:  # which levels run both depthwise kernels as one call
+        monkeypatch.setattr(search_cell, "MERGED_DEPTHWISE_MAX_PIXELS", merged_max_pixels)
     model = tiny_model(seed=3, filter_multiplier=2 * partial_channels,
                        partial_channels=partial_channels).double()
     with torch.no_grad():  # non-trivial architecture weights
@@ -108,6 +113,42 @@ def test_fast_supernet_equals_per_edge_reference(partial_channels):
         torch.testing.assert_close(p.grad, ref_params[name].grad, rtol=1e-7, atol=1e-9,
                                    msg=lambda m, name=name: f"{name}: {m}")
     assert (model.edge_logits is not None) == (partial_channels > 1)
+
+
+@pytest.mark.parametrize("size,kernel", [((2, 2), 3), ((4, 4), 5), ((5, 7), 5), ((9, 6), 3),
+                                         ((6, 8), 5), ((1, 1), 1)])
+def test_depthwise_conv_gradients_equal_torchs(size, kernel):
+    # Covers oneDNN's own weight gradient (3 wide, large enough input) and the split one.
+    torch.manual_seed(0)
+    x = torch.randn(2, 6, *size, dtype=torch.float64).contiguous(
+        memory_format=torch.channels_last).requires_grad_()
+    w = torch.randn(6, 1, kernel, kernel, dtype=torch.float64, requires_grad=True)
+    grad = torch.randn(2, 6, *size, dtype=torch.float64)
+    y = search_cell.DepthwiseConv.apply(x, w)
+    ref = torch.nn.functional.conv2d(x, w, padding=kernel // 2, groups=6)
+    torch.testing.assert_close(y, ref)
+    for mine, theirs in zip(torch.autograd.grad(y, (x, w), grad),
+                            torch.autograd.grad(ref, (x, w), grad)):
+        torch.testing.assert_close(mine, theirs)
+
+
+def test_checkpoints_with_a_batch_norm_per_separable_type_still_load():
+    model = tiny_model(seed=5)
+    model(torch.randn(2, 3, 32, 32))  # running statistics that are not the initial ones
+    state = model.state_dict()
+    old = {}  # the layout written before both types shared one batch norm
+    for key, value in state.items():
+        if ".sep_conv_bn" in key:
+            module, stage_stat = key.split(".sep_conv_")
+            for name, half in zip(search_cell.SEP_CONVS, value.chunk(2)):
+                old[f"{module}.{name}_{stage_stat}"] = half
+        else:
+            old[key] = value
+    assert len(old) > len(state)
+    rebuilt = tiny_model(seed=6)
+    rebuilt.load_state_dict(old)
+    for key, value in rebuilt.state_dict().items():
+        torch.testing.assert_close(value, state[key], msg=key)
 
 
 def test_partial_channels_operate_on_a_kth_of_the_channels():
