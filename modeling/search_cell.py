@@ -275,8 +275,7 @@ class DepthwiseConv(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight):
-        x = x.contiguous(memory_format=torch.channels_last)  # what oneDNN reads either way
-        ctx.save_for_backward(x, weight)
+        ctx.save_for_backward(x, weight)  # as given: a view saves no memory, a copy would
         return F.conv2d(x, weight, padding=(weight.shape[-2] // 2, weight.shape[-1] // 2),
                         groups=x.shape[1])
 
@@ -285,6 +284,7 @@ class DepthwiseConv(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         kh, kw = weight.shape[-2:]
         ph, pw, c = kh // 2, kw // 2, x.shape[1]
+        x = x.contiguous(memory_format=torch.channels_last)  # what oneDNN reads
         grad = grad.contiguous(memory_format=torch.channels_last)
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:

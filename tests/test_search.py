@@ -73,6 +73,27 @@ def test_arch_step_moves_only_arch_parameters(tmp_path):
             assert torch.equal(value, init[name]), name
 
 
+def test_arch_step_gradients_equal_a_full_backwards_and_leave_the_weights_as_they_were():
+    from engine.search import Architect
+    from modeling.supernet import AutoDeepLabSearch, SupernetConfig
+    torch.manual_seed(0)
+    model = AutoDeepLabSearch(SupernetConfig(num_classes=3, num_layers=3, filter_multiplier=2,
+                                             block_multiplier=2, steps=2)).double()
+    first = model.weight_parameters()[0]
+    first.requires_grad_(False)  # a weight the user froze stays frozen
+    images = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    targets = torch.randint(0, 3, (2, 32, 32))
+    criterion = torch.nn.CrossEntropyLoss()
+    expected = torch.autograd.grad(criterion(model(images), targets), model.arch_parameters())
+    architect = Architect(model, criterion, lr=0.0, weight_decay=0.0)
+    architect.step(images, targets)
+    for p, g in zip(model.arch_parameters(), expected):
+        torch.testing.assert_close(p.grad, g, rtol=1e-9, atol=1e-12)
+    assert not first.requires_grad and first.grad is None
+    for p in model.weight_parameters()[1:]:
+        assert p.requires_grad and p.grad is None
+
+
 def test_resume_equals_uninterrupted(tmp_path):
     common = ["--epochs", "3", "--alpha-epoch", "1", "--max-samples", "8", "--eval-interval", "2"]
     full = run_search(tmp_path, *common, name="full")
