@@ -28,7 +28,7 @@ from modeling.retrain_net import AutoDeepLab, RetrainConfig
 from utils.allocator import allocator_in_use, preload_fast_allocator
 from utils.onednn import size_primitive_cache
 from utils.amp import amp_context
-from utils.checkpoint import (RETRAIN_KIND, save_checkpoint, save_with_best,
+from utils.checkpoint import (RETRAIN_KIND, RETRAIN_VERSION, save_checkpoint, save_with_best,
                               write_json)
 from utils.distributed import (agreed_stop, check_replicas_in_sync, init_distributed,
                                rank_share, shard_sampler, stop_if_requested)
@@ -40,7 +40,6 @@ from utils.run import (MetricsCSV, args_to_json, prepare_run_dir, release_run_di
                        seed_everything, select_device, set_rng_state, setup_logging)
 
 log = logging.getLogger("retrain")
-CHECKPOINT_VERSION = 1
 STREAM_TRAIN, STREAM_VAL = 1, 3
 # Class counts of the paper's datasets, so that --summary works before their loaders exist.
 PAPER_NUM_CLASSES = {"cityscapes": 19, "pascal": 21, "ade20k": 150}
@@ -239,7 +238,7 @@ def run(args, dist_info, dist_device, stop):
 
     def state(step_now: int, position: IntervalProgress | None) -> dict:
         """Everything a resume needs; `position` holds a mid-interval checkpoint's sums."""
-        return {"kind": RETRAIN_KIND, "version": CHECKPOINT_VERSION,
+        return {"kind": RETRAIN_KIND, "version": RETRAIN_VERSION,
                 "model": model_without_ddp.state_dict(), "model_args": config.to_dict(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict(), "epoch": step_now // len(train_loader),

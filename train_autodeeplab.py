@@ -25,7 +25,7 @@ from modeling.supernet import AutoDeepLabSearch, SupernetConfig, arch_entropy
 from utils.allocator import allocator_in_use, preload_fast_allocator
 from utils.onednn import size_primitive_cache
 from utils.amp import amp_context
-from utils.checkpoint import (SEARCH_KIND, save_checkpoint, save_with_best,
+from utils.checkpoint import (SEARCH_KIND, SEARCH_VERSION, save_checkpoint, save_with_best,
                               write_json)
 from utils.distributed import (DistInfo, agreed_stop, broadcast_buffers,
                                check_replicas_in_sync, init_distributed, rank_share,
@@ -37,7 +37,6 @@ from utils.run import (MetricsCSV, args_to_json, prepare_run_dir, release_run_di
                        seed_everything, select_device, set_rng_state, setup_logging)
 
 log = logging.getLogger("search")
-CHECKPOINT_VERSION = 1
 # Seed streams of the two loaders, so A and B never share shuffles or augmentations.
 STREAM_A, STREAM_B, STREAM_VAL = 1, 2, 3
 
@@ -249,7 +248,7 @@ def search(args, checkpoint, out_dir, device, dist_info, info, split, loader_a, 
 
     def state(epochs_done: int, position: EpochProgress | None) -> dict:
         """Everything a resume needs; `position` is where a mid-epoch checkpoint stands."""
-        return {"kind": SEARCH_KIND, "version": CHECKPOINT_VERSION,
+        return {"kind": SEARCH_KIND, "version": SEARCH_VERSION,
                 "model": model.state_dict(), "model_args": model.model_args(),
                 "weight_optimizer": weight_optimizer.state_dict(),
                 "arch_optimizer": architect.optimizer.state_dict(),

@@ -54,12 +54,15 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help=dataset_help())
     g.add_argument("--data-root", default=None,
                    help="folder of the dataset (not needed for synthetic)")
-    g.add_argument("--crop-size", type=int, default=None, help="random crop size " + dflt("crop_size"))
+    g.add_argument("--crop-size", type=int, default=None,
+                   help="random crop size " + dflt("crop_size"))
     g.add_argument("--resize", type=int, default=None,
                    help="resize the shorter image side to this before cropping "
                         "(default: 512 for cityscapes, none otherwise)")
-    g.add_argument("--batch-size", type=int, default=None, help="images per step " + dflt("batch_size"))
-    g.add_argument("--workers", type=int, default=None, help="DataLoader workers " + dflt("workers"))
+    g.add_argument("--batch-size", type=int, default=None,
+                   help="images per step " + dflt("batch_size"))
+    g.add_argument("--workers", type=int, default=None,
+                   help="DataLoader workers " + dflt("workers"))
     g.add_argument("--num-samples", type=int, default=None,
                    help="synthetic only: generated training images (default: 64; 16 for val)")
     g.add_argument("--image-size", type=int, nargs=2, default=None, metavar=("H", "W"),
@@ -89,7 +92,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--epochs", type=int, default=None, help="search epochs " + dflt("epochs"))
     g.add_argument("--lr", type=float, default=None,
                    help="initial weight learning rate (cosine) " + dflt("lr"))
-    g.add_argument("--min-lr", type=float, default=None, help="final weight learning rate " + dflt("min_lr"))
+    g.add_argument("--min-lr", type=float, default=None,
+                   help="final weight learning rate " + dflt("min_lr"))
     g.add_argument("--momentum", type=float, default=None, help="SGD momentum " + dflt("momentum"))
     g.add_argument("--weight-decay", type=float, default=None,
                    help="SGD weight decay " + dflt("weight_decay"))

@@ -35,10 +35,9 @@ from modeling.genotypes import Genotype, input_name, level_stride
 from modeling.search_space import (DIRECTIONS, NUM_LEVELS, PRIMITIVES, edge_offset, num_edges,
                                    normalize_alphas, normalize_betas, normalize_edge_weights,
                                    transition_mask)
-from utils.checkpoint import SEARCH_KIND, load_checkpoint
+from utils.checkpoint import SEARCH_KIND, SEARCH_VERSION, load_checkpoint
 from utils.errors import UserError
 
-SEARCH_CHECKPOINT_VERSION = 1
 NONE_INDEX = PRIMITIVES.index("none")
 INPUTS_PER_BLOCK = 2
 STEM_LEVEL = 0
@@ -286,9 +285,9 @@ def load_search_architecture(path: str | os.PathLike, *,
     if state["kind"] != SEARCH_KIND:
         raise UserError(f"checkpoint {path} is a {state['kind']!r} checkpoint, not a search "
                         f"checkpoint; {_NOT_SEARCH_FIX}")
-    if state.get("version") != SEARCH_CHECKPOINT_VERSION:
+    if state.get("version") != SEARCH_VERSION:
         raise UserError(f"checkpoint {path} has version {state.get('version')!r}; this decode "
-                        f"reads version {SEARCH_CHECKPOINT_VERSION}")
+                        f"reads version {SEARCH_VERSION}")
     model = state.get("model")
     missing = [name for name in ("alphas", "betas")
                if not isinstance(model, dict) or name not in model]

@@ -15,6 +15,9 @@ from utils.errors import UserError
 
 SEARCH_KIND = "autodeeplab-search"
 RETRAIN_KIND = "autodeeplab-retrain"
+# The layout of each kind's checkpoint: bumped when a reader can no longer read older ones.
+SEARCH_VERSION = 1
+RETRAIN_VERSION = 1
 BEST_NAME = "best.pth.tar"  # beside checkpoint.pth.tar: the state at the best val score
 
 

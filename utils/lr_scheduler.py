@@ -23,7 +23,8 @@ def poly_factor(step: int, total_steps: int, power: float = 0.9, warmup_steps: i
     return (1.0 - t) ** power
 
 
-def cosine_schedule(optimizer, total_steps: int, min_lr: float) -> torch.optim.lr_scheduler.LambdaLR:
+def cosine_schedule(optimizer, total_steps: int,
+                    min_lr: float) -> torch.optim.lr_scheduler.LambdaLR:
     """LambdaLR stepping once per iteration; `min_lr` is absolute."""
     base = optimizer.param_groups[0]["lr"]
     return torch.optim.lr_scheduler.LambdaLR(

@@ -24,7 +24,8 @@ def alpha_figure(alphas, steps: int):
 def beta_figure(betas):
     """Normalised betas (L, 4, 3): one panel per direction, layer x source level."""
     fig, axes = plt.subplots(1, 3, figsize=(9, 3), sharey=True)
-    for d, (ax, title) in enumerate(zip(axes, ("to finer level", "same level", "to coarser level"))):
+    titles = ("to finer level", "same level", "to coarser level")
+    for d, (ax, title) in enumerate(zip(axes, titles)):
         im = ax.imshow(betas[:, :, d].T, vmin=0, vmax=1, cmap="magma", aspect="auto")
         ax.set_title(title, fontsize=8)
         ax.set_xlabel("layer")
