@@ -284,15 +284,19 @@ class DepthwiseConv(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         kh, kw = weight.shape[-2:]
         ph, pw, c = kh // 2, kw // 2, x.shape[1]
-        x = x.contiguous(memory_format=torch.channels_last)  # what oneDNN reads
+        # Under autocast the forward ran in the grad's dtype; the gradients go back in the
+        # inputs' own dtypes, as for torch's convolution.
+        x_dtype, w_dtype = x.dtype, weight.dtype
+        x = x.to(grad.dtype).contiguous(memory_format=torch.channels_last)  # what oneDNN reads
+        weight = weight.to(grad.dtype)
         grad = grad.contiguous(memory_format=torch.channels_last)
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
             grad_x = torch.ops.aten.convolution_backward(
                 grad, x, weight, None, [1, 1], [ph, pw], [1, 1], False, [0, 0], c,
-                [True, False, False])[0]
+                [True, False, False])[0].to(x_dtype)
         if ctx.needs_input_grad[1]:
-            grad_w = _depthwise_weight_grad(x, grad, weight)
+            grad_w = _depthwise_weight_grad(x, grad, weight).to(w_dtype)
         return grad_x, grad_w
 
 

@@ -132,6 +132,23 @@ def test_depthwise_conv_gradients_equal_torchs(size, kernel):
         torch.testing.assert_close(mine, theirs)
 
 
+def test_depthwise_conv_under_autocast_matches_torchs():
+    # bf16 autocast (--amp; on CUDA in practice, the CPU's autocast exercises the same casts)
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 6, 6).contiguous(memory_format=torch.channels_last).requires_grad_()
+    w = torch.randn(8, 1, 5, 5, requires_grad=True)
+    grad = torch.randn(2, 8, 6, 6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = search_cell.DepthwiseConv.apply(x, w)
+        ref = torch.nn.functional.conv2d(x, w, padding=2, groups=8)
+    assert y.dtype == ref.dtype == torch.bfloat16
+    mine = torch.autograd.grad(y, (x, w), grad.to(y.dtype))
+    theirs = torch.autograd.grad(ref, (x, w), grad.to(ref.dtype))
+    for a, b in zip(mine, theirs):
+        assert a.dtype == b.dtype == torch.float32
+        torch.testing.assert_close(a, b, rtol=2e-2, atol=5e-2)
+
+
 def test_checkpoints_with_a_batch_norm_per_separable_type_still_load():
     model = tiny_model(seed=5)
     model(torch.randn(2, 3, 32, 32))  # running statistics that are not the initial ones
