@@ -283,7 +283,7 @@ class DepthwiseConv(torch.autograd.Function):
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
         kh, kw = weight.shape[-2:]
-        ph, pw, c = kh // 2, kw // 2, x.shape[1]
+        ph, pw = kh // 2, kw // 2
         # Under autocast the forward ran in the grad's dtype; the gradients go back in the
         # inputs' own dtypes, as for torch's convolution.
         x_dtype, w_dtype = x.dtype, weight.dtype
@@ -292,31 +292,34 @@ class DepthwiseConv(torch.autograd.Function):
         grad = grad.contiguous(memory_format=torch.channels_last)
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
-            grad_x = torch.ops.aten.convolution_backward(
-                grad, x, weight, None, [1, 1], [ph, pw], [1, 1], False, [0, 0], c,
-                [True, False, False])[0].to(x_dtype)
+            grad_x = _depthwise_backward(grad, x, weight, (ph, pw), "input").to(x_dtype)
         if ctx.needs_input_grad[1]:
             grad_w = _depthwise_weight_grad(x, grad, weight).to(w_dtype)
         return grad_x, grad_w
 
 
+def _depthwise_backward(grad, x, weight, padding, wrt: str) -> torch.Tensor:
+    """One gradient ("input" or "weight") of a stride-1 depthwise conv, by torch's kernel."""
+    mask = [wrt == "input", wrt == "weight", False]
+    grads = torch.ops.aten.convolution_backward(grad, x, weight, None, [1, 1], list(padding),
+                                                [1, 1], False, [0, 0], x.shape[1], mask)
+    return grads[mask.index(True)]
+
+
 def _depthwise_weight_grad(x, grad, weight):
     """The weight gradient of `DepthwiseConv`, by oneDNN's fast kernel where it applies."""
     kh, kw = weight.shape[-2:]
-    ph, pw, c, width = kh // 2, kw // 2, x.shape[1], x.shape[-1]
+    ph, pw, width = kh // 2, kw // 2, x.shape[-1]
     if kw <= 3 and min(x.shape[-2:]) > kh - 1:
-        return torch.ops.aten.convolution_backward(
-            grad, x, weight, None, [1, 1], [ph, pw], [1, 1], False, [0, 0], c,
-            [False, True, False])[1]
+        return _depthwise_backward(grad, x, weight, (ph, pw), "weight")
     x = F.pad(x, (pw, pw, ph, ph)).contiguous(memory_format=torch.channels_last)
     parts = []
     for first in range(0, kw, 3):  # taps [first, first + cols) of every filter row
         cols = min(3, kw - first)
         out_width = width + 2 * pw - cols + 1  # the grad, shifted to line up with the taps
         g = F.pad(grad, (first, out_width - width - first))
-        parts.append(torch.ops.aten.convolution_backward(
-            g.contiguous(memory_format=torch.channels_last), x, weight[..., first:first + cols],
-            None, [1, 1], [0, 0], [1, 1], False, [0, 0], c, [False, True, False])[1])
+        parts.append(_depthwise_backward(g.contiguous(memory_format=torch.channels_last), x,
+                                         weight[..., first:first + cols], (0, 0), "weight"))
     return torch.cat(parts, dim=-1)
 
 
