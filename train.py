@@ -31,7 +31,8 @@ from utils.amp import amp_context
 from utils.checkpoint import (RETRAIN_KIND, RETRAIN_VERSION, save_checkpoint, save_with_best,
                               write_json)
 from utils.distributed import (agreed_stop, check_replicas_in_sync, init_distributed,
-                               rank_share, shard_sampler, stop_if_requested)
+                               leave_process_group, rank_share, shard_sampler,
+                               stop_if_requested)
 from utils.errors import UserError, exit_on_user_error
 from utils.interrupt import Interrupted, StopSignals
 from utils.flops import count_parameters, multi_adds
@@ -126,18 +127,21 @@ def build_data(args, device, dist_info):
 @exit_on_user_error
 def main(args):
     dist_info, dist_device = init_distributed(args.local_rank, args.device)
+    together = False  # every process ends here at the same step: the run ended, or stopped
     try:
         with StopSignals() as stop:
-            return run(args, dist_info, dist_device, stop)
+            result = run(args, dist_info, dist_device, stop)
+        together = True
+        return result
     except Interrupted as err:
+        together = True
         if err.checkpoint is not None:
             log.warning("%s: checkpoint %s written; continue with: python train.py --resume %s",
                         err, err.checkpoint, err.checkpoint)
         sys.exit(err.exit_code)
     finally:
         release_run_dir()
-        if dist_info.distributed:
-            torch.distributed.destroy_process_group()
+        leave_process_group(dist_info, together)
 
 
 def run(args, dist_info, dist_device, stop):
@@ -210,7 +214,8 @@ def run(args, dist_info, dist_device, stop):
     criterion = build_criterion(args.loss, batch_size=args.batch_size, thresh=args.ohem_thresh,
                                 min_kept=args.ohem_min_kept)
     optimizer = torch.optim.SGD(model_without_ddp.parameters(), lr=args.lr,
-                                momentum=args.momentum, weight_decay=args.weight_decay)
+                                momentum=args.momentum, weight_decay=args.weight_decay,
+                                fused=True)  # one kernel, not a Python loop over tensors
     scheduler = poly_schedule(optimizer, args.iters, args.power, args.warmup_iters)
     step, best_miou, progress, metrics = 0, -math.inf, None, None
     if checkpoint is not None:

@@ -43,7 +43,8 @@ def measure(args, crop: int) -> dict:
                            filter_multiplier=PAPER_FILTER_MULTIPLIERS[args.model])
     model = AutoDeepLab(config).to(device).train()
     criterion = torch.nn.CrossEntropyLoss(ignore_index=255)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4,
+                                fused=True)  # as train.py
     images = torch.randn(args.batch_size, 3, crop, crop, device=device)
     targets = torch.randint(0, args.num_classes, (args.batch_size, crop, crop), device=device)
 

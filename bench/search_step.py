@@ -49,7 +49,8 @@ def measure(args, crop: int) -> dict:
     model = AutoDeepLabSearch(config, checkpoint_cells=args.checkpoint_cells).to(device).train()
     criterion = torch.nn.CrossEntropyLoss(ignore_index=255)
     weights = model.weight_parameters()
-    optimizer = torch.optim.SGD(weights, lr=0.025, momentum=0.9, weight_decay=3e-4)
+    optimizer = torch.optim.SGD(weights, lr=0.025, momentum=0.9, weight_decay=3e-4,
+                                fused=True)  # as train_autodeeplab.py
     architect = Architect(model, criterion, 3e-3, 1e-3)
     images = torch.randn(args.batch_size, 3, crop, crop, device=device)
     targets = torch.randint(0, args.num_classes, (args.batch_size, crop, crop), device=device)

@@ -151,3 +151,22 @@ def test_resume_with_another_process_count_is_one_line(reference, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "was searched by 2 process(es) but this run has 1" in err
+
+
+@pytest.mark.parametrize("together, calls", [(True, ["barrier", "destroy"]),
+                                             (False, ["destroy"])])
+def test_leave_process_group_barriers_only_when_all_processes_end_together(
+        monkeypatch, together, calls):
+    # The barrier keeps gloo's worker threads from freeing a collective's tensors during
+    # interpreter exit (an abort after a complete run); after an error on one process the
+    # others may never reach it, so it must not wait there.
+    import utils.distributed as distributed
+    seen = []
+    monkeypatch.setattr(distributed.dist, "barrier", lambda: seen.append("barrier"))
+    monkeypatch.setattr(distributed.dist, "destroy_process_group",
+                        lambda: seen.append("destroy"))
+    distributed.leave_process_group(DistInfo(0, 2), together)
+    assert seen == calls
+    seen.clear()
+    distributed.leave_process_group(DistInfo(), together)  # one process: nothing to leave
+    assert seen == []
