@@ -17,6 +17,7 @@ samples does not shift the draws of the others).
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 from dataclasses import dataclass
 from typing import Iterator
@@ -26,6 +27,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
 
 from utils.errors import UserError
+
+log = logging.getLogger(__name__)
 
 IGNORE_INDEX = 255
 SPLITS = ("train", "val", "test")
@@ -140,23 +143,26 @@ def build_dataset(
         if name != "pascal":
             raise UserError(f"--use-sbd only applies to --dataset pascal, not {name}; drop it")
         options["use_sbd"] = True
-    if data_root is None and name in ROOT_VARIABLES:
-        data_root = os.environ.get(ROOT_VARIABLES[name]) or None
+    if name == "synthetic":  # generated: its size and seed, no files
+        options.update(num_samples=num_samples, image_size=image_size, seed=seed)
+    else:
+        if num_samples is not None or image_size is not None:
+            log.warning("%s ignores num_samples and image_size (they only shape the synthetic "
+                        "dataset)", name)
+        if data_root is None:
+            data_root = os.environ.get(ROOT_VARIABLES[name]) or None
         if data_root is None:
             raise UserError(
                 f"dataset {name} needs its files: pass --data-root or set "
                 f"{ROOT_VARIABLES[name]} to the folder holding {_ROOT_CONTENTS[name]}"
             )
+        options["data_root"] = data_root
     return module.build(
         split,
-        data_root=data_root,
         train=train,
         crop_size=crop_size,
         resize=resize,
         scale_range=(float(low), float(high)),
-        num_samples=num_samples,
-        image_size=image_size,
-        seed=seed,
         max_samples=max_samples,
         **options,
     )

@@ -17,7 +17,6 @@ unreadable image, annotation of another size or with values above 150) raise Use
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +35,6 @@ from dataloaders.datasets.files import (
 )
 from utils.errors import UserError
 
-log = logging.getLogger(__name__)
 
 FOLDER = "ADEChallengeData2016"
 SPLIT_FOLDERS = {"train": "training", "val": "validation"}
@@ -123,14 +121,9 @@ def build(
     crop_size,
     resize,
     scale_range,
-    num_samples,
-    image_size,
-    seed,
     max_samples,
 ):
-    """See ``dataloaders.build_dataset``; ``num_samples`` and ``image_size`` are not used."""
-    if num_samples is not None or image_size is not None:
-        log.warning("ade20k ignores num_samples and image_size (synthetic only)")
+    """See ``dataloaders.build_dataset``."""
     pairs = find_pairs(Path(data_root).expanduser(), split)
     return pairs_dataset(
         INFO, pairs, read_label, train=train, crop_size=crop_size, resize=resize,

@@ -13,7 +13,6 @@ label values) when an item is loaded.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,6 @@ from dataloaders.datasets import SegmentationDataset
 from dataloaders.transforms import build_transforms
 from utils.errors import UserError
 
-log = logging.getLogger(__name__)
 
 UNLABELLED = 11
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
@@ -216,21 +214,9 @@ def build(
     crop_size,
     resize,
     scale_range,
-    num_samples,
-    image_size,
-    seed,
     max_samples,
 ):
-    """See ``dataloaders.build_dataset``; ``num_samples`` and ``image_size`` are not used."""
-    if data_root is None:
-        raise UserError(
-            "dataset camvid needs its files; "
-            "pass --data-root pointing at the folder holding train/ and trainannot/"
-        )
-    if num_samples is not None or image_size is not None:
-        log.warning(
-            "camvid ignores num_samples and image_size (they only shape the synthetic dataset)"
-        )
+    """See ``dataloaders.build_dataset``."""
     pairs = find_pairs(Path(data_root).expanduser(), split)
     if max_samples is not None:
         pairs = pairs[:max_samples]

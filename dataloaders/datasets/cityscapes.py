@@ -14,7 +14,6 @@ empty split, unreadable image, annotation of another size) raise UserError namin
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +30,6 @@ from dataloaders.datasets.files import (
 )
 from utils.errors import UserError
 
-log = logging.getLogger(__name__)
 
 IMAGE_SUFFIX = "_leftImg8bit.png"
 LABEL_SUFFIX = "_gtFine_labelIds.png"
@@ -111,14 +109,9 @@ def build(
     crop_size,
     resize,
     scale_range,
-    num_samples,
-    image_size,
-    seed,
     max_samples,
 ):
-    """See ``dataloaders.build_dataset``; ``num_samples`` and ``image_size`` are not used."""
-    if num_samples is not None or image_size is not None:
-        log.warning("cityscapes ignores num_samples and image_size (synthetic only)")
+    """See ``dataloaders.build_dataset``."""
     pairs = find_pairs(Path(data_root).expanduser(), split)
     return pairs_dataset(
         INFO, pairs, read_label, train=train, crop_size=crop_size, resize=resize,

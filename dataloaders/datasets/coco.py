@@ -252,14 +252,9 @@ def build(
     crop_size,
     resize,
     scale_range,
-    num_samples,
-    image_size,
-    seed,
     max_samples,
 ):
-    """See ``dataloaders.build_dataset``; ``num_samples`` and ``image_size`` are not used."""
-    if num_samples is not None or image_size is not None:
-        log.warning("coco ignores num_samples and image_size (synthetic only)")
+    """See ``dataloaders.build_dataset``."""
     if split not in SPLIT_NAMES:
         raise UserError(f"coco has no annotated '{split}' split; use train or val (--split val)")
     root = require_dir(Path(data_root).expanduser(), "coco data root", _FIX)

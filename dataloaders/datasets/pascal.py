@@ -183,15 +183,10 @@ def build(
     crop_size,
     resize,
     scale_range,
-    num_samples,
-    image_size,
-    seed,
     max_samples,
     use_sbd: bool = False,
 ):
-    """See ``dataloaders.build_dataset``; ``num_samples`` and ``image_size`` are not used."""
-    if num_samples is not None or image_size is not None:
-        log.warning("pascal ignores num_samples and image_size (synthetic only)")
+    """See ``dataloaders.build_dataset``."""
     pairs = find_pairs(Path(data_root).expanduser(), split, use_sbd=use_sbd)
     return pairs_dataset(
         INFO, pairs, read_label, train=train, crop_size=crop_size, resize=resize,

@@ -188,7 +188,6 @@ class SyntheticSegmentation(SegmentationDataset):
 def build(
     split,
     *,
-    data_root,
     train,
     crop_size,
     resize,
@@ -198,7 +197,7 @@ def build(
     seed,
     max_samples,
 ):
-    """See ``dataloaders.build_dataset``; ``data_root`` is not used."""
+    """See ``dataloaders.build_dataset``."""
     num_samples = DEFAULT_NUM_SAMPLES[split] if num_samples is None else num_samples
     image_size = DEFAULT_IMAGE_SIZE if image_size is None else tuple(image_size)
     if num_samples <= 0:
