@@ -34,7 +34,7 @@ from utils.distributed import (agreed_stop, check_replicas_in_sync, init_distrib
                                leave_process_group, rank_share, shard_sampler,
                                stop_if_requested)
 from utils.errors import UserError, exit_on_user_error
-from utils.interrupt import Interrupted, StopSignals
+from utils.interrupt import Interrupted, StopSignals, exit_after_stop
 from utils.flops import count_parameters, multi_adds
 from utils.lr_scheduler import poly_schedule
 from utils.run import (MetricsCSV, args_to_json, prepare_run_dir, release_run_dir, rng_state,
@@ -135,10 +135,7 @@ def main(args):
         return result
     except Interrupted as err:
         together = True
-        if err.checkpoint is not None:
-            log.warning("%s: checkpoint %s written; continue with: python train.py --resume %s",
-                        err, err.checkpoint, err.checkpoint)
-        sys.exit(err.exit_code)
+        exit_after_stop(err, "train.py", dist_info.distributed)
     finally:
         release_run_dir()
         leave_process_group(dist_info, together)

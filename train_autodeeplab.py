@@ -32,7 +32,7 @@ from utils.distributed import (DistInfo, agreed_stop, broadcast_buffers,
                                leave_process_group, rank_share, shard_sampler,
                                stop_if_requested)
 from utils.errors import UserError, exit_on_user_error
-from utils.interrupt import Interrupted, StopSignals
+from utils.interrupt import Interrupted, StopSignals, exit_after_stop
 from utils.lr_scheduler import cosine_schedule
 from utils.run import (MetricsCSV, args_to_json, prepare_run_dir, release_run_dir, rng_state,
                        seed_everything, select_device, set_rng_state, setup_logging)
@@ -149,11 +149,7 @@ def main(args):
         return out_dir
     except Interrupted as err:
         together = True
-        if err.checkpoint is not None:
-            launch = "torchrun ..." if dist_info.distributed else "python"
-            log.warning("%s: checkpoint %s written; continue with: %s train_autodeeplab.py "
-                        "--resume %s", err, err.checkpoint, launch, err.checkpoint)
-        sys.exit(err.exit_code)
+        exit_after_stop(err, "train_autodeeplab.py", dist_info.distributed)
     finally:
         leave_process_group(dist_info, together)
 

@@ -18,6 +18,7 @@ import train
 import train_autodeeplab
 from config_utils import search_args, train_args
 from modeling.genotypes import GENOTYPES, Genotype
+from utils.interrupt import Interrupted, exit_after_stop
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
@@ -214,7 +215,9 @@ def test_retrain_sigterm_writes_checkpoint_and_exits_143(tmp_path, retrain_refer
     wait_for_checkpoint(proc, out / "checkpoint.pth.tar", lambda s: s["step"] == 7)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 143, proc.stderr.read()[-2000:]
-    stopped = load(out / "checkpoint.pth.tar")
+    checkpoint = out / "checkpoint.pth.tar"
+    assert f"continue with: python train.py --resume {checkpoint}" in proc.stderr.read()
+    stopped = load(checkpoint)
     assert 7 < stopped["step"] < 14 and stopped["position"] is not None
     retrain("--resume", out / "checkpoint.pth.tar")
     assert_same_model(retrain_reference["model"], load(out / "checkpoint.pth.tar")["model"])
@@ -580,3 +583,13 @@ def test_concurrent_runs_finish_in_their_own_folders(tmp_path):
         state = load(run / "checkpoint.pth.tar")
         assert state["epoch"] == 1 and state["args"]["seed"] == i
         assert Path(state["args"]["out_dir"]) == run
+
+
+@pytest.mark.parametrize("distributed, launch", [(False, "python"), (True, "torchrun ...")])
+def test_stop_names_the_launch_to_continue_with_and_the_signal_code(caplog, distributed,
+                                                                     launch):
+    stop = Interrupted(signal.SIGTERM, "RUN/checkpoint.pth.tar")
+    with pytest.raises(SystemExit) as exit_, caplog.at_level("WARNING"):
+        exit_after_stop(stop, "train.py", distributed)
+    assert exit_.value.code == 143
+    assert f"continue with: {launch} train.py --resume RUN/checkpoint.pth.tar" in caplog.text

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 import threading
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,16 @@ class Interrupted(Exception):
     def exit_code(self) -> int:
         """128 + the signal number, as a shell reports a process the signal ended."""
         return 128 + self.signum
+
+
+def exit_after_stop(err: Interrupted, script: str, distributed: bool):
+    """Say how to continue from the checkpoint the stop wrote (on the process that wrote
+    one), then exit with the shell's code for the signal."""
+    if err.checkpoint is not None:
+        launch = "torchrun ..." if distributed else "python"
+        log.warning("%s: checkpoint %s written; continue with: %s %s --resume %s", err,
+                    err.checkpoint, launch, script, err.checkpoint)
+    sys.exit(err.exit_code)
 
 
 class StopSignals:
