@@ -31,10 +31,9 @@ from utils.amp import amp_context
 from utils.checkpoint import (RETRAIN_KIND, RETRAIN_VERSION, save_checkpoint, save_with_best,
                               write_json)
 from utils.distributed import (agreed_stop, check_replicas_in_sync, init_distributed,
-                               leave_process_group, rank_share, shard_sampler,
-                               stop_if_requested)
+                               rank_share, run_then_leave, shard_sampler, stop_if_requested)
 from utils.errors import UserError, exit_on_user_error
-from utils.interrupt import Interrupted, StopSignals, exit_after_stop
+from utils.interrupt import Interrupted, StopSignals
 from utils.flops import count_parameters, multi_adds
 from utils.lr_scheduler import poly_schedule
 from utils.run import (MetricsCSV, args_to_json, prepare_run_dir, release_run_dir, rng_state,
@@ -127,18 +126,15 @@ def build_data(args, device, dist_info):
 @exit_on_user_error
 def main(args):
     dist_info, dist_device = init_distributed(args.local_rank, args.device)
-    together = False  # every process ends here at the same step: the run ended, or stopped
-    try:
-        with StopSignals() as stop:
-            result = run(args, dist_info, dist_device, stop)
-        together = True
-        return result
-    except Interrupted as err:
-        together = True
-        exit_after_stop(err, "train.py", dist_info.distributed)
-    finally:
-        release_run_dir()
-        leave_process_group(dist_info, together)
+
+    def body():
+        try:
+            with StopSignals() as stop:
+                return run(args, dist_info, dist_device, stop)
+        finally:
+            release_run_dir()
+
+    return run_then_leave(dist_info, "train.py", body)
 
 
 def run(args, dist_info, dist_device, stop):

@@ -28,11 +28,10 @@ from utils.amp import amp_context
 from utils.checkpoint import (SEARCH_KIND, SEARCH_VERSION, save_checkpoint, save_with_best,
                               write_json)
 from utils.distributed import (DistInfo, agreed_stop, broadcast_buffers,
-                               check_replicas_in_sync, init_distributed,
-                               leave_process_group, rank_share, shard_sampler,
-                               stop_if_requested)
+                               check_replicas_in_sync, init_distributed, rank_share,
+                               run_then_leave, shard_sampler, stop_if_requested)
 from utils.errors import UserError, exit_on_user_error
-from utils.interrupt import Interrupted, StopSignals, exit_after_stop
+from utils.interrupt import Interrupted, StopSignals
 from utils.lr_scheduler import cosine_schedule
 from utils.run import (MetricsCSV, args_to_json, prepare_run_dir, release_run_dir, rng_state,
                        seed_everything, select_device, set_rng_state, setup_logging)
@@ -142,16 +141,8 @@ def report_epoch(model, epoch: int, epochs: int, result, metrics: dict | None, l
 @exit_on_user_error
 def main(args):
     dist_info, dist_device = init_distributed(None, args.device)
-    together = False  # every process ends here at the same step: the search ended, or stopped
-    try:
-        out_dir = run(args, dist_info, dist_device)
-        together = True
-        return out_dir
-    except Interrupted as err:
-        together = True
-        exit_after_stop(err, "train_autodeeplab.py", dist_info.distributed)
-    finally:
-        leave_process_group(dist_info, together)
+    return run_then_leave(dist_info, "train_autodeeplab.py",
+                          lambda: run(args, dist_info, dist_device))
 
 
 def run(args, dist_info: DistInfo, dist_device):

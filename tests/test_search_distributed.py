@@ -15,6 +15,7 @@ import train_autodeeplab
 from config_utils.search_args import get_args_parser, resolve_defaults
 from modeling.supernet import AutoDeepLabSearch, SupernetConfig
 from utils.distributed import DistInfo
+from utils.interrupt import Interrupted
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
@@ -170,3 +171,27 @@ def test_leave_process_group_barriers_only_when_all_processes_end_together(
     seen.clear()
     distributed.leave_process_group(DistInfo(), together)  # one process: nothing to leave
     assert seen == []
+
+
+def _raise(err):
+    raise err
+
+
+@pytest.mark.parametrize("body, raised, calls", [
+    (lambda: "done", None, ["barrier", "destroy"]),
+    (lambda: _raise(Interrupted(signal.SIGTERM, None)), SystemExit, ["barrier", "destroy"]),
+    (lambda: _raise(RuntimeError("one process failed")), RuntimeError, ["destroy"]),
+])
+def test_run_then_leave_barriers_after_an_end_all_processes_share(monkeypatch, body, raised,
+                                                                  calls):
+    import utils.distributed as distributed
+    seen = []
+    monkeypatch.setattr(distributed.dist, "barrier", lambda: seen.append("barrier"))
+    monkeypatch.setattr(distributed.dist, "destroy_process_group",
+                        lambda: seen.append("destroy"))
+    if raised is None:
+        assert distributed.run_then_leave(DistInfo(0, 2), "train.py", body) == "done"
+    else:
+        with pytest.raises(raised):
+            distributed.run_then_leave(DistInfo(0, 2), "train.py", body)
+    assert seen == calls

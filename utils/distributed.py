@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Callable, TypeVar
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 from torch.utils.data import DistributedSampler, Subset
 
-from utils.interrupt import Interrupted, StopSignals
+from utils.interrupt import Interrupted, StopSignals, exit_after_stop
+
+T = TypeVar("T")
 
 # DistributedSampler seeds its generator with seed + epoch; torch seeds must fit in 64 bits.
 _SAMPLER_SEED_RANGE = 2**63
@@ -54,9 +57,29 @@ def init_distributed(local_rank_flag: int | None,
     return DistInfo(rank, world_size, local_rank), device
 
 
-def leave_process_group(dist_info: DistInfo, in_step: bool) -> None:
-    """Destroy the process group; `in_step`: every process got here together (the run ended,
-    or all agreed to stop), so a barrier is safe first.
+def run_then_leave(dist_info: DistInfo, script: str, body: Callable[[], T]) -> T:
+    """`body()`, then leave the process group (nothing to leave in one process).
+
+    A stop all processes agreed on (`Interrupted`) says how to continue `script` and exits
+    with the signal's code. Only when every process got to the end together, by finishing or
+    by that stop, is `leave_process_group`'s barrier safe: after an error on one process the
+    others may never reach it.
+    """
+    together = False
+    try:
+        result = body()
+        together = True
+        return result
+    except Interrupted as err:
+        together = True
+        exit_after_stop(err, script, dist_info.distributed)
+    finally:
+        leave_process_group(dist_info, together)
+
+
+def leave_process_group(dist_info: DistInfo, together: bool) -> None:
+    """Destroy the process group; `together`: every process got here at the same step (the
+    run ended, or all agreed to stop), so a barrier is safe first.
 
     The barrier makes sure no gloo worker thread still holds a collective's tensors when the
     interpreter exits: the thread that ran a collective frees its work object after `wait()`
@@ -69,7 +92,7 @@ def leave_process_group(dist_info: DistInfo, in_step: bool) -> None:
     """
     if not dist_info.distributed:
         return
-    if in_step:
+    if together:
         dist.barrier()
     dist.destroy_process_group()
 
