@@ -256,21 +256,26 @@ def same_conv(x: torch.Tensor, weight: torch.Tensor, dilation: int, groups: int)
     rh, rw = min(ch, (h - 1) // dilation), min(cw, (w - 1) // dilation)
     if rh < ch or rw < cw:
         weight = weight[:, :, ch - rh:ch + rh + 1, cw - rw:cw + rw + 1]
-    if dilation == 1 and groups == x.shape[1] == weight.shape[0]:
+    if dilation == 1 and groups == x.shape[1] and weight.shape[1] == 1:  # depthwise
         return DepthwiseConv.apply(x, weight)
     return F.conv2d(x, weight, padding=(dilation * rh, dilation * rw), dilation=dilation,
                     groups=groups)
 
 
 class DepthwiseConv(torch.autograd.Function):
-    """A stride-1 'same' depthwise convolution (one filter per channel, odd kernel) whose
-    weight gradient stays on oneDNN's fast depthwise kernel.
+    """A stride-1 'same' depthwise convolution (odd kernel; `weight` (C*M, 1, kh, kw): M
+    filters per input channel, output channel c*M + m) with a backward on oneDNN's fast kernels.
 
-    That kernel (jit_dw) serves the weight gradient only for filters at most 3 wide on inputs
-    larger than the filter's reach; otherwise oneDNN falls back to generic paths 3-10x slower
-    (measured: 5x5 at 48 x 48 x 120 channels 2.2 ms against 0.95 ms here; 3x3 at 2 x 2 x
-    1920 channels 1.6 ms against 0.2 ms). So the gradient is taken from an explicitly padded
-    input, the filter's columns in slices of at most 3. Exact: the same sums, split by tap.
+    - Input gradient with M > 1: oneDNN's kernel for M filters per channel is slow (measured
+      at 48 x 48, 16 channels, M = 5: 1.4 ms), so the gradient is taken as that of a plain
+      depthwise convolution over the input repeated M times (one filter per channel, 0.3 ms),
+      then summed over the M copies (0.2 ms). Exact: the convolution is linear in its input.
+    - Weight gradient with M = 1: oneDNN's fast depthwise kernel (jit_dw) serves it only for
+      filters at most 3 wide on inputs larger than the filter's reach; otherwise oneDNN falls
+      back to generic paths 3-10x slower (5x5 at 48 x 48 x 120 channels 2.2 ms against
+      0.95 ms here; 3x3 at 2 x 2 x 1920 channels 1.6 ms against 0.2 ms). So it is taken from
+      an explicitly padded input, the filter's columns in slices of at most 3. Exact: the same
+      sums, split by tap. With M > 1 oneDNN's own weight gradient is already fast.
     """
 
     @staticmethod
@@ -283,26 +288,39 @@ class DepthwiseConv(torch.autograd.Function):
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
         kh, kw = weight.shape[-2:]
-        ph, pw = kh // 2, kw // 2
+        padding = (kh // 2, kw // 2)
         # Under autocast the forward ran in the grad's dtype; the gradients go back in the
         # inputs' own dtypes, as for torch's convolution.
         x_dtype, w_dtype = x.dtype, weight.dtype
         x = x.to(grad.dtype).contiguous(memory_format=torch.channels_last)  # what oneDNN reads
         weight = weight.to(grad.dtype)
         grad = grad.contiguous(memory_format=torch.channels_last)
+        n, channels, h, w = x.shape
+        multiplier = weight.shape[0] // channels
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
-            grad_x = _depthwise_backward(grad, x, weight, (ph, pw), "input").to(x_dtype)
+            if multiplier == 1:
+                grad_x = _depthwise_backward(grad, x, weight, padding, "input", channels)
+            else:
+                # The input gradient reads only the input's shape and layout: no repeat made.
+                repeated = torch.empty(n, channels * multiplier, h, w, dtype=grad.dtype,
+                                       device=grad.device, memory_format=torch.channels_last)
+                grad_x = _depthwise_backward(grad, repeated, weight, padding, "input",
+                                             channels * multiplier)
+                grad_x = to_nchw(nhwc(grad_x).view(n, h, w, channels, multiplier).sum(-1))
+            grad_x = grad_x.to(x_dtype)
         if ctx.needs_input_grad[1]:
-            grad_w = _depthwise_weight_grad(x, grad, weight).to(w_dtype)
+            grad_w = (_depthwise_weight_grad(x, grad, weight) if multiplier == 1 else
+                      _depthwise_backward(grad, x, weight, padding, "weight", channels))
+            grad_w = grad_w.to(w_dtype)
         return grad_x, grad_w
 
 
-def _depthwise_backward(grad, x, weight, padding, wrt: str) -> torch.Tensor:
-    """One gradient ("input" or "weight") of a stride-1 depthwise conv, by torch's kernel."""
+def _depthwise_backward(grad, x, weight, padding, wrt: str, groups: int) -> torch.Tensor:
+    """One gradient ("input" or "weight") of a stride-1 grouped conv, by torch's kernel."""
     mask = [wrt == "input", wrt == "weight", False]
     grads = torch.ops.aten.convolution_backward(grad, x, weight, None, [1, 1], list(padding),
-                                                [1, 1], False, [0, 0], x.shape[1], mask)
+                                                [1, 1], False, [0, 0], groups, mask)
     return grads[mask.index(True)]
 
 
@@ -311,7 +329,7 @@ def _depthwise_weight_grad(x, grad, weight):
     kh, kw = weight.shape[-2:]
     ph, pw, width = kh // 2, kw // 2, x.shape[-1]
     if kw <= 3 and min(x.shape[-2:]) > kh - 1:
-        return _depthwise_backward(grad, x, weight, (ph, pw), "weight")
+        return _depthwise_backward(grad, x, weight, (ph, pw), "weight", x.shape[1])
     x = F.pad(x, (pw, pw, ph, ph)).contiguous(memory_format=torch.channels_last)
     parts = []
     for first in range(0, kw, 3):  # taps [first, first + cols) of every filter row
@@ -319,7 +337,8 @@ def _depthwise_weight_grad(x, grad, weight):
         out_width = width + 2 * pw - cols + 1  # the grad, shifted to line up with the taps
         g = F.pad(grad, (first, out_width - width - first))
         parts.append(_depthwise_backward(g.contiguous(memory_format=torch.channels_last), x,
-                                         weight[..., first:first + cols], (0, 0), "weight"))
+                                         weight[..., first:first + cols], (0, 0), "weight",
+                                         x.shape[1]))
     return torch.cat(parts, dim=-1)
 
 

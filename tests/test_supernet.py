@@ -115,15 +115,17 @@ def test_fast_supernet_equals_per_edge_reference(partial_channels, merged_max_pi
     assert (model.edge_logits is not None) == (partial_channels > 1)
 
 
+@pytest.mark.parametrize("multiplier", [1, 3])
 @pytest.mark.parametrize("size,kernel", [((2, 2), 3), ((4, 4), 5), ((5, 7), 5), ((9, 6), 3),
                                          ((6, 8), 5), ((1, 1), 1)])
-def test_depthwise_conv_gradients_equal_torchs(size, kernel):
-    # Covers oneDNN's own weight gradient (3 wide, large enough input) and the split one.
+def test_depthwise_conv_gradients_equal_torchs(size, kernel, multiplier):
+    # Covers oneDNN's own weight gradient (3 wide, large enough input) and the split one, and
+    # with several filters per channel the input gradient through the repeated input.
     torch.manual_seed(0)
     x = torch.randn(2, 6, *size, dtype=torch.float64).contiguous(
         memory_format=torch.channels_last).requires_grad_()
-    w = torch.randn(6, 1, kernel, kernel, dtype=torch.float64, requires_grad=True)
-    grad = torch.randn(2, 6, *size, dtype=torch.float64)
+    w = torch.randn(6 * multiplier, 1, kernel, kernel, dtype=torch.float64, requires_grad=True)
+    grad = torch.randn(2, 6 * multiplier, *size, dtype=torch.float64)
     y = search_cell.DepthwiseConv.apply(x, w)
     ref = torch.nn.functional.conv2d(x, w, padding=kernel // 2, groups=6)
     torch.testing.assert_close(y, ref)
@@ -132,12 +134,13 @@ def test_depthwise_conv_gradients_equal_torchs(size, kernel):
         torch.testing.assert_close(mine, theirs)
 
 
-def test_depthwise_conv_under_autocast_matches_torchs():
+@pytest.mark.parametrize("multiplier", [1, 2])
+def test_depthwise_conv_under_autocast_matches_torchs(multiplier):
     # bf16 autocast (--amp; on CUDA in practice, the CPU's autocast exercises the same casts)
     torch.manual_seed(0)
     x = torch.randn(2, 8, 6, 6).contiguous(memory_format=torch.channels_last).requires_grad_()
-    w = torch.randn(8, 1, 5, 5, requires_grad=True)
-    grad = torch.randn(2, 8, 6, 6)
+    w = torch.randn(8 * multiplier, 1, 5, 5, requires_grad=True)
+    grad = torch.randn(2, 8 * multiplier, 6, 6)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y = search_cell.DepthwiseConv.apply(x, w)
         ref = torch.nn.functional.conv2d(x, w, padding=2, groups=8)
