@@ -116,21 +116,19 @@ class SharedSourceOps(nn.Module):
                         [state_dict.pop(key) for key in old])
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def _per_group(self, weight: torch.Tensor) -> torch.Tensor:
-        # Every group (incoming state) uses the same weights: repeat the small tensor, never
-        # the activations.
-        return weight if self.groups == 1 else weight.repeat(self.groups, 1, 1, 1)
-
     def _depthwise(self, x: torch.Tensor, stage: str, merged: bool) -> torch.Tensor:
         """The depthwise convolutions of `stage` of both separable types and every edge.
 
-        Stage "dw1" reads r, (N, G*C, H, W): each channel feeds types*k filters, one per
-        (type, edge). Stage "dw2" reads (N, types*G*k*C, H, W): one filter per channel.
+        Stage "dw1" reads r, (N, G*C, H, W): channel (group, channel) feeds one filter per
+        (type, edge), as if it were repeated (`DepthwiseConv`'s `repeat`). Stage "dw2" reads
+        (N, types*G*k*C, H, W): one filter per channel. Both return (N, types*G*k*C, H, W),
+        channels (type, group, edge, channel), channels-last: the layout `GroupedPointwise`
+        reads without a copy.
         `merged`: both types in one call, the 3x3 filters zero-padded to 5x5 (exact: the
         padded taps multiply by zero and their gradient is dropped by the padding's
         backward); fewer calls, which is what small levels pay for. Otherwise one call per
         type: oneDNN's 5x5 depthwise kernels are slow per tap, and on large levels the 3x3
-        would pay 25/9 of its taps on them. Returns the pointwise rows (types, k, P, G, C).
+        would pay 25/9 of its taps on them.
         """
         g, k, c = self.groups, self.num_edges, self.channels
         filters = [getattr(self, f"{name}_{stage}") for name in SEP_CONVS]
@@ -139,37 +137,26 @@ class SharedSourceOps(nn.Module):
                                     .view(k, c, SEP_KERNEL, SEP_KERNEL) for f in filters])]
         else:
             filters = [f.view(1, k, c, *f.shape[-2:]) for f in filters]
-        rows, first = [], 0
+        outs, first = [], 0
         for f in filters:  # (types of this call, k, C, size, size)
             t, size = f.shape[0], f.shape[-2:]
-            if stage == "dw1":  # output channels (group, channel, type, edge)
-                weight = self._per_group(f.permute(2, 0, 1, 3, 4).reshape(c * t * k, 1, *size))
-                y = nhwc(same_conv(x, weight, 1, g * c)).reshape(-1, g, c, t, k)
-                rows.append(y.permute(3, 4, 0, 1, 2))
-            else:  # channels (type, group, edge, channel) in and out
-                wide = t * g * k * c
-                weight = f.unsqueeze(1).expand(t, g, k, c, *size).reshape(wide, 1, *size)
+            wide = t * g * k * c
+            # Every group (incoming state) uses the same weights: repeat the small tensor.
+            weight = f.unsqueeze(1).expand(t, g, k, c, *size).reshape(wide, 1, *size)
+            if stage == "dw1":
+                outs.append(same_conv(x, weight, 1, g * c, repeat=(t, g, k)))
+            else:
                 part = x[:, first * g * k * c:first * g * k * c + wide]
-                y = nhwc(same_conv(part, weight, 1, wide)).reshape(-1, t, g, k, c)
-                rows.append(y.permute(1, 3, 0, 2, 4))
+                outs.append(same_conv(part, weight, 1, wide))
             first += t
-        return rows[0] if len(rows) == 1 else torch.cat(rows)
+        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
 
-    def _pointwise(self, rows: torch.Tensor, stage: str, shape) -> torch.Tensor:
-        """The 1x1 convolutions of both separable types, every edge, as one batched matmul.
-
-        rows: (types, k, P, G, C) (P = N*H*W). oneDNN has no fast path for grouped 1x1
-        convolutions (torch loops over the groups in its slow kernel), so (type, edge) become
-        the batch of one `bmm`. Returns (N, types*G*k*C, H, W), channels (type, group, edge,
-        channel), channels-last.
-        """
-        n, h, w = shape
-        t, g, k, c = len(SEP_CONVS), self.groups, self.num_edges, self.channels
+    def _pointwise(self, x: torch.Tensor, stage: str) -> torch.Tensor:
+        """The 1x1 convolutions of both separable types and every edge (`GroupedPointwise`)."""
+        k, c = self.num_edges, self.channels
         weight = torch.stack([getattr(self, f"{name}_{stage}").view(k, c, c)
                               for name in SEP_CONVS])  # (types, k, C_out, C_in)
-        y = torch.bmm(rows.reshape(t * k, -1, c), weight.view(t * k, c, c).transpose(1, 2))
-        y = y.view(t, k, n * h * w, g, c).permute(2, 0, 3, 1, 4).contiguous()  # (P, t, G, k, C)
-        return to_nchw(y.view(n, h, w, t * g * k * c))
+        return GroupedPointwise.apply(x, weight, self.groups)
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """x: (N, G*C, H, W) channels-last; weights: (k, len(PRIMITIVES)) normalised alphas.
@@ -178,7 +165,6 @@ class SharedSourceOps(nn.Module):
         """
         n, _, h, w = x.shape
         g, k, c, t = self.groups, self.num_edges, self.channels, len(SEP_CONVS)
-        shape = (n, h, w)
 
         def edge_scale(names):  # the ops' weights for every (op, group, edge, channel)
             ops = weights[:, [OP[name] for name in names]].t()  # (ops, k)
@@ -190,11 +176,11 @@ class SharedSourceOps(nn.Module):
         # Separable convolutions: both types and all k edges at once. Stage 1's depthwise
         # filters all read the same r; the pointwise convolutions are one batched matmul.
         merged = h * w <= MERGED_DEPTHWISE_MAX_PIXELS
-        y = self._pointwise(self._depthwise(r, "dw1", merged), "pw1", shape)
+        y = self._pointwise(self._depthwise(r, "dw1", merged), "pw1")
         # Stage 2: per-edge BN, ReLU and depthwise conv, then the pointwise convs again.
         # In place: batch norm's backward needs its input, not its output.
         y = F.relu(self.sep_conv_bn1(y), inplace=True)
-        y = self._pointwise(self._depthwise(y, "dw2", merged), "pw2", shape)
+        y = self._pointwise(self._depthwise(y, "dw2", merged), "pw2")
         y = self.sep_conv_bn2(y, edge_scale(SEP_CONVS))
         out = nhwc(y).view(n, h, w, t, g, k, c).sum(dim=3)  # (N, H, W, G, k, C)
         # The dense atrous convolutions see the groups as more images (the weights are the
@@ -243,12 +229,14 @@ def batch_to_groups(x: torch.Tensor, groups: int) -> torch.Tensor:
     return to_nchw(y.view(ng // groups, h, w, groups * c))
 
 
-def same_conv(x: torch.Tensor, weight: torch.Tensor, dilation: int, groups: int) -> torch.Tensor:
+def same_conv(x: torch.Tensor, weight: torch.Tensor, dilation: int, groups: int,
+              repeat: tuple[int, int, int] | None = None) -> torch.Tensor:
     """A stride-1 'same' convolution that skips the kernel taps which can only read padding.
 
     A tap at offset o reads position p + o, outside the input for every p once |o| >= size; on
     coarse levels of small crops (2 x 2 at stride 32 of a 64 crop) a dilated 5x5 then reduces
     to its centre. Exact: the skipped taps multiply zeros, and their gradient is zero too.
+    `repeat`: a depthwise convolution over x's channels repeated (see `DepthwiseConv`).
     """
     kh, kw = weight.shape[-2:]
     h, w = x.shape[-2:]
@@ -256,39 +244,52 @@ def same_conv(x: torch.Tensor, weight: torch.Tensor, dilation: int, groups: int)
     rh, rw = min(ch, (h - 1) // dilation), min(cw, (w - 1) // dilation)
     if rh < ch or rw < cw:
         weight = weight[:, :, ch - rh:ch + rh + 1, cw - rw:cw + rw + 1]
-    if dilation == 1 and groups == x.shape[1] and weight.shape[1] == 1:  # depthwise
-        return DepthwiseConv.apply(x, weight)
+    if repeat is not None or (dilation == 1 and groups == x.shape[1] == weight.shape[0]):
+        return DepthwiseConv.apply(x, weight, repeat or (1, 1, 1))
     return F.conv2d(x, weight, padding=(dilation * rh, dilation * rw), dilation=dilation,
                     groups=groups)
 
 
-class DepthwiseConv(torch.autograd.Function):
-    """A stride-1 'same' depthwise convolution (odd kernel; `weight` (C*M, 1, kh, kw): M
-    filters per input channel, output channel c*M + m) with a backward on oneDNN's fast kernels.
+def repeat_channels(x: torch.Tensor, repeat: tuple[int, int, int]) -> torch.Tensor:
+    """(N, G*C, H, W) -> (N, T*G*K*C, H, W) channels-last, channel (t, g, k, c) a copy of
+    x's channel (g, c); `repeat` = (T, G, K). x itself when T = K = 1."""
+    outer, groups, inner = repeat
+    if outer == inner == 1:
+        return x
+    n, channels, h, w = x.shape
+    c = channels // groups
+    y = nhwc(x).view(n, h, w, 1, groups, 1, c).expand(n, h, w, outer, groups, inner, c)
+    return to_nchw(y.reshape(n, h, w, outer * groups * inner * c))
 
-    - Input gradient with M > 1: oneDNN's kernel for M filters per channel is slow (measured
-      at 48 x 48, 16 channels, M = 5: 1.4 ms), so the gradient is taken as that of a plain
-      depthwise convolution over the input repeated M times (one filter per channel, 0.3 ms),
-      then summed over the M copies (0.2 ms). Exact: the convolution is linear in its input.
-    - Weight gradient with M = 1: oneDNN's fast depthwise kernel (jit_dw) serves it only for
-      filters at most 3 wide on inputs larger than the filter's reach; otherwise oneDNN falls
-      back to generic paths 3-10x slower (5x5 at 48 x 48 x 120 channels 2.2 ms against
-      0.95 ms here; 3x3 at 2 x 2 x 1920 channels 1.6 ms against 0.2 ms). So it is taken from
-      an explicitly padded input, the filter's columns in slices of at most 3. Exact: the same
-      sums, split by tap. With M > 1 oneDNN's own weight gradient is already fast.
+
+class DepthwiseConv(torch.autograd.Function):
+    """A stride-1 'same' depthwise convolution (odd kernel, one filter per output channel) of
+    x's channels repeated (`repeat_channels`), with a backward on oneDNN's fast kernels.
+
+    The repeated input is never stored: the forward and the weight gradient make it, the input
+    gradient is that of a plain depthwise convolution summed over the copies (oneDNN's kernel
+    for several filters per channel is 3-4x slower: 1.4 ms against 0.5 ms at 48 x 48, 16
+    channels, 5 filters each). The weight gradient: oneDNN's fast depthwise kernel (jit_dw)
+    serves it only for filters at most 3 wide on inputs larger than the filter's reach;
+    otherwise oneDNN falls back to generic paths 3-10x slower (measured: 5x5 at 48 x 48 x 120
+    channels 2.2 ms against 0.95 ms here; 3x3 at 2 x 2 x 1920 channels 1.6 ms against
+    0.2 ms). So it is taken from an explicitly padded input, the filter's columns in slices of
+    at most 3. Exact: the same sums, split by tap.
     """
 
     @staticmethod
-    def forward(ctx, x, weight):
+    def forward(ctx, x, weight, repeat):
+        ctx.repeat = repeat
         ctx.save_for_backward(x, weight)  # as given: a view saves no memory, a copy would
+        x = repeat_channels(x, repeat)
         return F.conv2d(x, weight, padding=(weight.shape[-2] // 2, weight.shape[-1] // 2),
                         groups=x.shape[1])
 
     @staticmethod
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
-        kh, kw = weight.shape[-2:]
-        padding = (kh // 2, kw // 2)
+        outer, groups, inner = ctx.repeat
+        padding = (weight.shape[-2] // 2, weight.shape[-1] // 2)
         # Under autocast the forward ran in the grad's dtype; the gradients go back in the
         # inputs' own dtypes, as for torch's convolution.
         x_dtype, w_dtype = x.dtype, weight.dtype
@@ -296,31 +297,30 @@ class DepthwiseConv(torch.autograd.Function):
         weight = weight.to(grad.dtype)
         grad = grad.contiguous(memory_format=torch.channels_last)
         n, channels, h, w = x.shape
-        multiplier = weight.shape[0] // channels
+        wide = weight.shape[0]
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
-            if multiplier == 1:
-                grad_x = _depthwise_backward(grad, x, weight, padding, "input", channels)
-            else:
-                # The input gradient reads only the input's shape and layout: no repeat made.
-                repeated = torch.empty(n, channels * multiplier, h, w, dtype=grad.dtype,
-                                       device=grad.device, memory_format=torch.channels_last)
-                grad_x = _depthwise_backward(grad, repeated, weight, padding, "input",
-                                             channels * multiplier)
-                grad_x = to_nchw(nhwc(grad_x).view(n, h, w, channels, multiplier).sum(-1))
+            # The input gradient reads only the input's shape and layout: no repeat made.
+            shape_only = (x if wide == channels else
+                          torch.empty(n, wide, h, w, dtype=grad.dtype, device=grad.device,
+                                      memory_format=torch.channels_last))
+            grad_x = _depthwise_backward(grad, shape_only, weight, padding, "input")
+            if wide != channels:
+                c = channels // groups
+                grad_x = to_nchw(nhwc(grad_x).view(n, h, w, outer, groups, inner, c)
+                                 .sum(dim=(3, 5)).view(n, h, w, channels))
             grad_x = grad_x.to(x_dtype)
         if ctx.needs_input_grad[1]:
-            grad_w = (_depthwise_weight_grad(x, grad, weight) if multiplier == 1 else
-                      _depthwise_backward(grad, x, weight, padding, "weight", channels))
-            grad_w = grad_w.to(w_dtype)
-        return grad_x, grad_w
+            grad_w = _depthwise_weight_grad(repeat_channels(x, ctx.repeat), grad,
+                                            weight).to(w_dtype)
+        return grad_x, grad_w, None
 
 
-def _depthwise_backward(grad, x, weight, padding, wrt: str, groups: int) -> torch.Tensor:
-    """One gradient ("input" or "weight") of a stride-1 grouped conv, by torch's kernel."""
+def _depthwise_backward(grad, x, weight, padding, wrt: str) -> torch.Tensor:
+    """One gradient ("input" or "weight") of a stride-1 depthwise conv, by torch's kernel."""
     mask = [wrt == "input", wrt == "weight", False]
     grads = torch.ops.aten.convolution_backward(grad, x, weight, None, [1, 1], list(padding),
-                                                [1, 1], False, [0, 0], groups, mask)
+                                                [1, 1], False, [0, 0], x.shape[1], mask)
     return grads[mask.index(True)]
 
 
@@ -329,7 +329,7 @@ def _depthwise_weight_grad(x, grad, weight):
     kh, kw = weight.shape[-2:]
     ph, pw, width = kh // 2, kw // 2, x.shape[-1]
     if kw <= 3 and min(x.shape[-2:]) > kh - 1:
-        return _depthwise_backward(grad, x, weight, (ph, pw), "weight", x.shape[1])
+        return _depthwise_backward(grad, x, weight, (ph, pw), "weight")
     x = F.pad(x, (pw, pw, ph, ph)).contiguous(memory_format=torch.channels_last)
     parts = []
     for first in range(0, kw, 3):  # taps [first, first + cols) of every filter row
@@ -337,9 +337,72 @@ def _depthwise_weight_grad(x, grad, weight):
         out_width = width + 2 * pw - cols + 1  # the grad, shifted to line up with the taps
         g = F.pad(grad, (first, out_width - width - first))
         parts.append(_depthwise_backward(g.contiguous(memory_format=torch.channels_last), x,
-                                         weight[..., first:first + cols], (0, 0), "weight",
-                                         x.shape[1]))
+                                         weight[..., first:first + cols], (0, 0), "weight"))
     return torch.cat(parts, dim=-1)
+
+
+class GroupedPointwise(torch.autograd.Function):
+    """The 1x1 convolutions of every (type, group, edge) block of C channels, as one `bmm`.
+
+    x: (N, T*G*K*C, H, W) channels-last, channels (type, group, edge, channel); weight: (T, K,
+    C_out, C_in), the same for every group. oneDNN has no fast path for grouped 1x1
+    convolutions (torch loops over the groups in its slow kernel), so the blocks become the
+    batch of a `bmm` that reads and writes the channels-last memory through strided views: no
+    layout copy in the forward or the backward pass. Returns the same layout with C_out.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, groups):
+        ctx.groups = groups
+        ctx.save_for_backward(x, weight)
+        with torch.autocast(x.device.type, enabled=False):  # the caller's dtype, as given
+            return _blockwise_matmul(x, _per_block(weight.to(x.dtype), groups).transpose(1, 2))
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        x_dtype, w_dtype = x.dtype, weight.dtype
+        grad = grad.contiguous(memory_format=torch.channels_last)
+        t, k, c_out, c_in = weight.shape
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            grad_x = _blockwise_matmul(grad, _per_block(weight.to(grad.dtype), ctx.groups))
+            grad_x = grad_x.to(x_dtype)
+        if ctx.needs_input_grad[1]:
+            x = x.to(grad.dtype).contiguous(memory_format=torch.channels_last)
+            per_block = torch.bmm(_blocks(grad, c_out).transpose(1, 2), _blocks(x, c_in))
+            grad_w = per_block.view(t, ctx.groups, k, c_out, c_in).sum(dim=1).to(w_dtype)
+        return grad_x, grad_w, None
+
+
+def _per_block(weight: torch.Tensor, groups: int) -> torch.Tensor:
+    """(T, K, C_out, C_in) -> (T*G*K, C_out, C_in): block (t, g, k) uses weight[t, k]."""
+    t, k, c_out, c_in = weight.shape
+    return weight.unsqueeze(1).expand(t, groups, k, c_out, c_in).reshape(-1, c_out, c_in)
+
+
+def _blocks(x: torch.Tensor, c: int) -> torch.Tensor:
+    """(N, B*C, H, W) channels-last -> the (B, N*H*W, C) view of its memory."""
+    n, channels, h, w = x.shape
+    return nhwc(x).reshape(n * h * w, channels // c, c).transpose(0, 1)
+
+
+# torch's bmm writes a strided output one batch entry at a time: faster than a copy after it
+# on large levels (measured 1.2 against 1.5 ms at 4608 rows), 3-4x slower on small ones.
+STRIDED_OUTPUT_MIN_ROWS = 1024
+
+
+def _blockwise_matmul(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Block b of x's channels times weight[b], (B, C_in, C_out), into a new channels-last
+    (N, B*C_out, H, W) tensor."""
+    n, _, h, w = x.shape
+    blocks, c_in, c_out = weight.shape
+    x = _blocks(x.contiguous(memory_format=torch.channels_last), c_in)
+    if n * h * w < STRIDED_OUTPUT_MIN_ROWS:
+        return to_nchw(torch.bmm(x, weight).transpose(0, 1).reshape(n, h, w, -1))
+    out = torch.empty(n, h, w, blocks * c_out, dtype=x.dtype, device=x.device)
+    torch.bmm(x, weight, out=_blocks(to_nchw(out), c_out))
+    return to_nchw(out)
 
 
 def channel_shuffle(x: torch.Tensor, parts: int) -> torch.Tensor:

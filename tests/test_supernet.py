@@ -115,41 +115,93 @@ def test_fast_supernet_equals_per_edge_reference(partial_channels, merged_max_pi
     assert (model.edge_logits is not None) == (partial_channels > 1)
 
 
-@pytest.mark.parametrize("multiplier", [1, 3])
+def repeated(x, repeat):
+    """x (N, G*C, H, W) -> channel (t, g, k, c) = x's (g, c), written out plainly."""
+    outer, groups, inner = repeat
+    n, channels, h, w = x.shape
+    c = channels // groups
+    return (x.reshape(n, 1, groups, 1, c, h, w).expand(n, outer, groups, inner, c, h, w)
+            .reshape(n, outer * groups * inner * c, h, w))
+
+
+@pytest.mark.parametrize("repeat", [(1, 1, 1), (2, 3, 2), (1, 1, 3)])
 @pytest.mark.parametrize("size,kernel", [((2, 2), 3), ((4, 4), 5), ((5, 7), 5), ((9, 6), 3),
                                          ((6, 8), 5), ((1, 1), 1)])
-def test_depthwise_conv_gradients_equal_torchs(size, kernel, multiplier):
+def test_depthwise_conv_gradients_equal_torchs(size, kernel, repeat):
     # Covers oneDNN's own weight gradient (3 wide, large enough input) and the split one, and
-    # with several filters per channel the input gradient through the repeated input.
+    # for a repeated input the gradient summed over the copies.
     torch.manual_seed(0)
     x = torch.randn(2, 6, *size, dtype=torch.float64).contiguous(
         memory_format=torch.channels_last).requires_grad_()
-    w = torch.randn(6 * multiplier, 1, kernel, kernel, dtype=torch.float64, requires_grad=True)
-    grad = torch.randn(2, 6 * multiplier, *size, dtype=torch.float64)
-    y = search_cell.DepthwiseConv.apply(x, w)
-    ref = torch.nn.functional.conv2d(x, w, padding=kernel // 2, groups=6)
+    wide = 6 * repeat[0] * repeat[2]
+    w = torch.randn(wide, 1, kernel, kernel, dtype=torch.float64, requires_grad=True)
+    grad = torch.randn(2, wide, *size, dtype=torch.float64)
+    y = search_cell.DepthwiseConv.apply(x, w, repeat)
+    ref = torch.nn.functional.conv2d(repeated(x, repeat), w, padding=kernel // 2, groups=wide)
     torch.testing.assert_close(y, ref)
     for mine, theirs in zip(torch.autograd.grad(y, (x, w), grad),
                             torch.autograd.grad(ref, (x, w), grad)):
         torch.testing.assert_close(mine, theirs)
 
 
-@pytest.mark.parametrize("multiplier", [1, 2])
-def test_depthwise_conv_under_autocast_matches_torchs(multiplier):
+@pytest.mark.parametrize("repeat", [(1, 1, 1), (2, 2, 1)])
+def test_depthwise_conv_under_autocast_matches_torchs(repeat):
     # bf16 autocast (--amp; on CUDA in practice, the CPU's autocast exercises the same casts)
     torch.manual_seed(0)
     x = torch.randn(2, 8, 6, 6).contiguous(memory_format=torch.channels_last).requires_grad_()
-    w = torch.randn(8 * multiplier, 1, 5, 5, requires_grad=True)
-    grad = torch.randn(2, 8 * multiplier, 6, 6)
+    wide = 8 * repeat[0] * repeat[2]
+    w = torch.randn(wide, 1, 5, 5, requires_grad=True)
+    grad = torch.randn(2, wide, 6, 6)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        y = search_cell.DepthwiseConv.apply(x, w)
-        ref = torch.nn.functional.conv2d(x, w, padding=2, groups=8)
+        y = search_cell.DepthwiseConv.apply(x, w, repeat)
+        ref = torch.nn.functional.conv2d(repeated(x, repeat), w, padding=2, groups=wide)
     assert y.dtype == ref.dtype == torch.bfloat16
     mine = torch.autograd.grad(y, (x, w), grad.to(y.dtype))
     theirs = torch.autograd.grad(ref, (x, w), grad.to(ref.dtype))
     for a, b in zip(mine, theirs):
         assert a.dtype == b.dtype == torch.float32
         torch.testing.assert_close(a, b, rtol=2e-2, atol=5e-2)
+
+
+def pointwise_reference(x, weight, groups):
+    """Block (t, g, k) of x's channels times weight[t, k], by einsum on NCHW."""
+    t, k, c_out, c_in = weight.shape
+    n, _, h, w = x.shape
+    blocks = x.reshape(n, t, groups, k, c_in, h, w)
+    return torch.einsum("ntgkihw,tkoi->ntgkohw", blocks, weight).reshape(n, -1, h, w)
+
+
+@pytest.mark.parametrize("types,groups,edges,c_in,c_out", [(2, 3, 5, 4, 4), (1, 1, 2, 3, 5),
+                                                           (2, 2, 1, 2, 2)])
+def test_grouped_pointwise_equals_einsum(types, groups, edges, c_in, c_out):
+    torch.manual_seed(0)
+    x = torch.randn(2, types * groups * edges * c_in, 5, 3, dtype=torch.float64).contiguous(
+        memory_format=torch.channels_last).requires_grad_()
+    w = torch.randn(types, edges, c_out, c_in, dtype=torch.float64, requires_grad=True)
+    y = search_cell.GroupedPointwise.apply(x, w, groups)
+    ref = pointwise_reference(x, w, groups)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y, ref)
+    grad = torch.randn_like(ref)
+    for mine, theirs in zip(torch.autograd.grad(y, (x, w), grad),
+                            torch.autograd.grad(ref, (x, w), grad)):
+        torch.testing.assert_close(mine, theirs)
+
+
+def test_grouped_pointwise_under_autocast_keeps_each_gradients_dtype():
+    torch.manual_seed(0)
+    x = torch.randn(2, 2 * 2 * 3 * 4, 4, 4).contiguous(
+        memory_format=torch.channels_last).requires_grad_()
+    w = torch.randn(2, 3, 4, 4, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = search_cell.GroupedPointwise.apply(x.to(torch.bfloat16), w, 2)
+    assert y.dtype == torch.bfloat16
+    gx, gw = torch.autograd.grad(y, (x, w), torch.ones_like(y))
+    assert gx.dtype == gw.dtype == torch.float32
+    ref_x, ref_w = torch.autograd.grad(pointwise_reference(x, w, 2), (x, w),
+                                       torch.ones(y.shape))
+    torch.testing.assert_close(gx, ref_x, rtol=2e-2, atol=5e-2)
+    torch.testing.assert_close(gw, ref_w, rtol=2e-2, atol=5e-1)
 
 
 def test_checkpoints_with_a_batch_norm_per_separable_type_still_load():
