@@ -55,13 +55,15 @@ class AffineFreeBN(nn.Module):
         self.register_buffer("running_mean", torch.zeros(channels))
         self.register_buffer("running_var", torch.ones(channels))
 
-    def forward(self, x, scale=None):
+    def forward(self, x, scale=None, channels: slice = slice(None)):
+        """`channels`: x holds only these of the module's channels (their statistics)."""
         if scale is not None:
             # The CPU batch-norm backward reads its weight as if it were dense (torch 2.13):
             # a stride-0 view (one edge's alpha expanded) would give wrong gradients.
             scale = scale.contiguous()
-        return F.batch_norm(x, self.running_mean, self.running_var, scale, None,
-                            self.training, BN_MOMENTUM, BN_EPS)
+        # Slices of the buffers are views: training updates the module's own statistics.
+        return F.batch_norm(x, self.running_mean[channels], self.running_var[channels], scale,
+                            None, self.training, BN_MOMENTUM, BN_EPS)
 
 
 def _conv_weight(num_edges: int, channels: int, in_per_group: int, k: int) -> nn.Parameter:
@@ -116,46 +118,35 @@ class SharedSourceOps(nn.Module):
                         [state_dict.pop(key) for key in old])
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def _depthwise(self, x: torch.Tensor, stage: str, merged: bool) -> torch.Tensor:
-        """The depthwise convolutions of `stage` of both separable types and every edge.
+    def _depthwise(self, x: torch.Tensor, stage: str, names) -> torch.Tensor:
+        """The depthwise convolutions of `stage` of the separable types `names`, every edge,
+        in one call (several types: the smaller filters zero-padded to SEP_KERNEL; exact, the
+        padded taps multiply by zero and their gradient is dropped by the padding's backward).
 
         Stage "dw1" reads r, (N, G*C, H, W): channel (group, channel) feeds one filter per
         (type, edge), as if it were repeated (`DepthwiseConv`'s `repeat`). Stage "dw2" reads
         (N, types*G*k*C, H, W): one filter per channel. Both return (N, types*G*k*C, H, W),
         channels (type, group, edge, channel), channels-last: the layout `GroupedPointwise`
         reads without a copy.
-        `merged`: both types in one call, the 3x3 filters zero-padded to 5x5 (exact: the
-        padded taps multiply by zero and their gradient is dropped by the padding's
-        backward); fewer calls, which is what small levels pay for. Otherwise one call per
-        type: oneDNN's 5x5 depthwise kernels are slow per tap, and on large levels the 3x3
-        would pay 25/9 of its taps on them.
         """
-        g, k, c = self.groups, self.num_edges, self.channels
-        filters = [getattr(self, f"{name}_{stage}") for name in SEP_CONVS]
-        if merged:
-            filters = [torch.stack([F.pad(f, ((SEP_KERNEL - f.shape[-1]) // 2,) * 4)
-                                    .view(k, c, SEP_KERNEL, SEP_KERNEL) for f in filters])]
-        else:
-            filters = [f.view(1, k, c, *f.shape[-2:]) for f in filters]
-        outs, first = [], 0
-        for f in filters:  # (types of this call, k, C, size, size)
-            t, size = f.shape[0], f.shape[-2:]
-            wide = t * g * k * c
-            # Every group (incoming state) uses the same weights: repeat the small tensor.
-            weight = f.unsqueeze(1).expand(t, g, k, c, *size).reshape(wide, 1, *size)
-            if stage == "dw1":
-                outs.append(same_conv(x, weight, 1, g * c, repeat=(t, g, k)))
-            else:
-                part = x[:, first * g * k * c:first * g * k * c + wide]
-                outs.append(same_conv(part, weight, 1, wide))
-            first += t
-        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
+        g, k, c, t = self.groups, self.num_edges, self.channels, len(names)
+        filters = [getattr(self, f"{name}_{stage}") for name in names]
+        if t > 1:
+            filters = [F.pad(f, ((SEP_KERNEL - f.shape[-1]) // 2,) * 4) for f in filters]
+        size = filters[0].shape[-2:]
+        # Every group (incoming state) uses the same weights: repeat the small tensor.
+        weight = (torch.stack(filters).view(t, 1, k * c, *size).expand(t, g, k * c, *size)
+                  .reshape(t * g * k * c, 1, *size))
+        if stage == "dw1":
+            return same_conv(x, weight, 1, g * c, repeat=(t, g, k))
+        return same_conv(x, weight, 1, t * g * k * c)
 
-    def _pointwise(self, x: torch.Tensor, stage: str) -> torch.Tensor:
-        """The 1x1 convolutions of both separable types and every edge (`GroupedPointwise`)."""
+    def _pointwise(self, x: torch.Tensor, stage: str, names) -> torch.Tensor:
+        """The 1x1 convolutions of the separable types `names`, every edge, in one call
+        (`GroupedPointwise`)."""
         k, c = self.num_edges, self.channels
         weight = torch.stack([getattr(self, f"{name}_{stage}").view(k, c, c)
-                              for name in SEP_CONVS])  # (types, k, C_out, C_in)
+                              for name in names])  # (types, k, C_out, C_in)
         return GroupedPointwise.apply(x, weight, self.groups)
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -164,7 +155,7 @@ class SharedSourceOps(nn.Module):
         Returns (N, H, W, G, k, C): the mixed operation of every edge (paper Eq. 2).
         """
         n, _, h, w = x.shape
-        g, k, c, t = self.groups, self.num_edges, self.channels, len(SEP_CONVS)
+        g, k, c = self.groups, self.num_edges, self.channels
 
         def edge_scale(names):  # the ops' weights for every (op, group, edge, channel)
             ops = weights[:, [OP[name] for name in names]].t()  # (ops, k)
@@ -173,16 +164,24 @@ class SharedSourceOps(nn.Module):
         # Channels-last throughout: depthwise convolutions run several times faster on it,
         # and (group, edge, channel) is then the innermost, contiguous order.
         r = F.relu(x)  # shared by all four convolution types of all k edges
-        # Separable convolutions: both types and all k edges at once. Stage 1's depthwise
-        # filters all read the same r; the pointwise convolutions are one batched matmul.
-        merged = h * w <= MERGED_DEPTHWISE_MAX_PIXELS
-        y = self._pointwise(self._depthwise(r, "dw1", merged), "pw1")
-        # Stage 2: per-edge BN, ReLU and depthwise conv, then the pointwise convs again.
-        # In place: batch norm's backward needs its input, not its output.
-        y = F.relu(self.sep_conv_bn1(y), inplace=True)
-        y = self._pointwise(self._depthwise(y, "dw2", merged), "pw2")
-        y = self.sep_conv_bn2(y, edge_scale(SEP_CONVS))
-        out = nhwc(y).view(n, h, w, t, g, k, c).sum(dim=3)  # (N, H, W, G, k, C)
+        # Separable convolutions, all k edges at once; stage 1's depthwise filters all read
+        # the same r. Small levels run both types as one tensor (fewer calls); larger ones
+        # one type at a time, so the 3x3 work does not run on oneDNN's slower 5x5 kernels.
+        calls = ([SEP_CONVS] if h * w <= MERGED_DEPTHWISE_MAX_PIXELS else
+                 [(name,) for name in SEP_CONVS])
+        out, first = None, 0
+        for names in calls:
+            t = len(names)
+            channels = slice(first * g * k * c, (first + t) * g * k * c)  # of the shared BNs
+            y = self._pointwise(self._depthwise(r, "dw1", names), "pw1", names)
+            # Stage 2: per-edge BN, ReLU and depthwise conv, then the pointwise convs again.
+            # In place: batch norm's backward needs its input, not its output.
+            y = F.relu(self.sep_conv_bn1(y, channels=channels), inplace=True)
+            y = self._pointwise(self._depthwise(y, "dw2", names), "pw2", names)
+            y = nhwc(self.sep_conv_bn2(y, edge_scale(names), channels)).view(n, h, w, t, g, k, c)
+            y = y.sum(dim=3) if t > 1 else y.squeeze(3)  # (N, H, W, G, k, C)
+            out = y if out is None else out + y
+            first += t
         # The dense atrous convolutions see the groups as more images (the weights are the
         # same for every group): oneDNN's grouped dense kernels are up to 3x slower.
         r_batch = groups_to_batch(r, g)

@@ -124,6 +124,22 @@ def repeated(x, repeat):
             .reshape(n, outer * groups * inner * c, h, w))
 
 
+def test_separable_running_statistics_same_whether_types_run_together_or_apart(monkeypatch):
+    # Apart (large levels), each type's batch norms update a slice of the shared buffers.
+    x = torch.randn(2, 3, 48, 40)
+    stats = []
+    for merged_max_pixels in (10 ** 6, 0):
+        monkeypatch.setattr(search_cell, "MERGED_DEPTHWISE_MAX_PIXELS", merged_max_pixels)
+        model = tiny_model(seed=3)
+        model(x)
+        stats.append({k: v for k, v in model.state_dict().items() if "sep_conv_bn" in k})
+    assert stats[0].keys() == stats[1].keys() and stats[0]
+    for key, value in stats[0].items():
+        torch.testing.assert_close(stats[1][key], value, msg=key)
+        initial = 0.0 if key.endswith("running_mean") else 1.0
+        assert not torch.allclose(value, torch.full_like(value, initial)), key
+
+
 @pytest.mark.parametrize("repeat", [(1, 1, 1), (2, 3, 2), (1, 1, 3)])
 @pytest.mark.parametrize("size,kernel", [((2, 2), 3), ((4, 4), 5), ((5, 7), 5), ((9, 6), 3),
                                          ((6, 8), 5), ((1, 1), 1)])
