@@ -152,7 +152,9 @@ class SharedSourceOps(nn.Module):
     def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """x: (N, G*C, H, W) channels-last; weights: (k, len(PRIMITIVES)) normalised alphas.
 
-        Returns (N, H, W, G, k, C): the mixed operation of every edge (paper Eq. 2).
+        Returns the mixed operation of every edge (paper Eq. 2) as two terms to add: the
+        operations with parameters, (N, H, W, G, k, C), and the parameter-free ones, (k, N, H,
+        W, G, C).
         """
         n, _, h, w = x.shape
         g, k, c = self.groups, self.num_edges, self.channels
@@ -189,14 +191,14 @@ class SharedSourceOps(nn.Module):
             y = batch_to_groups(same_conv(r_batch, getattr(self, name), ATROUS_DILATION, 1), g)
             out = out + nhwc(getattr(self, f"{name}_bn")(y, edge_scale([name]))).view(
                 n, h, w, g, k, c)
-        # Parameter-free operations: one tensor for all k edges, mixed by one small matmul.
+        # Parameter-free operations: one tensor for all k edges, mixed by one small matmul
+        # whose output is edge-major, so each edge's term is contiguous (no transposes).
         max_pool = self.max_pool_bn(F.max_pool2d(x, 3, 1, 1))
         avg_pool = self.avg_pool_bn(F.avg_pool2d(x, 3, 1, 1, count_include_pad=False))
-        stacked = torch.stack([nhwc(t).view(n, h, w, g, c) for t in (max_pool, avg_pool, x)],
-                              dim=-2)  # (N, H, W, G, 3, C)
+        stacked = torch.stack([nhwc(t) for t in (max_pool, avg_pool, x)])  # (3, N, H, W, G*C)
         mix = weights[:, [OP[name] for name in PARAMETER_FREE]]  # (k, 3)
-        out = out + torch.matmul(mix, stacked)  # (N, H, W, G, k, C)
-        return out
+        free = torch.mm(mix, stacked.view(len(PARAMETER_FREE), -1)).view(k, n, h, w, g, c)
+        return out, free
 
 
 def nhwc(x: torch.Tensor) -> torch.Tensor:
@@ -497,12 +499,13 @@ class SearchCell(nn.Module):
             else:
                 op_in = state
             g = op_in.shape[3]
-            out = ops(to_nchw(op_in.reshape(n, *size, g * op_in.shape[-1])), weights)
+            out, free = ops(to_nchw(op_in.reshape(n, *size, g * op_in.shape[-1])), weights)
             # unbind, not out[..., e]: the backward of k selects would zero-fill and add k
             # tensors of out's full size, the backward of unbind stacks once.
-            for e, (block, term) in enumerate(zip(range(max(0, j - 1), self.steps),
-                                                  out.unbind(dim=4))):
+            for e, (block, term, free_term) in enumerate(zip(
+                    range(max(0, j - 1), self.steps), out.unbind(dim=4), free.unbind(dim=0))):
                 add(blocks, block, term)
+                add(blocks, block, free_term)
                 if parts > 1:
                     add(passed, block, rest * scale[e])
 
