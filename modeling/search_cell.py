@@ -9,21 +9,24 @@ file evaluates:
 - every incoming state of a node at once, stacked along channels as groups `g`, so a single
   batch-norm call keeps per-application statistics and the maths does not change;
 - every edge that reads one state at once: the ReLU in front of the convolutions is computed
-  once; the first depthwise convolution of every edge reads that one tensor (a depthwise
-  conv with k filters per channel); both separable types run as one tensor (one batch norm,
-  one ReLU, one batched matmul for the pointwise convolutions of all edges, and on small
-  levels one depthwise call, the 3x3 filters zero-padded to 5x5); the dense atrous
-  convolutions of all edges are one convolution, the groups seen as more images; the
-  parameter-free operations (pools followed by affine-free BN, identity) give the same tensor
-  for every edge and are mixed by one small matmul;
-- depthwise weight gradients on oneDNN's fast kernel (`DepthwiseConv`);
+  once; the first depthwise convolution of every edge reads that one tensor as if it were
+  repeated per (type, edge) (`DepthwiseConv`, the repeat never stored); the separable
+  pipeline keeps one layout, channels (type, group, edge, channel), which the pointwise
+  convolutions of all edges read and write without copies (`GroupedPointwise`, one bmm over
+  strided views); on small levels both separable types run as one tensor (one batch norm, one
+  ReLU, one depthwise call with the 3x3 filters zero-padded to 5x5), on large levels one type
+  at a time; the dense atrous convolutions of all edges are one convolution, the groups seen
+  as more images; the parameter-free operations (pools followed by affine-free BN, identity)
+  give the same tensor for every edge and are mixed by one small matmul, edge-major;
+- depthwise gradients on oneDNN's fast kernels (`DepthwiseConv`);
 - each edge's operation weight (alpha) is the scale of the batch norm that ends the
   operation, so the weighted sum of Eq. 2 costs no multiplications of its own;
 - the H(l-2) input once, since it is the same tensor for all incoming states of a node;
 - `none` not at all (its contribution is zero; its alpha still gets a gradient through the
   softmax).
 
-Channel layout of a state read by `k` edges with `G` groups: (N, G*C) in, (N, G, k, C) out.
+Channel layout of a state read by `k` edges with `G` groups: (N, G*C) in, (N, G, k, C) out
+(with the parameter-free terms apart, (k, N, H, W, G, C)).
 """
 from __future__ import annotations
 
