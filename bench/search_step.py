@@ -39,7 +39,10 @@ def get_args_parser():
     return p
 
 
-def measure(args, crop: int) -> dict:
+def build(args, crop: int):
+    """The supernet of `args` in training mode and its two steps on one random batch at
+    `crop`: (model, criterion, images, targets, weight step, architecture step), the steps
+    as train_autodeeplab.py makes them."""
     device = torch.device(args.device)
     torch.manual_seed(0)
     config = SupernetConfig(num_classes=args.num_classes, num_layers=args.num_layers,
@@ -54,13 +57,20 @@ def measure(args, crop: int) -> dict:
     architect = Architect(model, criterion, 3e-3, 1e-3)
     images = torch.randn(args.batch_size, 3, crop, crop, device=device)
     targets = torch.randint(0, args.num_classes, (args.batch_size, crop, crop), device=device)
+    return (model, criterion, images, targets,
+            lambda: weight_step(model, criterion, optimizer, weights, images, targets,
+                                grad_clip=5.0),
+            lambda: architect.step(images, targets))
+
+
+def measure(args, crop: int) -> dict:
+    device = torch.device(args.device)
+    model, criterion, images, targets, step_weights, step_arch = build(args, crop)
+    weights = model.weight_parameters()
 
     # Timed steps first, so the peak memory is theirs and not the FLOP counter's.
-    w_med, w_min = timed(lambda: weight_step(model, criterion, optimizer, weights, images,
-                                             targets, grad_clip=5.0),
-                         device, args.warmup, args.repeats)
-    a_med, a_min = timed(lambda: architect.step(images, targets), device, args.warmup,
-                         args.repeats)
+    w_med, w_min = timed(step_weights, device, args.warmup, args.repeats)
+    a_med, a_min = timed(step_arch, device, args.warmup, args.repeats)
     peak = peak_memory_gib(device)
     forward_flops, total_flops = count_flops(lambda: criterion(model(images), targets))
     model.zero_grad(set_to_none=True)

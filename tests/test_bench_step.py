@@ -30,3 +30,37 @@ def test_retrain_step_reports_the_paper_network():
     assert row["model"] == "autodeeplab-s" and row["crop"] == 33
     assert abs(row["params_m"] - 10.15) < 0.05  # Auto-DeepLab-S, 19 classes
     assert row["step_s"]["min"] > 0 and row["fraction_of_matmul"] > 0
+
+
+def test_search_ab_alternates_a_revision_and_the_working_tree():
+    out = subprocess.run([sys.executable, str(REPO / "bench" / "search_ab.py"), "--against",
+                          "HEAD", "--crops", "16", "--pairs", "2", "--filter-multiplier", "2",
+                          "--num-layers", "3"], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    (row,) = [json.loads(line) for line in out.stdout.splitlines()]
+    assert row["crop"] == 16 and row["against"] == "HEAD"
+    for kind in ("weight", "arch"):
+        assert all(v > 0 for v in row[f"{kind}_step_s"].values())
+        assert set(row[f"{kind}_B_over_A"]) == {"median", "cpu_time", "min"}
+
+
+def test_search_ab_switch_lends_the_revisions_methods_and_gives_them_back():
+    sys.path.insert(0, str(REPO))
+    from bench import search_ab
+    import modeling.search_cell as current
+    old = search_ab.load_revision("HEAD")
+    switch = search_ab.Switch(old)
+    mine = current.SharedSourceOps.forward
+    switch.use("A")
+    assert current.SharedSourceOps.forward is vars(old.SharedSourceOps)["forward"]
+    assert current.SharedSourceOps.forward.__module__ == "search_cell_a"
+    switch.use("B")
+    assert current.SharedSourceOps.forward is mine
+
+
+def test_search_ab_names_an_unknown_revision():
+    out = subprocess.run([sys.executable, str(REPO / "bench" / "search_ab.py"), "--against",
+                          "no-such-revision"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines()[-1].startswith(
+        "error: cannot read modeling/search_cell.py at --against no-such-revision")

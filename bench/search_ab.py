@@ -1,0 +1,134 @@
+"""Before/after of the search cell in one process: alternate search steps between
+modeling/search_cell.py at a git revision (A) and the working tree (B).
+
+    .venv/bin/python bench/search_ab.py --against HEAD~3 --crops 64 192 --pairs 10
+
+These machines are shared: a step's time moves by 10-20 % from one minute to the next, more
+than most single changes. Here both versions run in the same process on the same model,
+alternately (ABBA...), so a slow minute costs both alike, and the ratio B/A is what to read.
+The revision's cell classes lend their methods to the current ones, so both revisions must
+give the supernet the same parameters and buffers. Prints one JSON object per crop: median and
+minimum seconds per weight and architecture step for A and B, and B/A of the medians, of the
+process CPU time and of the minima.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import modeling.search_cell as current  # noqa: E402
+from bench import search_step  # noqa: E402
+from utils.allocator import allocator_in_use, preload_fast_allocator  # noqa: E402
+from utils.onednn import size_primitive_cache  # noqa: E402
+
+CELL_FILE = "modeling/search_cell.py"
+
+
+def get_args_parser():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--against", default="HEAD", help="git revision of version A")
+    p.add_argument("--crops", type=int, nargs="+", default=[64, 192], help="crop sizes")
+    p.add_argument("--pairs", type=int, default=10, help="timed steps per version and kind")
+    p.add_argument("--batch-size", type=int, default=2, help="images per step")
+    p.add_argument("--filter-multiplier", type=int, default=8, help="F")
+    p.add_argument("--num-layers", type=int, default=12, help="L")
+    return p
+
+
+def supernet_args(args) -> argparse.Namespace:
+    """bench/search_step.py's configuration (its defaults: B=5, 19 classes, CPU), with the
+    flags given here."""
+    full = search_step.get_args_parser().parse_args([])
+    for key in ("batch_size", "filter_multiplier", "num_layers"):
+        setattr(full, key, getattr(args, key))
+    return full
+
+
+def load_revision(rev: str):
+    """modeling/search_cell.py as it was at `rev`, imported as a module of its own."""
+    try:
+        source = subprocess.run(["git", "show", f"{rev}:{CELL_FILE}"], cwd=REPO, check=True,
+                                capture_output=True, text=True).stdout
+    except subprocess.CalledProcessError as err:
+        sys.exit(f"error: cannot read {CELL_FILE} at --against {rev}: {err.stderr.strip()}")
+    path = Path(tempfile.mkdtemp()) / "search_cell_a.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("search_cell_a", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class Switch:
+    """Swaps the methods of the cell's module classes between two versions of the file."""
+
+    def __init__(self, old):
+        self.versions = {"A": {}, "B": {}}
+        for name, cls in vars(current).items():
+            if isinstance(cls, type) and issubclass(cls, torch.nn.Module) and hasattr(old, name):
+                for version, source in (("A", vars(getattr(old, name))), ("B", vars(cls))):
+                    self.versions[version][name] = {k: v for k, v in source.items()
+                                                    if callable(v) or isinstance(v, staticmethod)}
+
+    def use(self, version: str) -> None:
+        for name, methods in self.versions[version].items():
+            cls = getattr(current, name)
+            for other in set(self.versions["A" if version == "B" else "B"][name]) - set(methods):
+                if other in vars(cls):
+                    delattr(cls, other)
+            for key, method in methods.items():
+                setattr(cls, key, method)
+
+
+def measure(args, crop: int, switch: Switch) -> dict:
+    *_, weight_step, arch_step = search_step.build(supernet_args(args), crop)
+    times = {f"{v}_{kind}": [] for v in "AB" for kind in ("weight", "arch")}
+    cpu = {key: [] for key in times}
+    for version in "AB":  # warm-up: kernels and caches of both
+        switch.use(version)
+        weight_step()
+        arch_step()
+    for i in range(args.pairs):
+        for version in ("AB" if i % 2 == 0 else "BA"):
+            switch.use(version)
+            for kind, step in (("weight", weight_step), ("arch", arch_step)):
+                wall, proc = time.perf_counter(), time.process_time()
+                step()
+                times[f"{version}_{kind}"].append(time.perf_counter() - wall)
+                cpu[f"{version}_{kind}"].append(time.process_time() - proc)
+    switch.use("B")
+    result = {"crop": crop, "against": args.against, "pairs": args.pairs,
+              "threads": torch.get_num_threads(), "allocator": allocator_in_use()}
+    for kind in ("weight", "arch"):
+        a, b = times[f"A_{kind}"], times[f"B_{kind}"]
+        result[f"{kind}_step_s"] = {"A_median": round(statistics.median(a), 3),
+                                    "B_median": round(statistics.median(b), 3),
+                                    "A_min": round(min(a), 3), "B_min": round(min(b), 3)}
+        result[f"{kind}_B_over_A"] = {
+            "median": round(statistics.median(b) / statistics.median(a), 3),
+            "cpu_time": round(statistics.median(cpu[f"B_{kind}"])
+                              / statistics.median(cpu[f"A_{kind}"]), 3),
+            "min": round(min(b) / min(a), 3)}
+    return result
+
+
+if __name__ == "__main__":
+    preload_fast_allocator()  # as the entry scripts: tcmalloc or jemalloc where installed
+    args = get_args_parser().parse_args()
+    size_primitive_cache()  # as the entry scripts, before the first convolution
+    switch = Switch(load_revision(args.against))
+    for crop in args.crops:
+        print(json.dumps(measure(args, crop, switch)), flush=True)
