@@ -315,8 +315,7 @@ class DepthwiseConv(torch.autograd.Function):
                                  .sum(dim=(3, 5)).view(n, h, w, channels))
             grad_x = grad_x.to(x_dtype)
         if ctx.needs_input_grad[1]:
-            grad_w = _depthwise_weight_grad(repeat_channels(x, ctx.repeat), grad,
-                                            weight).to(w_dtype)
+            grad_w = _depthwise_weight_grad(x, grad, weight, ctx.repeat).to(w_dtype)
         return grad_x, grad_w, None
 
 
@@ -328,19 +327,22 @@ def _depthwise_backward(grad, x, weight, padding, wrt: str) -> torch.Tensor:
     return grads[mask.index(True)]
 
 
-def _depthwise_weight_grad(x, grad, weight):
-    """The weight gradient of `DepthwiseConv`, by oneDNN's fast kernel where it applies."""
+def _depthwise_weight_grad(x, grad, weight, repeat):
+    """The weight gradient of `DepthwiseConv` (input x repeated by `repeat`), by oneDNN's fast
+    kernel: directly where it applies, else one slice of at most 3 filter columns at a time,
+    each the weight gradient of an unpadded convolution over the columns its taps read."""
     kh, kw = weight.shape[-2:]
-    ph, pw, width = kh // 2, kw // 2, x.shape[-1]
-    if kw <= 3 and min(x.shape[-2:]) > kh - 1:
-        return _depthwise_backward(grad, x, weight, (ph, pw), "weight")
-    x = F.pad(x, (pw, pw, ph, ph)).contiguous(memory_format=torch.channels_last)
+    ph, pw = kh // 2, kw // 2
+    height, width = x.shape[-2:]
+    if kw <= 3 and min(height, width) > kh - 1:
+        return _depthwise_backward(grad, repeat_channels(x, repeat), weight, (ph, pw), "weight")
+    # Padded once, before the repeat (the smaller tensor); the gradient is used as it is.
+    x = repeat_channels(F.pad(x, (pw, pw, ph, ph)).contiguous(memory_format=torch.channels_last),
+                        repeat)
     parts = []
     for first in range(0, kw, 3):  # taps [first, first + cols) of every filter row
         cols = min(3, kw - first)
-        out_width = width + 2 * pw - cols + 1  # the grad, shifted to line up with the taps
-        g = F.pad(grad, (first, out_width - width - first))
-        parts.append(_depthwise_backward(g.contiguous(memory_format=torch.channels_last), x,
+        parts.append(_depthwise_backward(grad, x[..., first:first + width + cols - 1],
                                          weight[..., first:first + cols], (0, 0), "weight"))
     return torch.cat(parts, dim=-1)
 
