@@ -371,19 +371,36 @@ class GroupedPointwise(torch.autograd.Function):
         grad = grad.contiguous(memory_format=torch.channels_last)
         t, k, c_out, c_in = weight.shape
         grad_x = grad_w = None
+        per_block = _per_block(weight.to(grad.dtype), ctx.groups)
         if ctx.needs_input_grad[0]:
-            grad_x = _blockwise_matmul(grad, _per_block(weight.to(grad.dtype), ctx.groups))
-            grad_x = grad_x.to(x_dtype)
+            grad_x = _blockwise_matmul(grad, per_block).to(x_dtype)
         if ctx.needs_input_grad[1]:
             x = x.to(grad.dtype).contiguous(memory_format=torch.channels_last)
-            per_block = torch.bmm(_blocks(grad, c_out).transpose(1, 2), _blocks(x, c_in))
-            grad_w = per_block.view(t, ctx.groups, k, c_out, c_in).sum(dim=1).to(w_dtype)
+            block_out, block_in = per_block.shape[1:]
+            full = torch.bmm(_blocks(grad, block_out).transpose(1, 2), _blocks(x, block_in))
+            if block_out == c_out:
+                grad_w = full.view(t, ctx.groups, k, c_out, c_in).sum(dim=1)
+            else:  # block-diagonal over the edges: the edges' own blocks are its diagonal
+                grad_w = (full.view(t, ctx.groups, k, c_out, k, c_in).diagonal(dim1=2, dim2=4)
+                          .sum(dim=1).permute(0, 3, 1, 2))
+            grad_w = grad_w.to(w_dtype)
         return grad_x, grad_w, None
 
 
+# Up to this many channels per edge, the edges of a (type, group) are one block-diagonal matrix
+# in the bmm: k times the multiply-adds, but MKL is slow on 8 x 8 matrices.
+BLOCK_DIAGONAL_MAX_CHANNELS = 8
+
+
 def _per_block(weight: torch.Tensor, groups: int) -> torch.Tensor:
-    """(T, K, C_out, C_in) -> (T*G*K, C_out, C_in): block (t, g, k) uses weight[t, k]."""
+    """(T, K, C_out, C_in) -> the bmm's weights, (T*G*K, C_out, C_in): block (t, g, k) uses
+    weight[t, k]; for C_in <= BLOCK_DIAGONAL_MAX_CHANNELS (T*G, K*C_out, K*C_in), block (t, g)
+    block-diagonal with weight[t, 0..K-1]."""
     t, k, c_out, c_in = weight.shape
+    if c_in <= BLOCK_DIAGONAL_MAX_CHANNELS and k > 1:
+        eye = torch.eye(k, dtype=weight.dtype, device=weight.device)
+        weight = torch.einsum("kl,tkoi->tkoli", eye, weight).reshape(t, 1, k * c_out, k * c_in)
+        return weight.expand(t, groups, k * c_out, k * c_in).reshape(-1, k * c_out, k * c_in)
     return weight.unsqueeze(1).expand(t, groups, k, c_out, c_in).reshape(-1, c_out, c_in)
 
 

@@ -187,8 +187,9 @@ def pointwise_reference(x, weight, groups):
     return torch.einsum("ntgkihw,tkoi->ntgkohw", blocks, weight).reshape(n, -1, h, w)
 
 
-@pytest.mark.parametrize("types,groups,edges,c_in,c_out", [(2, 3, 5, 4, 4), (1, 1, 2, 3, 5),
-                                                           (2, 2, 1, 2, 2)])
+@pytest.mark.parametrize("types,groups,edges,c_in,c_out", [
+    (2, 3, 5, 4, 4), (1, 1, 2, 3, 5), (2, 2, 1, 2, 2),  # block-diagonal over the edges (C <= 8)
+    (2, 2, 3, 10, 9)])  # one block per edge
 def test_grouped_pointwise_equals_einsum(types, groups, edges, c_in, c_out):
     torch.manual_seed(0)
     x = torch.randn(2, types * groups * edges * c_in, 5, 3, dtype=torch.float64).contiguous(
