@@ -81,7 +81,7 @@ class Switch:
             if isinstance(cls, type) and issubclass(cls, torch.nn.Module) and hasattr(old, name):
                 for version, source in (("A", vars(getattr(old, name))), ("B", vars(cls))):
                     self.versions[version][name] = {k: v for k, v in source.items()
-                                                    if callable(v) or isinstance(v, staticmethod)}
+                                                    if callable(v)}
 
     def use(self, version: str) -> None:
         for name, methods in self.versions[version].items():

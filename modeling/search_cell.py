@@ -78,8 +78,8 @@ def _conv_weight(num_edges: int, channels: int, in_per_group: int, k: int) -> nn
 
 SEP_CONVS = ("sep_conv_3x3", "sep_conv_5x5")
 SEP_KERNEL = 5  # the larger depthwise kernel of SEP_CONVS
-# Levels up to this many pixels run both separable types' depthwise convolutions as one call
-# (fewer calls); larger ones one call per type (fewer taps on oneDNN's slow 5x5 kernels).
+# Levels up to this many pixels run both separable types as one tensor (fewer calls); larger
+# ones the separable pipeline one type at a time (fewer taps on oneDNN's slow 5x5 kernels).
 MERGED_DEPTHWISE_MAX_PIXELS = 16 * 16
 ATROUS_CONVS = ("atrous_conv_3x3", "atrous_conv_5x5")
 PARAMETER_FREE = ("max_pool_3x3", "avg_pool_3x3", "skip_connect")  # the order of `stacked`
@@ -183,7 +183,8 @@ class SharedSourceOps(nn.Module):
             # In place: batch norm's backward needs its input, not its output.
             y = F.relu(self.sep_conv_bn1(y, channels=channels), inplace=True)
             y = self._pointwise(self._depthwise(y, "dw2", names), "pw2", names)
-            y = nhwc(self.sep_conv_bn2(y, edge_scale(names), channels)).view(n, h, w, t, g, k, c)
+            y = self.sep_conv_bn2(y, edge_scale(names), channels=channels)
+            y = nhwc(y).view(n, h, w, t, g, k, c)
             y = y.sum(dim=3) if t > 1 else y.squeeze(3)  # (N, H, W, G, k, C)
             out = y if out is None else out + y
             first += t
@@ -301,15 +302,15 @@ class DepthwiseConv(torch.autograd.Function):
         weight = weight.to(grad.dtype)
         grad = grad.contiguous(memory_format=torch.channels_last)
         n, channels, h, w = x.shape
-        wide = weight.shape[0]
+        repeated = outer * inner > 1
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
             # The input gradient reads only the input's shape and layout: no repeat made.
-            shape_only = (x if wide == channels else
-                          torch.empty(n, wide, h, w, dtype=grad.dtype, device=grad.device,
-                                      memory_format=torch.channels_last))
+            shape_only = (torch.empty(n, weight.shape[0], h, w, dtype=grad.dtype,
+                                      device=grad.device, memory_format=torch.channels_last)
+                          if repeated else x)
             grad_x = _depthwise_backward(grad, shape_only, weight, padding, "input")
-            if wide != channels:
+            if repeated:
                 c = channels // groups
                 grad_x = to_nchw(nhwc(grad_x).view(n, h, w, outer, groups, inner, c)
                                  .sum(dim=(3, 5)).view(n, h, w, channels))
@@ -353,8 +354,10 @@ class GroupedPointwise(torch.autograd.Function):
     x: (N, T*G*K*C, H, W) channels-last, channels (type, group, edge, channel); weight: (T, K,
     C_out, C_in), the same for every group. oneDNN has no fast path for grouped 1x1
     convolutions (torch loops over the groups in its slow kernel), so the blocks become the
-    batch of a `bmm` that reads and writes the channels-last memory through strided views: no
-    layout copy in the forward or the backward pass. Returns the same layout with C_out.
+    batch of a `bmm` that reads the channels-last memory through strided views and writes it
+    likewise (below STRIDED_OUTPUT_MIN_ROWS rows through one copy, which is faster there); at
+    up to BLOCK_DIAGONAL_MAX_CHANNELS channels the K edges of a (type, group) are one
+    block-diagonal block (`_per_block`). Returns the same layout with C_out.
     """
 
     @staticmethod
