@@ -40,6 +40,17 @@ from modeling.operations import ATROUS_DILATION, FactorizedReduce, ReLUConvBN, U
 from modeling.search_space import PRIMITIVES, edge_offset
 
 OP = {name: i for i, name in enumerate(PRIMITIVES)}
+
+
+def op_columns(names) -> slice:
+    """The columns of the normalised alphas that hold the consecutive operations `names`: a
+    slice, so selecting them is a view (no indexing op and no scatter in the backward)."""
+    first = OP[names[0]]
+    if [OP[name] for name in names] != list(range(first, first + len(names))):
+        raise ValueError(f"{names} are not consecutive in PRIMITIVES")
+    return slice(first, first + len(names))
+
+
 BN_MOMENTUM = 0.1
 BN_EPS = 1e-5
 
@@ -163,7 +174,7 @@ class SharedSourceOps(nn.Module):
         g, k, c = self.groups, self.num_edges, self.channels
 
         def edge_scale(names):  # the ops' weights for every (op, group, edge, channel)
-            ops = weights[:, [OP[name] for name in names]].t()  # (ops, k)
+            ops = weights[:, op_columns(names)].t()  # (ops, k), a view
             return ops.reshape(len(names), 1, k, 1).expand(len(names), g, k, c).reshape(-1)
 
         # Channels-last throughout: depthwise convolutions run several times faster on it,
@@ -200,7 +211,7 @@ class SharedSourceOps(nn.Module):
         max_pool = self.max_pool_bn(F.max_pool2d(x, 3, 1, 1))
         avg_pool = self.avg_pool_bn(F.avg_pool2d(x, 3, 1, 1, count_include_pad=False))
         stacked = torch.stack([nhwc(t) for t in (max_pool, avg_pool, x)])  # (3, N, H, W, G*C)
-        mix = weights[:, [OP[name] for name in PARAMETER_FREE]]  # (k, 3)
+        mix = weights[:, op_columns(PARAMETER_FREE)]  # (k, 3), a view
         free = torch.mm(mix, stacked.view(len(PARAMETER_FREE), -1)).view(k, n, h, w, g, c)
         return out, free
 
