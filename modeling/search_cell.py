@@ -10,15 +10,17 @@ file evaluates:
   batch-norm call keeps per-application statistics and the maths does not change;
 - every edge that reads one state at once: the ReLU in front of the convolutions is computed
   once; the first depthwise convolution of every edge reads that one tensor as if it were
-  repeated per (type, edge) (`DepthwiseConv`, the repeat never stored); the separable
+  repeated per (type, edge) (`depthwise_conv`, the repeat never stored); the separable
   pipeline keeps one layout, channels (type, group, edge, channel), which the pointwise
-  convolutions of all edges read and write without copies (`GroupedPointwise`, one bmm over
+  convolutions of all edges read and write without copies (`grouped_pointwise`, one bmm over
   strided views); on small levels both separable types run as one tensor (one batch norm, one
   ReLU, one depthwise call with the 3x3 filters zero-padded to 5x5), on large levels one type
-  at a time; the dense atrous convolutions of all edges are one convolution, the groups seen
-  as more images; the parameter-free operations (pools followed by affine-free BN, identity)
-  give the same tensor for every edge and are mixed by one small matmul, edge-major;
-- depthwise gradients on oneDNN's fast kernels (`DepthwiseConv`);
+  at a time, their depthwise outputs computed again in the backward pass rather than stored
+  (`SeparableConv`); the dense atrous convolutions of all edges are one convolution, the
+  groups seen as more images; the parameter-free operations (pools followed by affine-free
+  BN, identity) give the same tensor for every edge and are mixed by one small matmul,
+  edge-major;
+- depthwise gradients on oneDNN's fast kernels (`depthwise_grads`);
 - each edge's operation weight (alpha) is the scale of the batch norm that ends the
   operation, so the weighted sum of Eq. 2 costs no multiplications of its own;
 - the H(l-2) input once, since it is the same tensor for all incoming states of a node;
@@ -132,36 +134,29 @@ class SharedSourceOps(nn.Module):
                         [state_dict.pop(key) for key in old])
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def _depthwise(self, x: torch.Tensor, stage: str, names) -> torch.Tensor:
-        """The depthwise convolutions of `stage` of the separable types `names`, every edge,
-        in one call (several types: the smaller filters zero-padded to SEP_KERNEL; exact, the
-        padded taps multiply by zero and their gradient is dropped by the padding's backward).
+    def _separable(self, x: torch.Tensor, stage: int, names, recompute: bool) -> torch.Tensor:
+        """Stage `stage` (1 or 2) of the separable types `names`, every edge, in one call
+        (`SeparableConv`; several types: the smaller depthwise filters zero-padded to
+        SEP_KERNEL, exact, the padded taps multiply by zero and their gradient is dropped by
+        the padding's backward).
 
-        Stage "dw1" reads r, (N, G*C, H, W): channel (group, channel) feeds one filter per
-        (type, edge), as if it were repeated (`DepthwiseConv`'s `repeat`). Stage "dw2" reads
-        (N, types*G*k*C, H, W): one filter per channel. Both return (N, types*G*k*C, H, W),
-        channels (type, group, edge, channel), channels-last: the layout `GroupedPointwise`
-        reads without a copy.
+        Stage 1 reads r, (N, G*C, H, W): channel (group, channel) feeds one depthwise filter
+        per (type, edge), as if it were repeated. Stage 2 reads (N, types*G*k*C, H, W): one
+        filter per channel. Both return (N, types*G*k*C, H, W), channels (type, group, edge,
+        channel), channels-last.
         """
         g, k, c, t = self.groups, self.num_edges, self.channels, len(names)
-        filters = [getattr(self, f"{name}_{stage}") for name in names]
+        filters = [getattr(self, f"{name}_dw{stage}") for name in names]
         if t > 1:
             filters = [F.pad(f, ((SEP_KERNEL - f.shape[-1]) // 2,) * 4) for f in filters]
         size = filters[0].shape[-2:]
         # Every group (incoming state) uses the same weights: repeat the small tensor.
-        weight = (torch.stack(filters).view(t, 1, k * c, *size).expand(t, g, k * c, *size)
-                  .reshape(t * g * k * c, 1, *size))
-        if stage == "dw1":
-            return same_conv(x, weight, 1, g * c, repeat=(t, g, k))
-        return same_conv(x, weight, 1, t * g * k * c)
-
-    def _pointwise(self, x: torch.Tensor, stage: str, names) -> torch.Tensor:
-        """The 1x1 convolutions of the separable types `names`, every edge, in one call
-        (`GroupedPointwise`)."""
-        k, c = self.num_edges, self.channels
-        weight = torch.stack([getattr(self, f"{name}_{stage}").view(k, c, c)
-                              for name in names])  # (types, k, C_out, C_in)
-        return GroupedPointwise.apply(x, weight, self.groups)
+        depthwise = (torch.stack(filters).view(t, 1, k * c, *size).expand(t, g, k * c, *size)
+                     .reshape(t * g * k * c, 1, *size))
+        pointwise = torch.stack([getattr(self, f"{name}_pw{stage}").view(k, c, c)
+                                 for name in names])  # (types, k, C_out, C_in)
+        return SeparableConv.apply(x, reachable_taps(depthwise, 1, x.shape[-2:]), pointwise,
+                                   (t, g, k) if stage == 1 else (1, 1, 1), g, recompute)
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """x: (N, G*C, H, W) channels-last; weights: (k, len(PRIMITIVES)) normalised alphas.
@@ -183,17 +178,19 @@ class SharedSourceOps(nn.Module):
         # Separable convolutions, all k edges at once; stage 1's depthwise filters all read
         # the same r. Small levels run both types as one tensor (fewer calls); larger ones
         # one type at a time, so the 3x3 work does not run on oneDNN's slower 5x5 kernels.
-        calls = ([SEP_CONVS] if h * w <= MERGED_DEPTHWISE_MAX_PIXELS else
-                 [(name,) for name in SEP_CONVS])
+        # Large levels also compute the depthwise outputs again in the backward pass instead
+        # of keeping them (`SeparableConv`): they hold most of the search's memory.
+        large = h * w > MERGED_DEPTHWISE_MAX_PIXELS
+        calls = [(name,) for name in SEP_CONVS] if large else [SEP_CONVS]
         out, first = None, 0
         for names in calls:
             t = len(names)
             channels = slice(first * g * k * c, (first + t) * g * k * c)  # of the shared BNs
-            y = self._pointwise(self._depthwise(r, "dw1", names), "pw1", names)
+            y = self._separable(r, 1, names, recompute=large)
             # Stage 2: per-edge BN, ReLU and depthwise conv, then the pointwise convs again.
             # In place: batch norm's backward needs its input, not its output.
             y = F.relu(self.sep_conv_bn1(y, channels=channels), inplace=True)
-            y = self._pointwise(self._depthwise(y, "dw2", names), "pw2", names)
+            y = self._separable(y, 2, names, recompute=large)
             y = self.sep_conv_bn2(y, edge_scale(names), channels=channels)
             y = nhwc(y).view(n, h, w, t, g, k, c)
             y = y.sum(dim=3) if t > 1 else y.squeeze(3)  # (N, H, W, G, k, C)
@@ -203,7 +200,7 @@ class SharedSourceOps(nn.Module):
         # same for every group): oneDNN's grouped dense kernels are up to 3x slower.
         r_batch = groups_to_batch(r, g)
         for name in ATROUS_CONVS:
-            y = batch_to_groups(same_conv(r_batch, getattr(self, name), ATROUS_DILATION, 1), g)
+            y = batch_to_groups(same_conv(r_batch, getattr(self, name), ATROUS_DILATION), g)
             out = out + nhwc(getattr(self, f"{name}_bn")(y, edge_scale([name]))).view(
                 n, h, w, g, k, c)
         # Parameter-free operations: one tensor for all k edges, mixed by one small matmul
@@ -245,25 +242,31 @@ def batch_to_groups(x: torch.Tensor, groups: int) -> torch.Tensor:
     return to_nchw(y.view(ng // groups, h, w, groups * c))
 
 
-def same_conv(x: torch.Tensor, weight: torch.Tensor, dilation: int, groups: int,
-              repeat: tuple[int, int, int] | None = None) -> torch.Tensor:
-    """A stride-1 'same' convolution that skips the kernel taps which can only read padding.
+def same_conv(x: torch.Tensor, weight: torch.Tensor, dilation: int) -> torch.Tensor:
+    """A dense stride-1 'same' convolution on its reachable taps (`reachable_taps`)."""
+    weight = reachable_taps(weight, dilation, x.shape[-2:])
+    return F.conv2d(x, weight, padding=same_padding(weight, dilation), dilation=dilation)
+
+
+def reachable_taps(weight: torch.Tensor, dilation: int, size) -> torch.Tensor:
+    """The taps of an odd `weight` that can read inside an input of `size` (H, W).
 
     A tap at offset o reads position p + o, outside the input for every p once |o| >= size; on
     coarse levels of small crops (2 x 2 at stride 32 of a 64 crop) a dilated 5x5 then reduces
-    to its centre. Exact: the skipped taps multiply zeros, and their gradient is zero too.
-    `repeat`: a depthwise convolution over x's channels repeated (see `DepthwiseConv`).
+    to its centre. Skipping the others is exact: they multiply zeros, and their gradient is
+    zero too. `weight` itself when every tap can read inside.
     """
     kh, kw = weight.shape[-2:]
-    h, w = x.shape[-2:]
     ch, cw = (kh - 1) // 2, (kw - 1) // 2
-    rh, rw = min(ch, (h - 1) // dilation), min(cw, (w - 1) // dilation)
+    rh, rw = min(ch, (size[0] - 1) // dilation), min(cw, (size[1] - 1) // dilation)
     if rh < ch or rw < cw:
         weight = weight[:, :, ch - rh:ch + rh + 1, cw - rw:cw + rw + 1]
-    if repeat is not None or (dilation == 1 and groups == x.shape[1] == weight.shape[0]):
-        return DepthwiseConv.apply(x, weight, repeat or (1, 1, 1))
-    return F.conv2d(x, weight, padding=(dilation * rh, dilation * rw), dilation=dilation,
-                    groups=groups)
+    return weight
+
+
+def same_padding(weight: torch.Tensor, dilation: int = 1) -> tuple[int, int]:
+    """The padding of a stride-1 'same' convolution with the odd `weight` at `dilation`."""
+    return dilation * (weight.shape[-2] // 2), dilation * (weight.shape[-1] // 2)
 
 
 def repeat_channels(x: torch.Tensor, repeat: tuple[int, int, int]) -> torch.Tensor:
@@ -278,57 +281,84 @@ def repeat_channels(x: torch.Tensor, repeat: tuple[int, int, int]) -> torch.Tens
     return to_nchw(y.reshape(n, h, w, outer * groups * inner * c))
 
 
-class DepthwiseConv(torch.autograd.Function):
-    """A stride-1 'same' depthwise convolution (odd kernel, one filter per output channel) of
-    x's channels repeated (`repeat_channels`), with a backward on oneDNN's fast kernels.
+class SeparableConv(torch.autograd.Function):
+    """One stage of the separable convolutions of every edge: the depthwise convolution of
+    x's channels repeated by `repeat` (`depthwise_conv`), then the 1x1 convolution of every
+    (type, group, edge) block (`grouped_pointwise`).
 
-    The repeated input is never stored: the forward and the weight gradient make it, the input
-    gradient is that of a plain depthwise convolution summed over the copies (oneDNN's kernel
-    for several filters per channel is 3-4x slower: 1.4 ms against 0.5 ms at 48 x 48, 16
-    channels, 5 filters each). The weight gradient: oneDNN's fast depthwise kernel (jit_dw)
-    serves it only for filters at most 3 wide on inputs larger than the filter's reach;
-    otherwise oneDNN falls back to generic paths 3-10x slower (measured: 5x5 at 48 x 48 x 120
-    channels 2.2 ms against 0.95 ms here; 3x3 at 2 x 2 x 1920 channels 1.6 ms against
-    0.2 ms). So it is taken from an explicitly padded input, the filter's columns in slices of
-    at most 3. Exact: the same sums, split by tap.
+    x: (N, G*C, H, W) channels-last; dw_weight: (T*G*K*C, 1, kh, kw), odd; pw_weight: (T, K,
+    C_out, C_in); returns (N, T*G*K*C_out, H, W) channels-last. With `recompute`, only the
+    inputs are kept for the backward pass and the depthwise output, as wide as all edges
+    together, is computed again there: one depthwise convolution more, for the largest
+    tensors of the search that would otherwise be stored.
     """
 
     @staticmethod
-    def forward(ctx, x, weight, repeat):
-        ctx.repeat = repeat
-        ctx.save_for_backward(x, weight)  # as given: a view saves no memory, a copy would
-        x = repeat_channels(x, repeat)
-        return F.conv2d(x, weight, padding=(weight.shape[-2] // 2, weight.shape[-1] // 2),
-                        groups=x.shape[1])
+    def forward(ctx, x, dw_weight, pw_weight, repeat, groups, recompute):
+        ctx.repeat, ctx.groups = repeat, groups
+        depthwise = depthwise_conv(x, dw_weight, repeat)
+        ctx.save_for_backward(x, dw_weight, pw_weight, *(() if recompute else (depthwise,)))
+        return grouped_pointwise(depthwise, pw_weight, groups)
 
     @staticmethod
     def backward(ctx, grad):
-        x, weight = ctx.saved_tensors
-        outer, groups, inner = ctx.repeat
-        padding = (weight.shape[-2] // 2, weight.shape[-1] // 2)
-        # Under autocast the forward ran in the grad's dtype; the gradients go back in the
-        # inputs' own dtypes, as for torch's convolution.
-        x_dtype, w_dtype = x.dtype, weight.dtype
-        x = x.to(grad.dtype).contiguous(memory_format=torch.channels_last)  # what oneDNN reads
-        weight = weight.to(grad.dtype)
-        grad = grad.contiguous(memory_format=torch.channels_last)
-        n, channels, h, w = x.shape
-        repeated = outer * inner > 1
-        grad_x = grad_w = None
-        if ctx.needs_input_grad[0]:
-            # The input gradient reads only the input's shape and layout: no repeat made.
-            shape_only = (torch.empty(n, weight.shape[0], h, w, dtype=grad.dtype,
-                                      device=grad.device, memory_format=torch.channels_last)
-                          if repeated else x)
-            grad_x = _depthwise_backward(grad, shape_only, weight, padding, "input")
-            if repeated:
-                c = channels // groups
-                grad_x = to_nchw(nhwc(grad_x).view(n, h, w, outer, groups, inner, c)
-                                 .sum(dim=(3, 5)).view(n, h, w, channels))
-            grad_x = grad_x.to(x_dtype)
-        if ctx.needs_input_grad[1]:
-            grad_w = _depthwise_weight_grad(x, grad, weight, ctx.repeat).to(w_dtype)
-        return grad_x, grad_w, None
+        x, dw_weight, pw_weight, *kept = ctx.saved_tensors
+        needs_x, needs_dw, needs_pw = ctx.needs_input_grad[:3]
+        # Under autocast the forward ran in the grad's dtype: so does the recomputation.
+        depthwise = kept[0] if kept else depthwise_conv(x.to(grad.dtype),
+                                                        dw_weight.to(grad.dtype), ctx.repeat)
+        grad_depthwise, grad_pw = pointwise_grads(depthwise, pw_weight, ctx.groups, grad,
+                                                  needs_x or needs_dw, needs_pw)
+        grad_x = grad_dw = None
+        if needs_x or needs_dw:
+            grad_x, grad_dw = depthwise_grads(x, dw_weight, ctx.repeat, grad_depthwise,
+                                              needs_x, needs_dw)
+        return grad_x, grad_dw, grad_pw, None, None, None
+
+
+def depthwise_conv(x: torch.Tensor, weight: torch.Tensor, repeat) -> torch.Tensor:
+    """A stride-1 'same' depthwise convolution (odd kernel, one filter per output channel) of
+    x's channels repeated (`repeat_channels`)."""
+    x = repeat_channels(x, repeat)
+    return F.conv2d(x, weight, padding=same_padding(weight), groups=x.shape[1])
+
+
+def depthwise_grads(x, weight, repeat, grad, needs_x: bool, needs_w: bool):
+    """The gradients (input, weight) of `depthwise_conv`, on oneDNN's fast kernels.
+
+    The repeated input is never stored: the weight gradient makes it, the input gradient is
+    that of a plain depthwise convolution summed over the copies (oneDNN's kernel for several
+    filters per channel is 3-4x slower: 1.4 ms against 0.5 ms at 48 x 48, 16 channels, 5
+    filters each). The weight gradient: oneDNN's fast depthwise kernel (jit_dw) serves it only
+    for filters at most 3 wide on inputs larger than the filter's reach; otherwise oneDNN
+    falls back to generic paths 3-10x slower (measured: 5x5 at 48 x 48 x 120 channels 2.2 ms
+    against 0.95 ms here; 3x3 at 2 x 2 x 1920 channels 1.6 ms against 0.2 ms). So it is taken
+    from an explicitly padded input, the filter's columns in slices of at most 3. Exact: the
+    same sums, split by tap. Under autocast (grad in a lower dtype) the gradients go back in
+    the inputs' own dtypes, as for torch's convolution.
+    """
+    outer, groups, inner = repeat
+    x_dtype, w_dtype = x.dtype, weight.dtype
+    x = x.to(grad.dtype).contiguous(memory_format=torch.channels_last)  # what oneDNN reads
+    weight = weight.to(grad.dtype)
+    grad = grad.contiguous(memory_format=torch.channels_last)
+    n, channels, h, w = x.shape
+    repeated = outer * inner > 1
+    grad_x = grad_w = None
+    if needs_x:
+        # The input gradient reads only the input's shape and layout: no repeat made.
+        shape_only = (torch.empty(n, weight.shape[0], h, w, dtype=grad.dtype,
+                                  device=grad.device, memory_format=torch.channels_last)
+                      if repeated else x)
+        grad_x = _depthwise_backward(grad, shape_only, weight, same_padding(weight), "input")
+        if repeated:
+            c = channels // groups
+            grad_x = to_nchw(nhwc(grad_x).view(n, h, w, outer, groups, inner, c)
+                             .sum(dim=(3, 5)).view(n, h, w, channels))
+        grad_x = grad_x.to(x_dtype)
+    if needs_w:
+        grad_w = _depthwise_weight_grad(x, grad, weight, repeat).to(w_dtype)
+    return grad_x, grad_w
 
 
 def _depthwise_backward(grad, x, weight, padding, wrt: str) -> torch.Tensor:
@@ -340,7 +370,7 @@ def _depthwise_backward(grad, x, weight, padding, wrt: str) -> torch.Tensor:
 
 
 def _depthwise_weight_grad(x, grad, weight, repeat):
-    """The weight gradient of `DepthwiseConv` (input x repeated by `repeat`), by oneDNN's fast
+    """The weight gradient of `depthwise_conv` (input x repeated by `repeat`), by oneDNN's fast
     kernel: directly where it applies, else one slice of at most 3 filter columns at a time,
     each the weight gradient of an unpadded convolution over the columns its taps read."""
     kh, kw = weight.shape[-2:]
@@ -359,7 +389,7 @@ def _depthwise_weight_grad(x, grad, weight, repeat):
     return torch.cat(parts, dim=-1)
 
 
-class GroupedPointwise(torch.autograd.Function):
+def grouped_pointwise(x: torch.Tensor, weight: torch.Tensor, groups: int) -> torch.Tensor:
     """The 1x1 convolutions of every (type, group, edge) block of C channels, as one `bmm`.
 
     x: (N, T*G*K*C, H, W) channels-last, channels (type, group, edge, channel); weight: (T, K,
@@ -368,37 +398,33 @@ class GroupedPointwise(torch.autograd.Function):
     batch of a `bmm` that reads the channels-last memory through strided views and writes it
     likewise (below STRIDED_OUTPUT_MIN_ROWS rows through one copy, which is faster there); at
     up to BLOCK_DIAGONAL_MAX_CHANNELS channels the K edges of a (type, group) are one
-    block-diagonal block (`_per_block`). Returns the same layout with C_out.
+    block-diagonal block (`_per_block`). Returns the same layout with C_out, in x's dtype
+    (autocast off: the caller's dtype, as given).
     """
+    with torch.autocast(x.device.type, enabled=False):
+        return _blockwise_matmul(x, _per_block(weight.to(x.dtype), groups).transpose(1, 2))
 
-    @staticmethod
-    def forward(ctx, x, weight, groups):
-        ctx.groups = groups
-        ctx.save_for_backward(x, weight)
-        with torch.autocast(x.device.type, enabled=False):  # the caller's dtype, as given
-            return _blockwise_matmul(x, _per_block(weight.to(x.dtype), groups).transpose(1, 2))
 
-    @staticmethod
-    def backward(ctx, grad):
-        x, weight = ctx.saved_tensors
-        x_dtype, w_dtype = x.dtype, weight.dtype
-        grad = grad.contiguous(memory_format=torch.channels_last)
-        t, k, c_out, c_in = weight.shape
-        grad_x = grad_w = None
-        per_block = _per_block(weight.to(grad.dtype), ctx.groups)
-        if ctx.needs_input_grad[0]:
-            grad_x = _blockwise_matmul(grad, per_block).to(x_dtype)
-        if ctx.needs_input_grad[1]:
-            x = x.to(grad.dtype).contiguous(memory_format=torch.channels_last)
-            block_out, block_in = per_block.shape[1:]
-            full = torch.bmm(_blocks(grad, block_out).transpose(1, 2), _blocks(x, block_in))
-            if block_out == c_out:
-                grad_w = full.view(t, ctx.groups, k, c_out, c_in).sum(dim=1)
-            else:  # block-diagonal over the edges: the edges' own blocks are its diagonal
-                grad_w = (full.view(t, ctx.groups, k, c_out, k, c_in).diagonal(dim1=2, dim2=4)
-                          .sum(dim=1).permute(0, 3, 1, 2))
-            grad_w = grad_w.to(w_dtype)
-        return grad_x, grad_w, None
+def pointwise_grads(x, weight, groups: int, grad, needs_x: bool, needs_w: bool):
+    """The gradients (input, weight) of `grouped_pointwise`, each in its input's dtype."""
+    x_dtype, w_dtype = x.dtype, weight.dtype
+    grad = grad.contiguous(memory_format=torch.channels_last)
+    t, k, c_out, c_in = weight.shape
+    grad_x = grad_w = None
+    per_block = _per_block(weight.to(grad.dtype), groups)
+    if needs_x:
+        grad_x = _blockwise_matmul(grad, per_block).to(x_dtype)
+    if needs_w:
+        x = x.to(grad.dtype).contiguous(memory_format=torch.channels_last)
+        block_out, block_in = per_block.shape[1:]
+        full = torch.bmm(_blocks(grad, block_out).transpose(1, 2), _blocks(x, block_in))
+        if block_out == c_out:
+            grad_w = full.view(t, groups, k, c_out, c_in).sum(dim=1)
+        else:  # block-diagonal over the edges: the edges' own blocks are its diagonal
+            grad_w = (full.view(t, groups, k, c_out, k, c_in).diagonal(dim1=2, dim2=4)
+                      .sum(dim=1).permute(0, 3, 1, 2))
+        grad_w = grad_w.to(w_dtype)
+    return grad_x, grad_w
 
 
 # Up to this many channels per edge, the edges of a (type, group) are one block-diagonal matrix

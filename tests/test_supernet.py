@@ -140,45 +140,6 @@ def test_separable_running_statistics_same_whether_types_run_together_or_apart(m
         assert not torch.allclose(value, torch.full_like(value, initial)), key
 
 
-@pytest.mark.parametrize("repeat", [(1, 1, 1), (2, 3, 2), (1, 1, 3)])
-@pytest.mark.parametrize("size,kernel", [((2, 2), 3), ((4, 4), 5), ((5, 7), 5), ((9, 6), 3),
-                                         ((6, 8), 5), ((1, 1), 1)])
-def test_depthwise_conv_gradients_equal_torchs(size, kernel, repeat):
-    # Covers oneDNN's own weight gradient (3 wide, large enough input) and the split one, and
-    # for a repeated input the gradient summed over the copies.
-    torch.manual_seed(0)
-    x = torch.randn(2, 6, *size, dtype=torch.float64).contiguous(
-        memory_format=torch.channels_last).requires_grad_()
-    wide = 6 * repeat[0] * repeat[2]
-    w = torch.randn(wide, 1, kernel, kernel, dtype=torch.float64, requires_grad=True)
-    grad = torch.randn(2, wide, *size, dtype=torch.float64)
-    y = search_cell.DepthwiseConv.apply(x, w, repeat)
-    ref = torch.nn.functional.conv2d(repeated(x, repeat), w, padding=kernel // 2, groups=wide)
-    torch.testing.assert_close(y, ref)
-    for mine, theirs in zip(torch.autograd.grad(y, (x, w), grad),
-                            torch.autograd.grad(ref, (x, w), grad)):
-        torch.testing.assert_close(mine, theirs)
-
-
-@pytest.mark.parametrize("repeat", [(1, 1, 1), (2, 2, 1)])
-def test_depthwise_conv_under_autocast_matches_torchs(repeat):
-    # bf16 autocast (--amp; on CUDA in practice, the CPU's autocast exercises the same casts)
-    torch.manual_seed(0)
-    x = torch.randn(2, 8, 6, 6).contiguous(memory_format=torch.channels_last).requires_grad_()
-    wide = 8 * repeat[0] * repeat[2]
-    w = torch.randn(wide, 1, 5, 5, requires_grad=True)
-    grad = torch.randn(2, wide, 6, 6)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        y = search_cell.DepthwiseConv.apply(x, w, repeat)
-        ref = torch.nn.functional.conv2d(repeated(x, repeat), w, padding=2, groups=wide)
-    assert y.dtype == ref.dtype == torch.bfloat16
-    mine = torch.autograd.grad(y, (x, w), grad.to(y.dtype))
-    theirs = torch.autograd.grad(ref, (x, w), grad.to(ref.dtype))
-    for a, b in zip(mine, theirs):
-        assert a.dtype == b.dtype == torch.float32
-        torch.testing.assert_close(a, b, rtol=2e-2, atol=5e-2)
-
-
 def pointwise_reference(x, weight, groups):
     """Block (t, g, k) of x's channels times weight[t, k], by einsum on NCHW."""
     t, k, c_out, c_in = weight.shape
@@ -187,38 +148,102 @@ def pointwise_reference(x, weight, groups):
     return torch.einsum("ntgkihw,tkoi->ntgkohw", blocks, weight).reshape(n, -1, h, w)
 
 
+def separable_reference(x, depthwise, pointwise, stage, groups):
+    """Stage 1 repeats x's channels per (type, edge); then torch's depthwise convolution and
+    the pointwise blocks by einsum."""
+    types, edges = pointwise.shape[:2]
+    if stage == 1:
+        x = repeated(x, (types, groups, edges))
+    k = depthwise.shape[-1]
+    y = torch.nn.functional.conv2d(x, depthwise, padding=k // 2, groups=x.shape[1])
+    return pointwise_reference(y, pointwise, groups)
+
+
+def separable_inputs(stage, types, groups, edges, channels, size, kernel, dtype):
+    x = torch.randn(2, (1 if stage == 1 else types * edges) * groups * channels, *size,
+                    dtype=dtype).contiguous(memory_format=torch.channels_last).requires_grad_()
+    wide = types * groups * edges * channels
+    depthwise = torch.randn(wide, 1, kernel, kernel, dtype=dtype, requires_grad=True)
+    pointwise = torch.randn(types, edges, channels, channels, dtype=dtype, requires_grad=True)
+    repeat = (types, groups, edges) if stage == 1 else (1, 1, 1)
+    return x, depthwise, pointwise, repeat
+
+
+@pytest.mark.parametrize("recompute", [False, True])
+@pytest.mark.parametrize("stage", [1, 2])
+@pytest.mark.parametrize("types,groups,edges,channels", [
+    (1, 1, 1, 6), (2, 3, 2, 2), (1, 1, 3, 2),  # block-diagonal pointwise (C <= 8)
+    (2, 2, 2, 10)])  # one pointwise block per edge
+@pytest.mark.parametrize("size,kernel", [((2, 2), 3), ((4, 4), 5), ((5, 7), 5), ((9, 6), 3),
+                                         ((6, 8), 5), ((1, 1), 1)])
+def test_separable_conv_equals_torchs_depthwise_then_einsum(size, kernel, types, groups, edges,
+                                                            channels, stage, recompute):
+    # Covers oneDNN's own depthwise weight gradient (3 wide, large enough input) and the split
+    # one, a repeated input's gradient summed over the copies, both pointwise paths, and the
+    # depthwise output kept or computed again in the backward pass.
+    torch.manual_seed(0)
+    x, depthwise, pointwise, repeat = separable_inputs(stage, types, groups, edges, channels,
+                                                       size, kernel, torch.float64)
+    y = search_cell.SeparableConv.apply(x, depthwise, pointwise, repeat, groups, recompute)
+    ref = separable_reference(x, depthwise, pointwise, stage, groups)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y, ref)
+    grad = torch.randn_like(ref)
+    inputs = (x, depthwise, pointwise)
+    for mine, theirs in zip(torch.autograd.grad(y, inputs, grad),
+                            torch.autograd.grad(ref, inputs, grad)):
+        torch.testing.assert_close(mine, theirs)
+
+
+def test_separable_conv_recomputing_keeps_only_its_inputs():
+    x, depthwise, pointwise, repeat = separable_inputs(1, 2, 2, 3, 4, (6, 6), 5, torch.float32)
+    for recompute, kept in ((True, 3), (False, 4)):
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t,
+                                                      lambda t: t):
+            search_cell.SeparableConv.apply(x, depthwise, pointwise, repeat, 2, recompute)
+        assert len(saved) == kept
+        assert [t.data_ptr() for t in saved[:3]] == [
+            x.data_ptr(), depthwise.data_ptr(), pointwise.data_ptr()]
+
+
+@pytest.mark.parametrize("recompute", [False, True])
+@pytest.mark.parametrize("stage", [1, 2])
+def test_separable_conv_under_autocast_matches_torchs(stage, recompute):
+    # bf16 autocast (--amp; on CUDA in practice, the CPU's autocast exercises the same casts):
+    # the output in bf16, each gradient in its input's dtype.
+    torch.manual_seed(0)
+    x, depthwise, pointwise, repeat = separable_inputs(stage, 2, 2, 2, 4, (6, 6), 5,
+                                                       torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = search_cell.SeparableConv.apply(x, depthwise, pointwise, repeat, 2, recompute)
+    assert y.dtype == torch.bfloat16
+    grad = torch.randn(y.shape)
+    inputs = (x, depthwise, pointwise)
+    mine = torch.autograd.grad(y, inputs, grad.to(y.dtype))
+    theirs = torch.autograd.grad(separable_reference(x, depthwise, pointwise, stage, 2), inputs,
+                                 grad)
+    for a, b in zip(mine, theirs):
+        assert a.dtype == torch.float32
+        torch.testing.assert_close(a, b, rtol=5e-2, atol=5e-1)
+
+
 @pytest.mark.parametrize("types,groups,edges,c_in,c_out", [
     (2, 3, 5, 4, 4), (1, 1, 2, 3, 5), (2, 2, 1, 2, 2),  # block-diagonal over the edges (C <= 8)
     (2, 2, 3, 10, 9)])  # one block per edge
-def test_grouped_pointwise_equals_einsum(types, groups, edges, c_in, c_out):
+def test_grouped_pointwise_and_its_gradients_equal_einsum(types, groups, edges, c_in, c_out):
     torch.manual_seed(0)
     x = torch.randn(2, types * groups * edges * c_in, 5, 3, dtype=torch.float64).contiguous(
         memory_format=torch.channels_last).requires_grad_()
     w = torch.randn(types, edges, c_out, c_in, dtype=torch.float64, requires_grad=True)
-    y = search_cell.GroupedPointwise.apply(x, w, groups)
+    y = search_cell.grouped_pointwise(x, w, groups)
     ref = pointwise_reference(x, w, groups)
     assert y.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(y, ref)
     grad = torch.randn_like(ref)
-    for mine, theirs in zip(torch.autograd.grad(y, (x, w), grad),
-                            torch.autograd.grad(ref, (x, w), grad)):
-        torch.testing.assert_close(mine, theirs)
-
-
-def test_grouped_pointwise_under_autocast_keeps_each_gradients_dtype():
-    torch.manual_seed(0)
-    x = torch.randn(2, 2 * 2 * 3 * 4, 4, 4).contiguous(
-        memory_format=torch.channels_last).requires_grad_()
-    w = torch.randn(2, 3, 4, 4, requires_grad=True)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        y = search_cell.GroupedPointwise.apply(x.to(torch.bfloat16), w, 2)
-    assert y.dtype == torch.bfloat16
-    gx, gw = torch.autograd.grad(y, (x, w), torch.ones_like(y))
-    assert gx.dtype == gw.dtype == torch.float32
-    ref_x, ref_w = torch.autograd.grad(pointwise_reference(x, w, 2), (x, w),
-                                       torch.ones(y.shape))
-    torch.testing.assert_close(gx, ref_x, rtol=2e-2, atol=5e-2)
-    torch.testing.assert_close(gw, ref_w, rtol=2e-2, atol=5e-1)
+    mine = search_cell.pointwise_grads(x, w, groups, grad, True, True)
+    for a, b in zip(mine, torch.autograd.grad(ref, (x, w), grad)):
+        torch.testing.assert_close(a, b)
 
 
 def test_checkpoints_with_a_batch_norm_per_separable_type_still_load():
