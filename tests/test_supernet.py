@@ -277,7 +277,12 @@ def test_partial_channels_operate_on_a_kth_of_the_channels():
         tiny_model(filter_multiplier=4, partial_channels=3)
 
 
-def test_checkpoint_cells_gives_identical_gradients():
+@pytest.mark.parametrize("merged_max_pixels", [None, 0])  # 0: every level is a large one
+def test_checkpoint_cells_gives_identical_gradients(merged_max_pixels, monkeypatch):
+    # Large levels compute their depthwise outputs again in the backward pass, also inside
+    # the checkpoint's recomputation.
+    if merged_max_pixels is not None:
+        monkeypatch.setattr(search_cell, "MERGED_DEPTHWISE_MAX_PIXELS", merged_max_pixels)
     model = tiny_model(seed=4).double()
     other = copy.deepcopy(model)
     other.checkpoint_cells = True
