@@ -328,3 +328,10 @@ def test_factorized_reduce_equals_two_offset_stride2_convs(size):
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     for g, g_ref in zip(grads, grads_ref):
         torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-4)
+
+
+def test_op_columns_are_a_slice_of_consecutive_operations_only():
+    assert search_cell.op_columns(search_cell.PARAMETER_FREE) == slice(1, 4)
+    assert search_cell.op_columns(search_cell.SEP_CONVS) == slice(4, 6)
+    with pytest.raises(ValueError, match="not consecutive"):
+        search_cell.op_columns(("max_pool_3x3", "sep_conv_3x3"))
