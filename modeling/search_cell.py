@@ -384,8 +384,13 @@ def _depthwise_weight_grad(x, grad, weight, repeat):
     parts = []
     for first in range(0, kw, 3):  # taps [first, first + cols) of every filter row
         cols = min(3, kw - first)
-        parts.append(_depthwise_backward(grad, x[..., first:first + width + cols - 1],
-                                         weight[..., first:first + cols], (0, 0), "weight"))
+        # Copied into a channels-last tensor here: given the strided slice, oneDNN's path
+        # copies it into another layout first, which took 3-10x as long (0.35 against 0.06-0.15
+        # ms at 52 x 50 x 80 channels).
+        columns = x[..., first:first + width + cols - 1].contiguous(
+            memory_format=torch.channels_last)
+        parts.append(_depthwise_backward(grad, columns, weight[..., first:first + cols], (0, 0),
+                                         "weight"))
     return torch.cat(parts, dim=-1)
 
 
