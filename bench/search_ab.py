@@ -64,11 +64,12 @@ def load_revision(rev: str):
                                 capture_output=True, text=True).stdout
     except subprocess.CalledProcessError as err:
         sys.exit(f"error: cannot read {CELL_FILE} at --against {rev}: {err.stderr.strip()}")
-    path = Path(tempfile.mkdtemp()) / "search_cell_a.py"
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location("search_cell_a", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    with tempfile.TemporaryDirectory() as folder:  # the file is needed only to import it
+        path = Path(folder) / "search_cell_a.py"
+        path.write_text(source)
+        spec = importlib.util.spec_from_file_location("search_cell_a", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
     return module
 
 

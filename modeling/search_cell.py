@@ -92,7 +92,8 @@ def _conv_weight(num_edges: int, channels: int, in_per_group: int, k: int) -> nn
 SEP_CONVS = ("sep_conv_3x3", "sep_conv_5x5")
 SEP_KERNEL = 5  # the larger depthwise kernel of SEP_CONVS
 # Levels up to this many pixels run both separable types as one tensor (fewer calls); larger
-# ones the separable pipeline one type at a time (fewer taps on oneDNN's slow 5x5 kernels).
+# ones the separable pipeline one type at a time (fewer taps on oneDNN's slow 5x5 kernels) and
+# compute their depthwise outputs again in the backward pass instead of storing them.
 MERGED_DEPTHWISE_MAX_PIXELS = 16 * 16
 ATROUS_CONVS = ("atrous_conv_3x3", "atrous_conv_5x5")
 PARAMETER_FREE = ("max_pool_3x3", "avg_pool_3x3", "skip_connect")  # the order of `stacked`
@@ -374,7 +375,7 @@ def _depthwise_weight_grad(x, grad, weight, repeat):
     kernel: directly where it applies, else one slice of at most 3 filter columns at a time,
     each the weight gradient of an unpadded convolution over the columns its taps read."""
     kh, kw = weight.shape[-2:]
-    ph, pw = kh // 2, kw // 2
+    ph, pw = same_padding(weight)
     height, width = x.shape[-2:]
     if kw <= 3 and min(height, width) > kh - 1:
         return _depthwise_backward(grad, repeat_channels(x, repeat), weight, (ph, pw), "weight")
