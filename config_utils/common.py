@@ -122,11 +122,14 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def dataset_default_help(paper: dict, synthetic: dict):
-    """`help_for(key)` -> "(default: P for real datasets, S for synthetic)"."""
+def dataset_default_help(paper: dict, per_dataset: dict):
+    """`help_for(key)` -> "(default: P; X for cityscapes, S for synthetic)": the paper's
+    default and every dataset of `per_dataset` whose default differs from it."""
 
     def help_for(key: str) -> str:
-        return f"(default: {paper[key]} for real datasets, {synthetic[key]} for synthetic)"
+        others = [f"{table[key]} for {name}" for name, table in per_dataset.items()
+                  if table[key] != paper[key]]
+        return f"(default: {paper[key]}" + (f"; {', '.join(others)})" if others else ")")
 
     return help_for
 

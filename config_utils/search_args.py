@@ -45,9 +45,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                     "network-level betas, trained bilevel on two halves of the training set.",
         formatter_class=HelpFormatter)
     d = PAPER_DEFAULTS
-    syn = DATASET_DEFAULTS["synthetic"]
 
-    dflt = dataset_default_help(d, syn)
+    dflt = dataset_default_help(d, DATASET_DEFAULTS)
 
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default="synthetic",

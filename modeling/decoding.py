@@ -31,10 +31,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from modeling.genotypes import Genotype, input_name, level_stride
-from modeling.search_space import (DIRECTIONS, NUM_LEVELS, PRIMITIVES, edge_offset, num_edges,
-                                   normalize_alphas, normalize_betas, normalize_edge_weights,
-                                   transition_mask)
+from modeling.genotypes import Genotype, input_name
+from modeling.search_space import (DIRECTIONS, NUM_LEVELS, PRIMITIVES, edge_offset,
+                                   level_stride, normalize_alphas, normalize_betas,
+                                   normalize_edge_weights, num_edges, transition_mask)
 from utils.checkpoint import SEARCH_KIND, SEARCH_VERSION, load_checkpoint
 from utils.errors import UserError
 
@@ -246,6 +246,8 @@ class SearchArchitecture:
         return int(self.model_args["steps"])
 
 
+# Version 1's supernet had another stem, but its alphas and betas mean what version 2's do.
+DECODABLE_VERSIONS = (1, SEARCH_VERSION)
 _NOT_SEARCH_FIX = "decode needs the checkpoint.pth.tar of train_autodeeplab.py"
 
 
@@ -285,9 +287,9 @@ def load_search_architecture(path: str | os.PathLike, *,
     if state["kind"] != SEARCH_KIND:
         raise UserError(f"checkpoint {path} is a {state['kind']!r} checkpoint, not a search "
                         f"checkpoint; {_NOT_SEARCH_FIX}")
-    if state.get("version") != SEARCH_VERSION:
+    if state.get("version") not in DECODABLE_VERSIONS:
         raise UserError(f"checkpoint {path} has version {state.get('version')!r}; this decode "
-                        f"reads version {SEARCH_VERSION}")
+                        f"reads versions {', '.join(map(str, DECODABLE_VERSIONS))}")
     model = state.get("model")
     missing = [name for name in ("alphas", "betas")
                if not isinstance(model, dict) or name not in model]

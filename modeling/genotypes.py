@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from modeling.search_space import (DIRECTIONS, NUM_LEVELS, PRIMITIVES, cell_edges, edge_offset,
-                                   num_edges)
+                                   level_stride, num_edges)
 from utils.checkpoint import atomic_write, write_json
 from utils.errors import UserError
 
@@ -39,12 +39,6 @@ INPUTS_PER_BLOCK = 2  # each block sums two operations (SPEC section 4)
 # The stem sits at stride 4 and the first layer one level at most away from it (SPEC section 2).
 MAX_FIRST_LEVEL = 1
 NONE_OP = "none"
-BASE_STRIDE = 4
-
-
-def level_stride(level: int) -> int:
-    """Output stride of a level: 4, 8, 16, 32 for levels 0..3."""
-    return BASE_STRIDE * 2 ** level
 
 
 def input_name(index: int) -> str:

@@ -1,9 +1,14 @@
 """Candidate operations (SPEC section 2) and the small building blocks around them.
 
-`OPS` maps each name in `PRIMITIVES` to a factory `(channels, affine) -> nn.Module`, one
-module per edge, as the retrained network uses them. The supernet does not instantiate these
-per edge: it evaluates the same mathematics for all edges that read one state at once
-(`modeling/search_cell.py`), which is what makes the search fast.
+`OPS` maps each name in `PRIMITIVES` to a factory `(channels, stride, affine) -> nn.Module`,
+one module per edge, as the retrained network uses them. Stride 2 is for the operations of a
+cell that goes one level down and read one of its two inputs, which arrive at the finer level
+(research/deeplab/core/nas_cell.py): a separable convolution strides its first depthwise
+convolution, an atrous convolution resizes by 0.5 and runs at rate 1, pools stride, and
+identity becomes a FactorizedReduce (DARTS' reduction-cell skip; the released model has no
+identity). The supernet does not instantiate these per edge: it evaluates the same
+mathematics for all edges that read one state at once (`modeling/search_cell.py`), which is
+what makes the search fast.
 """
 from __future__ import annotations
 
@@ -11,16 +16,28 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from modeling.search_space import PRIMITIVES
+from modeling.search_space import PRIMITIVES, coarser
 
 ATROUS_DILATION = 2
 
 
+def resize(x: torch.Tensor, size) -> torch.Tensor:
+    """Bilinear resize of (N, C, H, W) to `size`, corners aligned as in the released model's
+    resize_bilinear; x itself when it already has that size."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=True)
+
+
 class Zero(nn.Module):
-    """The `none` operation: a zero tensor of the input's shape."""
+    """The `none` operation: a zero tensor of the output's shape."""
+
+    def __init__(self, stride: int = 1):
+        super().__init__()
+        self.stride = stride
 
     def forward(self, x):
-        return x.mul(0.0)
+        return x[:, :, ::self.stride, ::self.stride].mul(0.0)
 
 
 class ReLUConvBN(nn.Module):
@@ -41,16 +58,18 @@ class ReLUConvBN(nn.Module):
 
 
 class SepConv(nn.Module):
-    """(ReLU, depthwise k x k, pointwise 1x1, BN) applied twice (SPEC section 2)."""
+    """(ReLU, depthwise k x k, pointwise 1x1, BN) applied twice (SPEC section 2); `stride`
+    applies to the first depthwise convolution."""
 
-    def __init__(self, channels: int, kernel_size: int, affine: bool = True):
+    def __init__(self, channels: int, kernel_size: int, stride: int = 1, affine: bool = True):
         super().__init__()
         pad = (kernel_size - 1) // 2
         layers = []
-        for _ in range(2):
+        for stage in range(2):
             layers += [
                 nn.ReLU(inplace=False),
-                nn.Conv2d(channels, channels, kernel_size, 1, pad, groups=channels, bias=False),
+                nn.Conv2d(channels, channels, kernel_size, stride if stage == 0 else 1, pad,
+                          groups=channels, bias=False),
                 nn.Conv2d(channels, channels, 1, bias=False),
                 nn.BatchNorm2d(channels, affine=affine),
             ]
@@ -58,6 +77,25 @@ class SepConv(nn.Module):
 
     def forward(self, x):
         return self.op(x)
+
+
+class AtrousConv(nn.Module):
+    """ReLU, dense k x k convolution with dilation 2, BN (SPEC section 2). At stride 2, as the
+    released model: ReLU, bilinear resize by 0.5, then the convolution at rate 1."""
+
+    def __init__(self, channels: int, kernel_size: int, stride: int = 1, affine: bool = True):
+        super().__init__()
+        self.stride = stride
+        dilation = ATROUS_DILATION if stride == 1 else 1
+        self.conv = nn.Conv2d(channels, channels, kernel_size, padding=dilation * (
+            kernel_size - 1) // 2, dilation=dilation, bias=False)
+        self.bn = nn.BatchNorm2d(channels, affine=affine)
+
+    def forward(self, x):
+        x = F.relu(x)
+        if self.stride == 2:
+            x = resize(x, coarser(x.shape[-2:]))
+        return self.bn(self.conv(x))
 
 
 class FactorizedReduce(nn.Module):
@@ -101,38 +139,57 @@ class ConvBNReLU(nn.Module):
         return self.op(x)
 
 
-def stem(c_in: int = 3, widths: tuple[int, int, int] = (64, 64, 128)) -> nn.Sequential:
-    """Three 3x3 convs, stride 2 in the first and third: the image at output stride 4."""
-    return nn.Sequential(
-        ConvBNReLU(c_in, widths[0], 3, stride=2),
-        ConvBNReLU(widths[0], widths[1], 3),
-        ConvBNReLU(widths[1], widths[2], 3, stride=2),
-    )
+# The retrained network's stem (paper section 4.2): 64, 64, 128 filters, strides 2, 1, 2.
+RETRAIN_STEM = ((64, 2), (64, 1), (128, 2))
+# The search network's two-layer stem (paper section 3.2), each layer halving the resolution.
+SEARCH_STEM = ((64, 2), (128, 2))
 
 
-class Upsample(nn.Module):
-    """Move one level up: bilinear resize to the target size, then ReLU-conv1x1-BN."""
+class Stem(nn.Sequential):
+    """3x3 ConvBNReLU layers, `layers` as (filters, stride) pairs, from the image to stride 4.
+
+    `forward` returns its last output at stride 2 and its output at stride 4: H(l-2) and
+    H(l-1) of the first cell, as in the released model's stem.
+    """
+
+    def __init__(self, c_in: int, layers):
+        convs, stride = [], 1
+        for filters, s in layers:
+            convs.append(ConvBNReLU(c_in, filters, 3, stride=s))
+            c_in, stride = filters, stride * s
+        if stride != 4 or layers[-1][1] != 2:
+            raise ValueError(f"a stem ends with a stride-2 layer at stride 4, got {layers}")
+        super().__init__(*convs)
+
+    def forward(self, x):
+        # x: (N, 3, H, W) -> (N, C, H/2, W/2), (N, C', H/4, W/4)
+        *first, last = self
+        for conv in first:
+            x = conv(x)
+        return x, last(x)
+
+
+class ResizeReLUConvBN(ReLUConvBN):
+    """Bilinear resize to a given size (`resize`), then ReLU-conv1x1-BN: how a cell brings
+    H(l-1) one level up and H(l-2) to the size it preprocesses at (released model)."""
 
     def __init__(self, c_in: int, c_out: int, affine: bool = True):
-        super().__init__()
-        self.conv = ReLUConvBN(c_in, c_out, 1, affine=affine)
+        super().__init__(c_in, c_out, 1, affine=affine)
 
     def forward(self, x, size):
-        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-        return self.conv(x)
+        return super().forward(resize(x, size))
 
 
 OPS = {
-    "none": lambda c, affine: Zero(),
-    "max_pool_3x3": lambda c, affine: nn.MaxPool2d(3, stride=1, padding=1),
-    "avg_pool_3x3": lambda c, affine: nn.AvgPool2d(3, stride=1, padding=1,
-                                                   count_include_pad=False),
-    "skip_connect": lambda c, affine: nn.Identity(),
-    "sep_conv_3x3": lambda c, affine: SepConv(c, 3, affine),
-    "sep_conv_5x5": lambda c, affine: SepConv(c, 5, affine),
-    "atrous_conv_3x3": lambda c, affine: ReLUConvBN(c, c, 3, dilation=ATROUS_DILATION,
-                                                    affine=affine),
-    "atrous_conv_5x5": lambda c, affine: ReLUConvBN(c, c, 5, dilation=ATROUS_DILATION,
-                                                    affine=affine),
+    "none": lambda c, stride, affine: Zero(stride),
+    "max_pool_3x3": lambda c, stride, affine: nn.MaxPool2d(3, stride=stride, padding=1),
+    "avg_pool_3x3": lambda c, stride, affine: nn.AvgPool2d(3, stride=stride, padding=1,
+                                                           count_include_pad=False),
+    "skip_connect": lambda c, stride, affine: (nn.Identity() if stride == 1
+                                               else FactorizedReduce(c, c, affine)),
+    "sep_conv_3x3": lambda c, stride, affine: SepConv(c, 3, stride, affine),
+    "sep_conv_5x5": lambda c, stride, affine: SepConv(c, 5, stride, affine),
+    "atrous_conv_3x3": lambda c, stride, affine: AtrousConv(c, 3, stride, affine),
+    "atrous_conv_5x5": lambda c, stride, affine: AtrousConv(c, 5, stride, affine),
 }
 assert tuple(OPS) == PRIMITIVES, "OPS must follow PRIMITIVES order"

@@ -38,7 +38,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from modeling.operations import ATROUS_DILATION, FactorizedReduce, ReLUConvBN, Upsample
+from modeling.operations import ATROUS_DILATION, FactorizedReduce, ReLUConvBN, ResizeReLUConvBN
 from modeling.search_space import PRIMITIVES, edge_offset
 
 OP = {name: i for i, name in enumerate(PRIMITIVES)}
@@ -490,10 +490,10 @@ class SearchCell(nn.Module):
         block_multiplier: how many of the last blocks are concatenated into the output.
         channels: C = F * 2^level, the width of every block.
         incoming: for each incoming state, (direction, input channels); direction -1 means the
-            state comes from one level finer (stride-2 reduction), 0 the same level, +1 one
-            level coarser (bilinear upsampling).
-        prev_prev_channels: channels of H(l-2) at this level, or None where it does not exist
-            (then the edges from input 0 contribute nothing, as a zero input would).
+            state comes from one level finer (stride-2 reduction, paper section 4.1), 0 the
+            same level, +1 one level coarser (bilinear upsampling, then a 1x1 conv).
+        prev_prev_channels: channels of H(l-2), the node that `prev_prev_level` picks at
+            layer l-2; resized to this level first where it sits at another.
         partial_channels: K of PC-DARTS' partial channel connections; 1 is the paper's cell.
             With K > 1 the operations of every edge see only the first C/K channels of their
             input, the other channels pass unchanged, the two are concatenated and
@@ -501,7 +501,7 @@ class SearchCell(nn.Module):
     """
 
     def __init__(self, steps: int, block_multiplier: int, channels: int,
-                 incoming: list[tuple[int, int]], prev_prev_channels: int | None,
+                 incoming: list[tuple[int, int]], prev_prev_channels: int,
                  partial_channels: int = 1):
         super().__init__()
         if channels % partial_channels:
@@ -518,13 +518,11 @@ class SearchCell(nn.Module):
             elif direction == 0:
                 self.preprocess.append(ReLUConvBN(c_in, channels, 1, affine=False))
             else:
-                self.preprocess.append(Upsample(c_in, channels, affine=False))
-        self.preprocess_prev_prev = (ReLUConvBN(prev_prev_channels, channels, 1, affine=False)
-                                     if prev_prev_channels is not None else None)
+                self.preprocess.append(ResizeReLUConvBN(c_in, channels, affine=False))
+        self.preprocess_prev_prev = ResizeReLUConvBN(prev_prev_channels, channels, affine=False)
         # State j (0 = H(l-2), 1 = H(l-1), k+1 = block k) is read by blocks max(0, j-1)..steps-1.
         op_channels = channels // partial_channels
-        self.prev_prev_ops = (SharedSourceOps(op_channels, steps, 1)
-                              if prev_prev_channels is not None else None)
+        self.prev_prev_ops = SharedSourceOps(op_channels, steps, 1)
         self.source_ops = nn.ModuleList(
             SharedSourceOps(op_channels, steps - max(0, j - 1), groups)
             for j in range(1, steps + 1))
@@ -533,10 +531,10 @@ class SearchCell(nn.Module):
             edges = [edge_offset(b) + j for b in range(first, steps)]
             self.register_buffer(f"edges_{j}", torch.tensor(edges), persistent=False)
 
-    def forward(self, inputs: list[torch.Tensor], prev_prev: torch.Tensor | None,
+    def forward(self, inputs: list[torch.Tensor], prev_prev: torch.Tensor,
                 alphas: torch.Tensor, betas: torch.Tensor, size: tuple[int, int],
                 edge_weights: torch.Tensor | None = None):
-        """inputs: the incoming states in `incoming` order; prev_prev: H(l-2) at this level;
+        """inputs: the incoming states in `incoming` order; prev_prev: H(l-2) at its level;
         alphas: (E, ops) normalised; betas: (G,) normalised weights of the incoming
         transitions; size: this level's (H, W); edge_weights: (E,) normalised edge weights
         (partial channels only). Returns (N, block_multiplier * C, H, W).
@@ -586,8 +584,7 @@ class SearchCell(nn.Module):
                 complete[b] = channel_shuffle(torch.cat([blocks[b], passed[b]], dim=-1), parts)
             return complete[b]
 
-        if self.preprocess_prev_prev is not None:
-            read(0, nhwc(self.preprocess_prev_prev(prev_prev)).unsqueeze(3), self.prev_prev_ops)
+        read(0, nhwc(self.preprocess_prev_prev(prev_prev, size)).unsqueeze(3), self.prev_prev_ops)
         for j, ops in enumerate(self.source_ops, start=1):
             # Block j-1 is complete once states 0..j have been read (it is state j+1).
             read(j, x if j == 1 else state_of_block(j - 2), ops)

@@ -23,6 +23,10 @@ PRIMITIVES: tuple[str, ...] = (
 )
 
 NUM_LEVELS = 4  # output strides 4, 8, 16, 32
+BASE_STRIDE = 4  # output stride of level 0, where the stem leaves the image
+# The stem's two outputs play the two layers before the first (paper section 3.2): layer -2 is
+# its stride-2 output (level -1), layer -1 its stride-4 output (level 0).
+STEM_LEVELS = {-2: -1, -1: 0}
 # Direction d of a transition from level s: 0 -> s-1 (up in resolution), 1 -> s, 2 -> s+1.
 DIRECTIONS = (-1, 0, 1)
 
@@ -45,11 +49,54 @@ def cell_edges(steps: int) -> list[tuple[int, int]]:
     return [(block, inp) for block in range(steps) for inp in range(2 + block)]
 
 
+def level_stride(level: int) -> int:
+    """Output stride of a level: 4, 8, 16, 32 for levels 0..3 (2 for the stem's level -1)."""
+    return BASE_STRIDE * 2 ** level if level >= 0 else BASE_STRIDE // 2 ** -level
+
+
+def coarser(size: tuple[int, int]) -> tuple[int, int]:
+    """(H, W) one level down: halved, odd sizes rounded up (as a stride-2 3x3 conv with
+    padding 1 gives, and as the released model's resize by 0.5 gives: (n - 1) / 2 + 1)."""
+    return tuple((v + 1) // 2 for v in size)
+
+
+def level_sizes(size: tuple[int, int]) -> list[tuple[int, int]]:
+    """(H, W) of levels 0..3, given level 0's."""
+    sizes = [tuple(size)]
+    for _ in range(1, NUM_LEVELS):
+        sizes.append(coarser(sizes[-1]))
+    return sizes
+
+
 def level_exists(layer: int, level: int) -> bool:
-    """Node (layer, level) exists; layer -1 is the stem, which sits at level 0 only."""
+    """Node (layer, level) exists; layers -2 and -1 are the stem's outputs (`STEM_LEVELS`)."""
     if layer < 0:
-        return layer == -1 and level == 0
+        return STEM_LEVELS.get(layer) == level
     return 0 <= level < NUM_LEVELS and level <= layer + 1
+
+
+def layer_levels(layer: int) -> list[int]:
+    """The levels of the nodes that exist at `layer` of the trellis (stem layers included)."""
+    return [s for s in range(min(STEM_LEVELS.values()), NUM_LEVELS) if level_exists(layer, s)]
+
+
+def prev_prev_level(level: int, levels) -> int:
+    """The level of the H(l-2) that a cell at `level` reads, among the `levels` that exist at
+    layer l-2 of its network. Both networks ask this one rule:
+
+    - the supernet passes every level of layer l-2: a cell reads the same level where it
+      exists (paper Eq. 6), else the nearest one, the deepest level of layer l-2. For a
+      node at level l + 1, reached only by going down at every layer, that is the level
+      every path into it had two layers back; for a node at level l, paths came from that
+      level or the one above it.
+    - the retrained network passes its path's one level at layer l-2: a cell reads the cell
+      two layers back on the path, whatever its level, as the released model does
+      (research/deeplab/core/nas_network.py feeds `cell_outputs[-2]`).
+
+    The first two layers read the stem's outputs (`STEM_LEVELS`). The tensor read is then
+    resized bilinearly to the size the cell preprocesses at (`modeling.operations.resize`).
+    """
+    return min(levels, key=lambda s: abs(s - level))
 
 
 def transition_mask(num_layers: int) -> np.ndarray:

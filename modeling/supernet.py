@@ -1,4 +1,9 @@
-"""The Auto-DeepLab supernet: cell-level alphas and network-level betas (SPEC section 2)."""
+"""The Auto-DeepLab supernet: cell-level alphas and network-level betas (paper sections 3-4).
+
+The image enters through the paper's two-layer search stem (section 3.2), whose stride-2 and
+stride-4 outputs are H(l-2) and H(l-1) of the first layer; from there every node applies the
+shared cell to each incoming state (Eq. 6) with the H(l-2) that `prev_prev_level` picks.
+"""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -10,16 +15,15 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 
 from modeling.aspp import ASPPHead
-from modeling.operations import stem
+from modeling.operations import SEARCH_STEM, Stem
 from modeling.search_cell import SearchCell
-from modeling.search_space import (DIRECTIONS, NUM_LEVELS, PRIMITIVES, level_exists,
-                                   normalize_alphas, normalize_betas,
-                                   normalize_edge_weights, num_edges,
-                                   transition_mask)
+from modeling.search_space import (DIRECTIONS, NUM_LEVELS, PRIMITIVES, STEM_LEVELS,
+                                   layer_levels, level_exists, level_sizes, level_stride,
+                                   normalize_alphas, normalize_betas, normalize_edge_weights,
+                                   num_edges, prev_prev_level, transition_mask)
 
 # ASPP rate at level s is ASPP_RATE_BASE / stride (paper section 4.1): 24, 12, 6, 3.
 ASPP_RATE_BASE = 96
-STEM_STRIDE = 4
 ARCH_INIT_SCALE = 1e-3  # alphas and betas ~ 1e-3 * N(0, 1) (SPEC section 3)
 
 
@@ -32,7 +36,10 @@ class SupernetConfig:
     filter_multiplier: int = 8
     block_multiplier: int = 5
     steps: int = 5
-    stem_widths: tuple[int, int, int] = (64, 64, 128)
+    # Filters of the two stem layers (stride 2, then 4); the paper gives none. These are the
+    # retrained network's filters at the same strides, so both networks' first cells read
+    # inputs of the same widths.
+    stem_widths: tuple[int, int] = tuple(filters for filters, _ in SEARCH_STEM)
     # Width of each level's ASPP; None means the width of the level's cell output.
     aspp_channels: int | None = None
     # K of PC-DARTS' partial channel connections (a different algorithm); 1: the paper's.
@@ -45,15 +52,18 @@ class SupernetConfig:
             raise ValueError(f"partial_channels must divide the filter multiplier "
                              f"{self.filter_multiplier}, got {self.partial_channels}")
         object.__setattr__(self, "stem_widths", tuple(self.stem_widths))
+        if len(self.stem_widths) != len(SEARCH_STEM):
+            raise ValueError(f"stem_widths: one width per stem layer ({len(SEARCH_STEM)}), got "
+                             f"{self.stem_widths}")
 
     def level_channels(self, level: int) -> int:
         """Width of one block at `level`: F * 2^level."""
         return self.filter_multiplier * 2 ** level
 
     def output_channels(self, layer: int, level: int) -> int:
-        """Channels of node (layer, level); layer -1 is the stem."""
+        """Channels of node (layer, level); layers -2 and -1 are the stem's two outputs."""
         if layer < 0:
-            return self.stem_widths[-1]
+            return self.stem_widths[layer]
         return self.block_multiplier * self.level_channels(level)
 
 
@@ -70,7 +80,8 @@ class AutoDeepLabSearch(nn.Module):
         self.config = config
         self.checkpoint_cells = checkpoint_cells
         cfg = config
-        self.stem = stem(3, cfg.stem_widths)
+        self.stem = Stem(3, [(w, stride) for w, (_, stride) in zip(cfg.stem_widths,
+                                                                      SEARCH_STEM)])
         mask = transition_mask(cfg.num_layers)
         self.register_buffer("beta_mask", torch.from_numpy(mask), persistent=False)
         self.alphas = nn.Parameter(ARCH_INIT_SCALE * torch.randn(num_edges(cfg.steps),
@@ -84,6 +95,8 @@ class AutoDeepLabSearch(nn.Module):
         # (l-1, s) with mask[l, s, d] and s + DIRECTIONS[d] == t.
         self.cells = nn.ModuleDict()
         self.incoming: dict[tuple[int, int], list[tuple[int, int]]] = {}
+        # The level of layer l-2 whose node each cell reads as H(l-2).
+        self.prev_prev_levels: dict[tuple[int, int], int] = {}
         for layer in range(cfg.num_layers):
             for target in range(NUM_LEVELS):
                 sources = [(s, d) for s in range(NUM_LEVELS) for d, step in enumerate(DIRECTIONS)
@@ -91,15 +104,15 @@ class AutoDeepLabSearch(nn.Module):
                 if not sources:
                     continue
                 self.incoming[(layer, target)] = sources
-                prev_prev = (cfg.output_channels(layer - 2, target)
-                             if level_exists(layer - 2, target) else None)
+                source = prev_prev_level(target, layer_levels(layer - 2))
+                self.prev_prev_levels[(layer, target)] = source
                 # A move to a coarser level is direction +1 in DIRECTIONS, which the cell
                 # sees as an input from one level finer (-1): it reduces.
                 incoming = [(-DIRECTIONS[d], cfg.output_channels(layer - 1, s))
                             for s, d in sources]
                 self.cells[self._key(layer, target)] = SearchCell(
                     cfg.steps, cfg.block_multiplier, cfg.level_channels(target), incoming,
-                    prev_prev, cfg.partial_channels)
+                    cfg.output_channels(layer - 2, source), cfg.partial_channels)
         # Where each node's incoming transitions sit in betas.view(-1), built once: the forward
         # gathers all of them in one call and gives each cell a slice.
         index: list[int] = []
@@ -114,7 +127,7 @@ class AutoDeepLabSearch(nn.Module):
         self.heads = nn.ModuleDict({
             str(s): ASPPHead(cfg.output_channels(last, s),
                              cfg.aspp_channels or cfg.output_channels(last, s),
-                             ASPP_RATE_BASE // (STEM_STRIDE * 2 ** s), cfg.num_classes)
+                             ASPP_RATE_BASE // level_stride(s), cfg.num_classes)
             for s in self.head_levels})
 
     @staticmethod
@@ -152,11 +165,10 @@ class AutoDeepLabSearch(nn.Module):
         edge_weights = self.normalized_edge_weights()  # (E,) or None
         # Channels-last from the stem on: the cells' grouped convolutions are fastest on it.
         images = images.contiguous(memory_format=torch.channels_last)
-        prev = {0: self.stem(images)}  # layer -1: the stem at level 0, (N, 128, H/4, W/4)
-        sizes = [tuple(prev[0].shape[-2:])]
-        for _ in range(1, NUM_LEVELS):
-            sizes.append(tuple((v + 1) // 2 for v in sizes[-1]))
-        prev_prev: dict[int, torch.Tensor] = {}
+        half, quarter = self.stem(images)  # (N, 64, H/2, W/2), (N, 128, H/4, W/4)
+        # Layers -2 and -1, each keyed by its level.
+        prev_prev, prev = {STEM_LEVELS[-2]: half}, {STEM_LEVELS[-1]: quarter}
+        sizes = level_sizes(prev[0].shape[-2:])
         for layer in range(cfg.num_layers):
             current = {}
             for target in range(NUM_LEVELS):
@@ -166,8 +178,8 @@ class AutoDeepLabSearch(nn.Module):
                 cell = self.cells[self._key(layer, target)]
                 inputs = [prev[s] for s, _ in sources]
                 weights = betas[self.beta_slices[(layer, target)]]  # (G,)
-                args = (inputs, prev_prev.get(target), alphas, weights, sizes[target],
-                        edge_weights)
+                args = (inputs, prev_prev[self.prev_prev_levels[(layer, target)]], alphas,
+                        weights, sizes[target], edge_weights)
                 if self.checkpoint_cells and self.training:
                     current[target] = torch.utils.checkpoint.checkpoint(
                         cell, *args, use_reentrant=False)

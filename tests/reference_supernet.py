@@ -3,6 +3,8 @@
 It reads the fast supernet's own parameters but evaluates the paper's formulation literally:
 for every node, the cell is applied separately to each incoming state (paper Eq. 6), and each
 block sums one mixed operation per input edge (paper Eq. 1-2), every operation on its own.
+H(l-2) is the node at the same level two layers back, else the nearest level there; the
+stem's stride-2 and stride-4 outputs are the two layers before the first.
 """
 from __future__ import annotations
 
@@ -64,14 +66,10 @@ def cell(cell_module, inputs, prev_prev, alphas, betas, size, edge_weights=None)
     outs = []
     for pre, direction, h in zip(cell_module.preprocess, cell_module.directions, inputs):
         s1 = pre(h, size) if direction > 0 else pre(h)
-        s0 = (cell_module.preprocess_prev_prev(prev_prev)
-              if cell_module.preprocess_prev_prev is not None else None)
-        states = [s0, s1]
+        states = [cell_module.preprocess_prev_prev(prev_prev, size), s1]
         for b in range(steps):
             terms = []
             for j, state in enumerate(states):
-                if state is None:
-                    continue
                 ops = cell_module.prev_prev_ops if j == 0 else cell_module.source_ops[j - 1]
                 e = b - max(0, j - 1)
                 edge = edge_offset(b) + j
@@ -89,19 +87,23 @@ def forward(model, images):
     cfg = model.config
     alphas, betas = model.normalized_alphas(), model.normalized_betas()
     edge_weights = model.normalized_edge_weights()
-    prev = {0: model.stem(images)}
+    # The two stride-2 stem layers: H(l-2) (level -1, stride 2) and H(l-1) (level 0) of the
+    # first layer.
+    half = model.stem[0](images)
+    prev_prev, prev = {-1: half}, {0: model.stem[1](half)}
     sizes = [tuple(prev[0].shape[-2:])]
     for _ in range(1, NUM_LEVELS):
         sizes.append(tuple((v + 1) // 2 for v in sizes[-1]))
-    prev_prev = {}
     for layer in range(cfg.num_layers):
         current = {}
         for (lay, target), sources in model.incoming.items():
             if lay != layer:
                 continue
             weights = [betas[layer, s, d] for s, d in sources]
+            # H(l-2): the same level two layers back (paper Eq. 6), else the nearest there.
+            level = min(prev_prev, key=lambda s: abs(s - target))
             current[target] = cell(model.cells[f"{layer}_{target}"], [prev[s] for s, _ in sources],
-                                   prev_prev.get(target), alphas, weights, sizes[target],
+                                   prev_prev[level], alphas, weights, sizes[target],
                                    edge_weights)
         prev_prev, prev = prev, current
     logits = 0

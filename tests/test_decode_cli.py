@@ -17,8 +17,8 @@ import torch
 from config_utils.decode_args import get_args_parser
 from decode_autodeeplab import main
 from modeling.decoding import arch_probabilities, genotype_from_arch, top_k_paths
-from modeling.genotypes import Genotype, level_stride
-from modeling.search_space import DIRECTIONS, NUM_LEVELS, PRIMITIVES, num_edges
+from modeling.genotypes import Genotype
+from modeling.search_space import DIRECTIONS, NUM_LEVELS, PRIMITIVES, level_stride, num_edges
 from utils.checkpoint import RETRAIN_KIND, SEARCH_KIND, save_checkpoint
 from utils.errors import EXIT_USER_ERROR
 

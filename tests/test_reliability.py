@@ -368,6 +368,41 @@ def test_unreadable_checkpoint_is_one_line_naming_the_file(tmp_path, capsys, fin
     assert str(bad) in line and "cannot be read" in line
 
 
+def test_version_1_search_checkpoint_decodes_but_does_not_resume(tmp_path, capsys,
+                                                                 finished_search):
+    import decode_autodeeplab
+    from config_utils.decode_args import get_args_parser as decode_parser
+
+    old = tmp_path / "old" / "checkpoint.pth.tar"
+    old.parent.mkdir()
+    torch.save(dict(load(finished_search), version=1), old)
+    line = error_line(capsys, search, "--resume", old)
+    assert str(old) in line and "version 1" in line and "decode_autodeeplab.py" in line
+    # Its alphas and betas mean what today's do: decoding it gives the same genotype.
+    decode_autodeeplab.main(decode_parser().parse_args(["--resume", str(old)]))
+    decode_autodeeplab.main(decode_parser().parse_args(["--resume", str(finished_search)]))
+    assert (Genotype.load(old.parent / "genotype.json")
+            == Genotype.load(finished_search.parent / "genotype.json"))
+
+
+@pytest.mark.parametrize("entry", ["resume", "eval", "predict"])
+def test_version_1_retrain_checkpoint_is_refused_saying_what_to_do(tmp_path, capsys,
+                                                                   retrain_reference, entry):
+    import predict
+
+    old = tmp_path / "checkpoint.pth.tar"
+    state = {k: v for k, v in retrain_reference.items() if k not in ("out", "genotype")}
+    torch.save(dict(state, version=1), old)
+    runs = {
+        "resume": lambda: retrain("--resume", old),
+        "eval": lambda: retrain("--resume", old, "--eval-only"),
+        "predict": lambda: predict.main(predict.get_args_parser().parse_args(
+            ["--checkpoint", str(old), "--input", str(old), "--out-dir", str(tmp_path)])),
+    }
+    line = error_line(capsys, runs[entry])
+    assert str(old) in line and "version 1" in line and "train.py --genotype" in line
+
+
 def test_pickled_objects_need_trust_checkpoint(tmp_path, capsys, finished_search):
     import decode_autodeeplab
     from config_utils.decode_args import get_args_parser as decode_parser

@@ -72,9 +72,9 @@ def test_cell_ops_follow_the_genotype_order():
     expected = [(inp, op) for pairs in PAPER.cell for inp, op in pairs]
     assert [inp for inp, _ in expected] == cell.inputs
     kinds = {"sep_conv_3x3": "SepConv", "sep_conv_5x5": "SepConv",
-             "atrous_conv_3x3": "ReLUConvBN", "atrous_conv_5x5": "ReLUConvBN"}
+             "atrous_conv_3x3": "AtrousConv", "atrous_conv_5x5": "AtrousConv"}
     assert [type(m).__name__ for m in cell.ops] == [kinds[op] for _, op in expected]
-    kernels = [m.op[1].kernel_size[0] for m in cell.ops]
+    kernels = [(m.conv if hasattr(m, "conv") else m.op[1]).kernel_size[0] for m in cell.ops]
     assert kernels == [int(op[-1]) for _, op in expected]
 
 

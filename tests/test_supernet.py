@@ -13,7 +13,7 @@ from modeling.supernet import AutoDeepLabSearch, SupernetConfig, arch_entropy
 from tests import reference_supernet
 
 TINY = dict(num_classes=3, num_layers=4, filter_multiplier=2, block_multiplier=3, steps=3,
-            stem_widths=(4, 4, 8), aspp_channels=4)
+            stem_widths=(4, 8), aspp_channels=4)
 
 
 def tiny_model(seed=0, **overrides):

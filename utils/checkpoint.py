@@ -16,8 +16,22 @@ from utils.errors import UserError
 SEARCH_KIND = "autodeeplab-search"
 RETRAIN_KIND = "autodeeplab-retrain"
 # The layout of each kind's checkpoint: bumped when a reader can no longer read older ones.
-SEARCH_VERSION = 1
-RETRAIN_VERSION = 1
+# Version 2: the search network's two-layer stem and H(l-2) in its first layers, and the
+# retrained network's down cells built as in the released model (both change the weights).
+SEARCH_VERSION = 2
+RETRAIN_VERSION = 2
+VERSIONS = {SEARCH_KIND: SEARCH_VERSION, RETRAIN_KIND: RETRAIN_VERSION}
+# Why a checkpoint of an older version cannot be loaded into today's network, and what to do.
+LAST_COMMIT_OF_VERSION_1 = "934bafb"
+OLDER_VERSIONS = {
+    (SEARCH_KIND, 1): "its supernet had a three-conv stem and no H(l-2) in the first layer, so "
+                      "its weights do not fit this one; decode_autodeeplab.py still decodes it "
+                      "(alphas and betas keep their meaning), or start a new search",
+    (RETRAIN_KIND, 1): "its down cells reduced H(l-1) before the cell (FactorizedReduce), so "
+                       "its weights do not fit this network, whose down cells are the "
+                       "released model's; retrain from its genotype (train.py --genotype), "
+                       f"or use commit {LAST_COMMIT_OF_VERSION_1} of this project with it",
+}
 BEST_NAME = "best.pth.tar"  # beside checkpoint.pth.tar: the state at the best val score
 
 
@@ -126,7 +140,22 @@ def load_checkpoint(path: str | os.PathLike, kind: str | None = None, *,
     if kind is not None and state["kind"] != kind:
         raise UserError(f"checkpoint {path} is a '{state['kind']}' checkpoint, "
                         f"expected '{kind}'")
+    if kind is not None:
+        check_version(path, state)
     return state
+
+
+def check_version(path: str | os.PathLike, state: dict) -> None:
+    """UserError unless `state` has the version this code writes for its kind; for a known
+    older version it says why it no longer fits and what to do instead."""
+    kind, version = state["kind"], state.get("version")
+    if version == VERSIONS.get(kind):
+        return
+    why = OLDER_VERSIONS.get((kind, version))
+    if why is not None:
+        raise UserError(f"checkpoint {path} is a version {version} {kind} checkpoint: {why}")
+    raise UserError(f"checkpoint {path} has version {version!r}; this code reads {kind} "
+                    f"version {VERSIONS.get(kind)}")
 
 
 def _unreadable(path: Path, err: BaseException) -> UserError:

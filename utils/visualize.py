@@ -17,8 +17,9 @@ import matplotlib.pyplot as plt  # noqa: E402  (must follow matplotlib.use)
 import numpy as np  # noqa: E402
 from matplotlib.patches import FancyArrowPatch  # noqa: E402
 
-from modeling.genotypes import Genotype, input_name, level_stride  # noqa: E402
-from modeling.search_space import DIRECTIONS, NUM_LEVELS, PRIMITIVES, transition_mask  # noqa: E402
+from modeling.genotypes import Genotype, input_name  # noqa: E402
+from modeling.search_space import (DIRECTIONS, NUM_LEVELS, PRIMITIVES,  # noqa: E402
+                                   level_stride, transition_mask)
 from utils.checkpoint import atomic_write  # noqa: E402
 
 PATH_COLOR = "tab:red"
