@@ -36,7 +36,9 @@ def get_args_parser():
     return p
 
 
-def measure(args, crop: int) -> dict:
+def build(args, crop: int):
+    """The retrained network of `args` in training mode and its step on one random batch at
+    `crop`: (model, criterion, images, targets, step), the step as train.py makes it."""
     device = torch.device(args.device)
     torch.manual_seed(0)
     config = RetrainConfig(num_classes=args.num_classes, genotype=GENOTYPES[args.genotype],
@@ -54,6 +56,12 @@ def measure(args, crop: int) -> dict:
         loss.backward()
         optimizer.step()
 
+    return model, criterion, images, targets, step
+
+
+def measure(args, crop: int) -> dict:
+    device = torch.device(args.device)
+    model, criterion, images, targets, step = build(args, crop)
     med, low = timed(step, device, args.warmup, args.repeats)
     peak = peak_memory_gib(device)
     forward_flops, total_flops = count_flops(lambda: criterion(model(images), targets))

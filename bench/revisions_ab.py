@@ -1,104 +1,110 @@
-"""Before/after of a whole benchmark: run one of this folder's benchmark scripts at a git
-revision (A) and in the working tree (B), alternating processes, and report B/A.
+"""Before/after of the whole search or retraining step in one process: the networks of a git
+revision (A) and of the working tree (B), stepped alternately.
 
-    .venv/bin/python bench/revisions_ab.py --against 934bafb --pairs 3 \
-        search_step.py --crops 64 192
-    .venv/bin/python bench/revisions_ab.py --against 934bafb --pairs 3 retrain_step.py
+    .venv/bin/python bench/revisions_ab.py search --against 934bafb --crops 64 192 --pairs 8
+    .venv/bin/python bench/revisions_ab.py retrain --against 934bafb --crops 321 --pairs 8
 
-For changes that `bench/search_ab.py` cannot compare in one process (the supernet's or the
-retrained network's structure, their parameters, anything outside the search cell). The
-revision is checked out into a temporary git worktree, removed afterwards; both sides run with
-this working tree's Python. Runs alternate ABBA..., so a slow minute of this shared machine
-costs both sides alike. Prints one JSON object per crop: every run's figures and B/A of the
-medians over runs of the step times, images per second and peak memory.
+Other flags go to the step benchmark (`--filter-multiplier 4 --num-layers 6`, `--model
+autodeeplab-m`, ...; see its --help).
+
+For changes that `bench/search_ab.py` cannot compare, which swaps only the search cell's
+methods: the supernet's or the retrained network's structure and parameters, anything outside
+the search cell. The revision is checked out into a temporary git worktree. Each side's
+network is built by this working tree's `bench/search_step.py` or `bench/retrain_step.py`
+(`build`, copied into the revision's tree), imported against that side's packages, so both
+sides get the same configuration, batch and optimiser, each network built by its own code. Steps then alternate ABBA...
+(`bench/step_timing.alternate`), so a slow minute of this shared machine costs both alike.
+Prints one JSON object per crop: each side's median and minimum seconds per step and B/A.
+Peak memory needs a process per side: run the step benchmark itself at each revision.
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
-import statistics
+import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+import torch
+
 REPO = Path(__file__).resolve().parents[1]
-# Figures compared, as (key, sub-key or None) of the benchmark scripts' JSON lines.
-FIGURES = (("weight_step_s", "median"), ("arch_step_s", "median"), ("step_s", "median"),
-           ("images_per_s", None), ("peak_memory_gib", None),
-           ("forward_backward_gflop", None))
+sys.path.insert(0, str(REPO))
+
+from bench.step_timing import alternate  # noqa: E402
+from utils.allocator import allocator_in_use, preload_fast_allocator  # noqa: E402
+from utils.onednn import size_primitive_cache  # noqa: E402
+
+# The project's top-level packages: purged from sys.modules before loading the other side.
+PACKAGES = ("modeling", "engine", "utils", "dataloaders", "config_utils", "bench")
+BENCHMARKS = {"search": "search_step.py", "retrain": "retrain_step.py"}
 
 
 def get_args_parser():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("step", choices=sorted(BENCHMARKS), help="which step to compare")
     p.add_argument("--against", required=True, metavar="REV",
                    help="git revision measured as A (the working tree is B)")
-    p.add_argument("--pairs", type=int, default=3, help="runs of each side")
-    p.add_argument("script", help="benchmark script in bench/, e.g. search_step.py")
-    p.add_argument("script_args", nargs=argparse.REMAINDER,
-                   help="arguments for the script (the same on both sides)")
+    p.add_argument("--crops", type=int, nargs="+", default=None,
+                   help="crop sizes (default: the step benchmark's)")
+    p.add_argument("--pairs", type=int, default=8, help="timed steps per version and kind")
     return p
 
 
-def run(tree: Path, script: str, script_args: list[str]) -> list[dict]:
-    """The JSON lines that `script` prints when run in `tree`."""
-    out = subprocess.run([sys.executable, str(tree / "bench" / script), *script_args],
-                         cwd=tree, capture_output=True, text=True)
-    if out.returncode != 0:
-        sys.exit(f"error: bench/{script} failed in {tree}: "
-                 f"{(out.stderr.strip().splitlines() or ['(no output)'])[-1]}")
-    return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+def load_side(tree: Path, benchmark: str):
+    """The benchmark module in `tree`, imported against `tree`'s packages."""
+    for name in list(sys.modules):
+        if name.split(".")[0] in PACKAGES:
+            del sys.modules[name]
+    sys.path[0] = str(tree)
+    spec = importlib.util.spec_from_file_location(f"bench_{tree.name}",
+                                                  tree / "bench" / benchmark)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def figure(row: dict, key: str, sub: str | None):
-    value = row.get(key)
-    return value.get(sub) if isinstance(value, dict) and sub else value
-
-
-def compare(a_runs: list[list[dict]], b_runs: list[list[dict]]) -> list[dict]:
-    """Per crop: both sides' runs and B/A of the medians of every figure they both have."""
-    results = []
-    for index, row in enumerate(a_runs[0]):
-        a = [rows[index] for rows in a_runs]
-        b = [rows[index] for rows in b_runs]
-        ratios = {}
-        for key, sub in FIGURES:
-            a_values = [figure(r, key, sub) for r in a]
-            b_values = [figure(r, key, sub) for r in b]
-            if None in a_values or None in b_values:
-                continue
-            ratios[key] = round(statistics.median(b_values) / statistics.median(a_values), 3)
-        results.append({"crop": row.get("crop"), "b_over_a": ratios,
-                        "a": [{key: figure(r, key, sub) for key, sub in FIGURES} for r in a],
-                        "b": [{key: figure(r, key, sub) for key, sub in FIGURES} for r in b]})
-    return results
-
-
-def main(args) -> None:
-    if args.script_args[:1] == ["--"]:
-        args.script_args = args.script_args[1:]
+def main(args, bench_flags: list[str]) -> None:
     revision = subprocess.run(["git", "rev-parse", "--short", args.against], cwd=REPO,
                               capture_output=True, text=True)
     if revision.returncode != 0:
         sys.exit(f"error: --against {args.against}: not a revision of this repository")
+    benchmark = BENCHMARKS[args.step]
     with tempfile.TemporaryDirectory(prefix="revisions_ab_") as tmp:
         tree = Path(tmp) / "a"
         subprocess.run(["git", "worktree", "add", "--detach", "--quiet", str(tree),
                         args.against], cwd=REPO, check=True)
         try:
-            a_runs, b_runs = [], []
-            for i in range(args.pairs):
-                order = [(tree, a_runs), (REPO, b_runs)]
-                for side, runs in order if i % 2 == 0 else order[::-1]:  # ABBA...
-                    runs.append(run(side, args.script, args.script_args))
+            # Both sides measure with this working tree's benchmarks (A's may lack `build`).
+            shutil.copytree(REPO / "bench", tree / "bench", dirs_exist_ok=True)
+            modules = {"A": load_side(tree, benchmark), "B": load_side(REPO, benchmark)}
+            bench_args = modules["B"].get_args_parser().parse_args(
+                bench_flags + ([] if args.crops is None else ["--crops", *map(str, args.crops)]))
+            for crop in bench_args.crops:
+                sides, params = {}, {}
+                for version, module in modules.items():
+                    built = module.build(bench_args, crop)
+                    params[version] = round(sum(p.numel() for p in built[0].parameters()) / 1e6,
+                                            3)
+                    steps = ({"weight": built[-2], "arch": built[-1]} if args.step == "search"
+                             else {"retrain": built[-1]})
+                    sides[version] = (lambda: None, steps)
+                result = {"step": args.step, "crop": crop, "against": revision.stdout.strip(),
+                          "pairs": args.pairs, "batch": bench_args.batch_size,
+                          "threads": torch.get_num_threads(), "allocator": allocator_in_use(),
+                          "params_m": params}
+                result.update(alternate(sides, args.pairs))
+                print(json.dumps(result), flush=True)
+                del sides
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=REPO,
                            check=False)
-    for result in compare(a_runs, b_runs):
-        print(json.dumps({"against": revision.stdout.strip(), "script": args.script,
-                          "args": args.script_args, "pairs": args.pairs, **result}))
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    preload_fast_allocator()  # as the entry scripts: tcmalloc or jemalloc where installed
+    size_primitive_cache()  # as the entry scripts, before the first convolution
+    main(*get_args_parser().parse_known_args())

@@ -16,11 +16,9 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -30,6 +28,7 @@ sys.path.insert(0, str(REPO))
 
 import modeling.search_cell as current  # noqa: E402
 from bench import search_step  # noqa: E402
+from bench.step_timing import alternate  # noqa: E402
 from utils.allocator import allocator_in_use, preload_fast_allocator  # noqa: E402
 from utils.onednn import size_primitive_cache  # noqa: E402
 
@@ -96,33 +95,12 @@ class Switch:
 
 def measure(args, crop: int, switch: Switch) -> dict:
     *_, weight_step, arch_step = search_step.build(supernet_args(args), crop)
-    times = {f"{v}_{kind}": [] for v in "AB" for kind in ("weight", "arch")}
-    cpu = {key: [] for key in times}
-    for version in "AB":  # warm-up: kernels and caches of both
-        switch.use(version)
-        weight_step()
-        arch_step()
-    for i in range(args.pairs):
-        for version in ("AB" if i % 2 == 0 else "BA"):
-            switch.use(version)
-            for kind, step in (("weight", weight_step), ("arch", arch_step)):
-                wall, proc = time.perf_counter(), time.process_time()
-                step()
-                times[f"{version}_{kind}"].append(time.perf_counter() - wall)
-                cpu[f"{version}_{kind}"].append(time.process_time() - proc)
-    switch.use("B")
+    steps = {"weight": weight_step, "arch": arch_step}
+    sides = {version: (lambda version=version: switch.use(version), steps) for version in "AB"}
     result = {"crop": crop, "against": args.against, "pairs": args.pairs,
               "threads": torch.get_num_threads(), "allocator": allocator_in_use()}
-    for kind in ("weight", "arch"):
-        a, b = times[f"A_{kind}"], times[f"B_{kind}"]
-        result[f"{kind}_step_s"] = {"A_median": round(statistics.median(a), 3),
-                                    "B_median": round(statistics.median(b), 3),
-                                    "A_min": round(min(a), 3), "B_min": round(min(b), 3)}
-        result[f"{kind}_B_over_A"] = {
-            "median": round(statistics.median(b) / statistics.median(a), 3),
-            "cpu_time": round(statistics.median(cpu[f"B_{kind}"])
-                              / statistics.median(cpu[f"A_{kind}"]), 3),
-            "min": round(min(b) / min(a), 3)}
+    result.update(alternate(sides, args.pairs))
+    switch.use("B")
     return result
 
 

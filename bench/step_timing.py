@@ -58,6 +58,45 @@ def timed(fn, device, warmup, repeats):
     return statistics.median(times), min(times)
 
 
+def alternate(sides: dict, pairs: int) -> dict:
+    """Time the steps of versions A and B alternately, ABBA..., after one untimed round of
+    each, so that a slow minute of a shared machine costs both alike.
+
+    `sides` maps "A" and "B" to (prepare, {kind: step}): `prepare()` runs untimed before a
+    version's steps, each `step()` is timed. Returns per kind the medians and minima of each
+    version's seconds, and B/A of the medians, of the process CPU time and of the minima.
+    """
+    kinds = list(sides["A"][1])
+    wall = {(v, kind): [] for v in "AB" for kind in kinds}
+    cpu = {key: [] for key in wall}
+    for version in "AB":
+        prepare, steps = sides[version]
+        prepare()
+        for step in steps.values():
+            step()
+    for i in range(pairs):
+        for version in ("AB" if i % 2 == 0 else "BA"):
+            prepare, steps = sides[version]
+            prepare()
+            for kind, step in steps.items():
+                t, p = time.perf_counter(), time.process_time()
+                step()
+                wall[(version, kind)].append(time.perf_counter() - t)
+                cpu[(version, kind)].append(time.process_time() - p)
+    result = {}
+    for kind in kinds:
+        a, b = wall[("A", kind)], wall[("B", kind)]
+        result[f"{kind}_step_s"] = {"A_median": round(statistics.median(a), 3),
+                                    "B_median": round(statistics.median(b), 3),
+                                    "A_min": round(min(a), 3), "B_min": round(min(b), 3)}
+        result[f"{kind}_B_over_A"] = {
+            "median": round(statistics.median(b) / statistics.median(a), 3),
+            "cpu_time": round(statistics.median(cpu[("B", kind)])
+                              / statistics.median(cpu[("A", kind)]), 3),
+            "min": round(min(b) / min(a), 3)}
+    return result
+
+
 def matmul_gflops(device, n: int = 2048, repeats: int = 5) -> float:
     """The machine's float32 matmul rate, measured now, in this process."""
     a = torch.randn(n, n, device=device)

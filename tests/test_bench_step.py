@@ -64,3 +64,27 @@ def test_search_ab_names_an_unknown_revision():
     assert out.returncode == 1
     assert out.stderr.strip().splitlines()[-1].startswith(
         "error: cannot read modeling/search_cell.py at --against no-such-revision")
+
+
+def test_revisions_ab_steps_a_revisions_network_and_the_working_trees():
+    out = subprocess.run([sys.executable, str(REPO / "bench" / "revisions_ab.py"), "search",
+                          "--against", "HEAD", "--crops", "16", "--pairs", "1",
+                          "--filter-multiplier", "2", "--num-layers", "3"],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    (row,) = [json.loads(line) for line in out.stdout.splitlines()]
+    assert row["crop"] == 16 and row["step"] == "search"
+    # Both sides built the benchmark's network (F = 2, L = 3), each from its own code.
+    assert row["params_m"]["A"] == row["params_m"]["B"] > 0
+    for kind in ("weight", "arch"):
+        assert all(v > 0 for v in row[f"{kind}_step_s"].values())
+        assert set(row[f"{kind}_B_over_A"]) == {"median", "cpu_time", "min"}
+
+
+def test_revisions_ab_names_an_unknown_revision():
+    out = subprocess.run([sys.executable, str(REPO / "bench" / "revisions_ab.py"), "retrain",
+                          "--against", "no-such-revision"], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines()[-1] == (
+        "error: --against no-such-revision: not a revision of this repository")
