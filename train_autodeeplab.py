@@ -21,6 +21,7 @@ from config_utils.search_args import (ARCH_KEYS, CURRENT_KEYS, RESUME_SAFE_KEYS,
 from dataloaders import IGNORE_INDEX, build_dataset, build_loader, dataset_info, derive_seed
 from engine.search import (Architect, BStream, EpochProgress, NonFiniteLoss, check_finite,
                            diverged_error, evaluate, split_train_set, train_one_epoch)
+from modeling.decoding import arch_probabilities, decode_margins
 from modeling.supernet import AutoDeepLabSearch, SupernetConfig, arch_entropy
 from utils.allocator import allocator_in_use, preload_fast_allocator
 from utils.onednn import size_primitive_cache
@@ -110,25 +111,37 @@ def build_data(args, device, dist_info: DistInfo, split=None):
 
 
 def report_epoch(model, epoch: int, epochs: int, result, metrics: dict | None, lr: float,
-                 metrics_csv: MetricsCSV, writer) -> None:
-    """The epoch's line in the log, its row in metrics.csv, its scalars and figures."""
+                 arch_stats: dict, metrics_csv: MetricsCSV, writer) -> None:
+    """The epoch's line in the log, its row in metrics.csv, its scalars and figures.
+
+    `arch_stats`: the epoch's architecture-gradient summary (`ArchStats.summary`)."""
     from utils.visualize_arch import alpha_figure, beta_figure
 
     genotype = model.genotype()
     alpha_h, beta_h = arch_entropy(model)
+    margins = decode_margins(*arch_probabilities(model.alphas, model.betas, model.edge_logits))
     miou = metrics["miou"] if metrics else float("nan")
     log.info("epoch %d/%d: loss %.4f, arch loss %.4f, val mIoU %.4f, entropy alpha %.3f "
              "beta %.3f, %.1fs, path %s", epoch + 1, epochs, result.train_loss,
              result.arch_loss, miou, alpha_h, beta_h, result.seconds, genotype.network_path)
+    if math.isfinite(arch_stats["alphas_grad_norm"]):  # architecture steps ran
+        log.info("  architecture: gradient SNR alphas %.3f betas %.3f; Adam's mean update "
+                 "alphas %.2e betas %.2e; path %.3g times as likely as the next; chosen "
+                 "operations lead the next by %.4f (min %.4f)", arch_stats["alphas_grad_snr"],
+                 arch_stats["betas_grad_snr"], arch_stats["alphas_update"],
+                 arch_stats["betas_update"], margins["path_margin"], margins["op_gap_mean"],
+                 margins["op_gap_min"])
     metrics_csv.append({
         "epoch": epoch + 1, "train_loss": result.train_loss, "arch_loss": result.arch_loss,
         "lr": lr, "val_miou": miou, "val_pixel_acc": metrics["pixel_acc"] if metrics else "",
         "val_fwiou": metrics["fwiou"] if metrics else "", "alpha_entropy": alpha_h,
-        "beta_entropy": beta_h, "seconds": result.seconds,
+        "beta_entropy": beta_h, **arch_stats, **margins, "seconds": result.seconds,
         "network_path": " ".join(map(str, genotype.network_path))})
-    for tag, value in (("val/mIoU", miou), ("arch/alpha_entropy", alpha_h),
-                       ("arch/beta_entropy", beta_h), ("train/epoch_loss", result.train_loss),
-                       ("train/arch_loss", result.arch_loss)):
+    scalars = [("val/mIoU", miou), ("arch/alpha_entropy", alpha_h),
+               ("arch/beta_entropy", beta_h), ("train/epoch_loss", result.train_loss),
+               ("train/arch_loss", result.arch_loss)]
+    scalars += [(f"arch/{key}", value) for key, value in {**arch_stats, **margins}.items()]
+    for tag, value in scalars:
         if math.isfinite(value):  # no val or no arch step this epoch: nothing to plot
             writer.add_scalar(tag, value, epoch + 1)
     writer.add_figure("arch/alphas", alpha_figure(
@@ -221,6 +234,7 @@ def search(args, checkpoint, out_dir, device, dist_info, info, split, loader_a, 
         best_miou, metrics = checkpoint["best_miou"], checkpoint["metrics"]
         b_stream.passes = checkpoint["b_passes"]
         b_stream.consumed = checkpoint.get("b_consumed", 0)
+        architect.stats.load_state_dict(checkpoint["arch_stats"])
         if checkpoint.get("position"):
             progress = EpochProgress(**checkpoint["position"])
         set_rng_state(checkpoint["rng"])
@@ -251,6 +265,7 @@ def search(args, checkpoint, out_dir, device, dist_info, info, split, loader_a, 
                 "position": position.state_dict() if position else None,
                 "global_step": global_step, "b_passes": b_stream.passes,
                 "b_consumed": b_stream.consumed, "split": split, "rng": rng_state(),
+                "arch_stats": architect.stats.state_dict(),
                 "args": args_to_json(args), "best_miou": best_miou, "metrics": metrics,
                 "genotype": model.genotype().to_json(), "dataset": args.dataset,
                 "world_size": dist_info.world_size}
@@ -296,7 +311,8 @@ def search(args, checkpoint, out_dir, device, dist_info, info, split, loader_a, 
             best_miou = max(best_miou, metrics["miou"]) if metrics else best_miou
             if out_dir is not None:
                 report_epoch(model, epoch, args.epochs, result, metrics,
-                             weight_optimizer.param_groups[0]["lr"], metrics_csv, writer)
+                             weight_optimizer.param_groups[0]["lr"],
+                             architect.stats.summary(), metrics_csv, writer)
                 save_with_best(state(epoch + 1, None), checkpoint_path, is_best)
             stop_if_requested(stop, dist_info, device, checkpoint_path)
     finally:

@@ -13,6 +13,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from dataloaders import IGNORE_INDEX
+from engine.arch_stats import ArchStats
 from utils.distributed import average_gradients
 from utils.errors import UserError
 from utils.metrics import ConfusionMatrix
@@ -52,8 +53,10 @@ class Architect:
         self.model = model
         self.criterion = criterion
         self.autocast = autocast  # --amp: torch.autocast on CUDA
+        names = [name for name, _ in model.named_arch_parameters()]
         self.arch_params = model.arch_parameters()
         self.weight_params = model.weight_parameters()
+        self.stats = ArchStats(names)  # gradient norms, signal-to-noise, update sizes
         # The paper gives Adam's lr and weight decay only; its moment decays are Adam's own
         # defaults (DARTS' 0.5 for the first moment is not in Auto-DeepLab's text).
         self.optimizer = torch.optim.Adam(self.arch_params, lr=lr, weight_decay=weight_decay)
@@ -75,7 +78,10 @@ class Architect:
             for p in trainable:
                 p.requires_grad_(True)
         average_gradients(self.arch_params)
+        before = [p.detach().clone() for p in self.arch_params]
         self.optimizer.step()
+        self.stats.record([p.grad for p in self.arch_params],
+                          [p.detach() - b for p, b in zip(self.arch_params, before)])
         return loss.item()
 
 
@@ -180,6 +186,8 @@ def train_one_epoch(model, criterion, weight_optimizer, scheduler, architect, lo
     progress = progress or EpochProgress()
     resumed = progress.batch > 0
     loader_a.set_epoch(epoch, start_batch=progress.batch)
+    if not resumed:  # a resumed epoch's statistics come from its checkpoint
+        architect.stats.reset()
     if arch_active and not resumed:
         b_stream.new_pass()
     start = time.time() - progress.seconds
@@ -208,6 +216,9 @@ def train_one_epoch(model, criterion, weight_optimizer, scheduler, architect, lo
             progress.arch_sum += arch_loss
             progress.arch_steps += 1
             postfix["arch"] = f"{progress.arch_sum / progress.arch_steps:.3f}"
+            if writer is not None:
+                for key, value in architect.stats.last.items():
+                    writer.add_scalar(f"arch_step/{key}", value, global_step)
         if writer is not None:
             writer.add_scalar("train/loss", loss, global_step)
             writer.add_scalar("train/lr", weight_optimizer.param_groups[0]["lr"], global_step)

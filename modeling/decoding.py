@@ -6,7 +6,8 @@ Pure functions on numpy arrays, shared by the supernet's `genotype()`, the searc
 - `decode_network_path(probs)`: the most probable path through the layer x level trellis
   (Viterbi), `top_k_paths` the k most probable, `path_probability` one path's probability;
 - `decode_cell(weights)`: per block the two strongest inputs with their strongest operation;
-- `genotype_from_arch(alphas, betas)`: raw parameters -> normalised -> `Genotype`.
+- `genotype_from_arch(alphas, betas)`: raw parameters -> normalised -> `Genotype`;
+- `decode_margins(weights, probs)`: how far the decoded choices are ahead of the next ones.
 
 `load_search_architecture` reads alphas, betas and the supernet's shape from a search
 checkpoint; `format_summary` is the readable report that decode prints.
@@ -221,6 +222,27 @@ def genotype_from_arch(alphas, betas, edge_logits=None) -> Genotype:
     weights, probs = arch_probabilities(alphas, betas, edge_logits)
     return Genotype(network_path=tuple(decode_network_path(probs)),
                     cell=tuple(tuple(pairs) for pairs in decode_cell(weights)))
+
+
+def decode_margins(weights, probs) -> dict:
+    """How decided the decoded architecture is, from normalised weights (E, 8) and path
+    probabilities (L, 4, 3) (`arch_probabilities`):
+
+    - `path_prob`: the decoded path's probability; `path_margin`: its ratio to the second
+      best path's (1.0: a tie, the decode is a coin toss between them);
+    - `op_gap_min` / `op_gap_mean`: over the edges the cell keeps, the weight of the chosen
+      operation minus that of the next best non-`none` one (0: undecided).
+    """
+    weights = np.asarray(weights, dtype=np.float64)
+    (best, p1), *rest = top_k_paths(probs, 2)
+    p2 = rest[0][1] if rest else 0.0
+    real = np.delete(weights, NONE_INDEX, axis=1)
+    top2 = np.sort(real, axis=1)[:, -2:]
+    kept = [edge_offset(block) + inp for block, pairs in enumerate(decode_cell(weights))
+            for inp, _ in pairs]
+    gaps = top2[kept, 1] - top2[kept, 0]
+    return {"path_prob": p1, "path_margin": p1 / p2 if p2 > 0 else float("inf"),
+            "op_gap_min": float(gaps.min()), "op_gap_mean": float(gaps.mean())}
 
 
 # --- reading a search checkpoint -------------------------------------------------------------

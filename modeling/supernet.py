@@ -134,11 +134,15 @@ class AutoDeepLabSearch(nn.Module):
     def _key(layer: int, level: int) -> str:
         return f"{layer}_{level}"
 
+    def named_arch_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """The architecture parameters by name: cell alphas (E, ops) and network betas
+        (L, 4, 3), and with partial channels the edge-normalisation logits (E,)."""
+        params = [("alphas", self.alphas), ("betas", self.betas)]
+        return params + ([] if self.edge_logits is None else [("edge_logits", self.edge_logits)])
+
     def arch_parameters(self) -> list[nn.Parameter]:
-        """The architecture parameters: cell alphas (E, ops) and network betas (L, 4, 3), and
-        with partial channels the edge-normalisation logits (E,)."""
-        params = [self.alphas, self.betas]
-        return params if self.edge_logits is None else params + [self.edge_logits]
+        """The architecture parameters (`named_arch_parameters`), what Adam trains."""
+        return [p for _, p in self.named_arch_parameters()]
 
     def weight_parameters(self) -> list[nn.Parameter]:
         """Every other parameter: what the weight optimiser trains."""
