@@ -88,3 +88,16 @@ def test_revisions_ab_names_an_unknown_revision():
     assert out.returncode == 1
     assert out.stderr.strip().splitlines()[-1] == (
         "error: --against no-such-revision: not a revision of this repository")
+
+
+def test_arch_gradient_noise_reports_the_ratio_per_batch_size():
+    out = subprocess.run([sys.executable, str(REPO / "bench" / "arch_gradient_noise.py"),
+                          "--batch-sizes", "2", "3", "--batches", "3", "--crop-size", "32",
+                          "--filter-multiplier", "2", "--num-layers", "3"],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [r["batch"] for r in rows] == [2, 3]
+    for r in rows:
+        for name in ("alphas", "betas"):
+            assert r[name]["grad_snr"] > 0 and r[name]["grad_norm"] >= r[name]["mean_grad_norm"]
