@@ -139,7 +139,7 @@ class ConvBNReLU(nn.Module):
         return self.op(x)
 
 
-# The retrained network's stem (paper section 4.2): 64, 64, 128 filters, strides 2, 1, 2.
+# The retrained network's stem (paper section 5.2): 64, 64, 128 filters, strides 2, 1, 2.
 RETRAIN_STEM = ((64, 2), (64, 1), (128, 2))
 # The search network's two-layer stem (paper section 3.2), each layer halving the resolution.
 SEARCH_STEM = ((64, 2), (128, 2))

@@ -1,4 +1,4 @@
-"""The retrained Auto-DeepLab network built from a Genotype (paper section 4.2).
+"""The retrained Auto-DeepLab network built from a Genotype (paper section 5.2).
 
     stem (3x3 convs of 64, 64, 128; stride 2 in the first and third) -> stride 4
     12 cells along genotype.network_path                               -> stride 4 * 2^level

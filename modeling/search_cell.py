@@ -490,7 +490,7 @@ class SearchCell(nn.Module):
         block_multiplier: how many of the last blocks are concatenated into the output.
         channels: C = F * 2^level, the width of every block.
         incoming: for each incoming state, (direction, input channels); direction -1 means the
-            state comes from one level finer (stride-2 reduction, paper section 4.1), 0 the
+            state comes from one level finer (stride-2 reduction, paper section 5.1), 0 the
             same level, +1 one level coarser (bilinear upsampling, then a 1x1 conv).
         prev_prev_channels: channels of H(l-2), the node that `prev_prev_level` picks at
             layer l-2; resized to this level first where it sits at another.
