@@ -55,8 +55,8 @@ def level_stride(level: int) -> int:
 
 
 def coarser(size: tuple[int, int]) -> tuple[int, int]:
-    """(H, W) one level down: halved, odd sizes rounded up (as a stride-2 3x3 conv with
-    padding 1 gives, and as the released model's resize by 0.5 gives: (n - 1) / 2 + 1)."""
+    """(H, W) one level down: halved, odd sizes rounded up, as a stride-2 3x3 conv with
+    padding 1 gives, and the released model's resize by 0.5: int((n - 1) * 0.5 + 1)."""
     return tuple((v + 1) // 2 for v in size)
 
 
@@ -88,7 +88,7 @@ def prev_prev_level(level: int, levels) -> int:
       exists (paper Eq. 6), else the nearest one, the deepest level of layer l-2. For a
       node at level l + 1, reached only by going down at every layer, that is the level
       every path into it had two layers back; for a node at level l, paths came from that
-      level or the one above it.
+      level or the next finer one.
     - the retrained network passes its path's one level at layer l-2: a cell reads the cell
       two layers back on the path, whatever its level, as the released model does
       (research/deeplab/core/nas_network.py feeds `cell_outputs[-2]`).
