@@ -36,7 +36,8 @@ RESUME_SAFE_KEYS = ("iters", "epochs", "workers", "device", "out_dir", "eval_int
 # Flags that belong to this invocation only.
 # out_dir: a resumed run stays in its checkpoint's folder (wherever it was moved to)
 # unless --out-dir names another.
-CURRENT_KEYS = ("resume", "eval_only", "stop_after_iters", "local_rank", "summary",
+# split: what --eval-only evaluates now, whatever the checkpoint was trained with.
+CURRENT_KEYS = ("resume", "eval_only", "split", "stop_after_iters", "local_rank", "summary",
                 "export_onnx", "out_dir") + common.RUN_SAFETY_CURRENT_KEYS
 # Mid-interval checkpoints every 500 iterations: a retrain step of the paper's models takes
 # about 0.5-1 s on a current GPU, so a kill loses minutes instead of up to an evaluation

@@ -86,6 +86,11 @@ def test_eval_only_and_predict(tmp_path, genotype_file):
     assert 0 <= metrics["miou"] <= 1 and len(metrics["per_class_iou"]) == 6
     assert json.loads((out / "eval_val.json").read_text())["flip"] is True
 
+    # Evaluation flags are this invocation's: --split test evaluates the test split.
+    train.main(get_args_parser().parse_args(
+        ["--resume", str(out / "best.pth.tar"), "--eval-only", "--split", "test"]))
+    assert json.loads((out / "eval_test.json").read_text())["split"] == "test"
+
     images = tmp_path / "images"
     images.mkdir()
     Image.fromarray(np.zeros((45, 71, 3), np.uint8)).save(images / "a.png")
