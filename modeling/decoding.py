@@ -224,6 +224,13 @@ def genotype_from_arch(alphas, betas, edge_logits=None) -> Genotype:
                     cell=tuple(tuple(pairs) for pairs in decode_cell(weights)))
 
 
+# A decode is reported as undecided (the demo and decode say so) when the decoded path is less
+# than twice as likely as the next best one, or the kept edges' operations lead the next best
+# by under 5 points of softmax weight on average: judgement calls, stated in README.
+UNDECIDED_PATH_MARGIN = 2.0
+UNDECIDED_OP_GAP = 0.05
+
+
 def decode_margins(weights, probs) -> dict:
     """How decided the decoded architecture is, from normalised weights (E, 8) and path
     probabilities (L, 4, 3) (`arch_probabilities`):
@@ -243,6 +250,25 @@ def decode_margins(weights, probs) -> dict:
     gaps = top2[kept, 1] - top2[kept, 0]
     return {"path_prob": p1, "path_margin": p1 / p2 if p2 > 0 else float("inf"),
             "op_gap_min": float(gaps.min()), "op_gap_mean": float(gaps.mean())}
+
+
+def is_undecided(margins: dict) -> bool:
+    """True when `decode_margins` says the decode is too close to call (constants above)."""
+    return (margins["path_margin"] < UNDECIDED_PATH_MARGIN
+            or margins["op_gap_mean"] < UNDECIDED_OP_GAP)
+
+
+def mean_entropies(weights, probs) -> tuple[float, float, float, float]:
+    """(alpha entropy, its uniform value ln 8, beta entropy, its uniform value): means over
+    the edges (each edge's weights renormalised) and over the nodes that send transitions."""
+    w = np.asarray(weights, dtype=np.float64)
+    w = w / w.sum(axis=1, keepdims=True)
+    alpha = float(-(w * np.log(np.clip(w, 1e-300, None))).sum(axis=1).mean())
+    p = np.asarray(probs, dtype=np.float64)
+    nodes = p.sum(axis=-1) > 0
+    beta = float(-(p * np.log(np.clip(p, 1e-300, None))).sum(axis=-1)[nodes].mean())
+    beta_uniform = float(np.log(transition_mask(p.shape[0]).sum(axis=-1)[nodes]).mean())
+    return alpha, float(np.log(w.shape[1])), beta, beta_uniform
 
 
 # --- reading a search checkpoint -------------------------------------------------------------
@@ -376,4 +402,20 @@ def format_summary(genotype: Genotype, weights: np.ndarray, probs: np.ndarray,
         lines.append("next best paths (output strides, probability):")
         for rank, (other, prob) in enumerate(others, start=2):
             lines.append(f"  {rank:>2}. {_strides(other)}   {prob:.4g}")
+    margins = decode_margins(weights, probs)
+    alpha_h, alpha_uniform, beta_h, beta_uniform = mean_entropies(weights, probs)
+    lines += [
+        "how far the search moved from uniform: mean entropy of the alphas "
+        f"{alpha_h:.4f} (uniform {alpha_uniform:.4f}), of the betas {beta_h:.4f} "
+        f"(uniform {beta_uniform:.4f})",
+        f"how decided: the path is {margins['path_margin']:.3g} times as likely as the next; "
+        f"the chosen operations lead the next by {margins['op_gap_mean']:.4f} on average "
+        f"(at least {margins['op_gap_min']:.4f})",
+    ]
+    if is_undecided(margins):
+        lines.append(f"WARNING: this architecture is too close to call (path under "
+                     f"{UNDECIDED_PATH_MARGIN:g}x the next, or operations under "
+                     f"{UNDECIDED_OP_GAP:g} ahead): the search learned too little for its "
+                     "decode to mean more than noise; search longer (see README, 'How the "
+                     "search learns')")
     return "\n".join(lines)

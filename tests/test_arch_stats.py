@@ -101,3 +101,28 @@ def test_search_logs_the_diagnostics_per_epoch(tmp_path):
     assert float(rows[1]["alphas_grad_norm"]) > 0 and float(rows[1]["betas_update"]) > 0
     assert float(rows[1]["path_margin"]) >= 1.0
     assert "architecture: gradient SNR alphas" in (out / "search.log").read_text()
+
+
+def _summary(alphas, betas):
+    from modeling.decoding import arch_probabilities, format_summary, genotype_from_arch
+
+    weights, probs = arch_probabilities(alphas, betas)
+    return format_summary(genotype_from_arch(alphas, betas), weights, probs,
+                          top_k_paths(probs, 2))
+
+
+def test_decode_says_when_the_architecture_is_too_close_to_call():
+    rng = np.random.default_rng(0)
+    layers, edges = 4, num_edges(3)
+    near_uniform = _summary(1e-3 * rng.normal(size=(edges, 8)),
+                            1e-3 * rng.normal(size=(layers, 4, 3)))
+    assert "WARNING: this architecture is too close to call" in near_uniform
+    assert "mean entropy of the alphas 2.079" in near_uniform
+    alphas = np.zeros((edges, 8))
+    alphas[:, PRIMITIVES.index("sep_conv_3x3")] = 3.0  # every edge clearly decided
+    alphas[::2, 0] = 1.0  # and some edges clearly stronger than others
+    betas = np.zeros((layers, 4, 3))
+    betas[:, :, 1] = 4.0  # stay at every level: one path far ahead
+    decided = _summary(alphas, betas)
+    assert "too close to call" not in decided
+    assert "how decided: the path is" in decided
