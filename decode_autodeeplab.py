@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from config_utils.decode_args import get_args_parser
-from modeling.decoding import (arch_probabilities, format_summary, genotype_from_arch,
+from modeling.decoding import (arch_probabilities, format_summary, genotype_from_probabilities,
                                load_search_architecture, path_probability, top_k_paths)
 from modeling.genotypes import GENOTYPE_JSON
 from utils.checkpoint import write_json
@@ -25,7 +25,7 @@ def main(args) -> None:
     arch = load_search_architecture(args.resume, trust=args.trust_checkpoint)
     out_dir = Path(args.out_dir) if args.out_dir else arch.path.parent
     weights, probs = arch_probabilities(arch.alphas, arch.betas, arch.edge_logits)
-    genotype = genotype_from_arch(arch.alphas, arch.betas, arch.edge_logits)
+    genotype = genotype_from_probabilities(weights, probs)
     path_prob = path_probability(probs, genotype.network_path)
 
     # genotype.json is the contract; the extra "source" entry records where it came from.

@@ -21,8 +21,9 @@ from config_utils.search_args import (ARCH_KEYS, CURRENT_KEYS, RESUME_SAFE_KEYS,
 from dataloaders import IGNORE_INDEX, build_dataset, build_loader, dataset_info, derive_seed
 from engine.search import (Architect, BStream, EpochProgress, NonFiniteLoss, check_finite,
                            diverged_error, evaluate, split_train_set, train_one_epoch)
-from modeling.decoding import arch_probabilities, decode_margins
-from modeling.supernet import AutoDeepLabSearch, SupernetConfig, arch_entropy
+from modeling.decoding import (arch_probabilities, decode_margins, genotype_from_probabilities,
+                               mean_entropies)
+from modeling.supernet import AutoDeepLabSearch, SupernetConfig
 from utils.allocator import allocator_in_use, preload_fast_allocator
 from utils.onednn import size_primitive_cache
 from utils.amp import amp_context
@@ -117,9 +118,10 @@ def report_epoch(model, epoch: int, epochs: int, result, metrics: dict | None, l
     `arch_stats`: the epoch's architecture-gradient summary (`ArchStats.summary`)."""
     from utils.visualize_arch import alpha_figure, beta_figure
 
-    genotype = model.genotype()
-    alpha_h, beta_h = arch_entropy(model)
-    margins = decode_margins(*arch_probabilities(model.alphas, model.betas, model.edge_logits))
+    weights, probs = arch_probabilities(model.alphas, model.betas, model.edge_logits)
+    genotype = genotype_from_probabilities(weights, probs)
+    alpha_h, _, beta_h, _ = mean_entropies(weights, probs)
+    margins = decode_margins(weights, probs)
     miou = metrics["miou"] if metrics else float("nan")
     log.info("epoch %d/%d: loss %.4f, arch loss %.4f, val mIoU %.4f, entropy alpha %.3f "
              "beta %.3f, %.1fs, path %s", epoch + 1, epochs, result.train_loss,

@@ -219,7 +219,11 @@ def arch_probabilities(alphas, betas, edge_logits=None) -> tuple[np.ndarray, np.
 def genotype_from_arch(alphas, betas, edge_logits=None) -> Genotype:
     """Decode raw alphas (E, 8) and betas (L, 4, 3) (and, from a partial-channel search, the
     edge logits (E,)) into a `Genotype` (SPEC section 4)."""
-    weights, probs = arch_probabilities(alphas, betas, edge_logits)
+    return genotype_from_probabilities(*arch_probabilities(alphas, betas, edge_logits))
+
+
+def genotype_from_probabilities(weights, probs) -> Genotype:
+    """The `Genotype` of normalised cell weights (E, 8) and path probabilities (L, 4, 3)."""
     return Genotype(network_path=tuple(decode_network_path(probs)),
                     cell=tuple(tuple(pairs) for pairs in decode_cell(weights)))
 

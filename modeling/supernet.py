@@ -212,12 +212,10 @@ class AutoDeepLabSearch(nn.Module):
 
 
 def arch_entropy(model: AutoDeepLabSearch) -> tuple[float, float]:
-    """Mean entropy (nats) of the alpha softmax per edge and of the beta softmax per node."""
-    with torch.no_grad():
-        a = model.normalized_alphas()
-        alpha_h = -(a * a.clamp_min(1e-12).log()).sum(-1).mean()
-        b = model.normalized_betas()
-        node_h = -(b * b.clamp_min(1e-12).log()).sum(-1)
-        valid = model.beta_mask.any(-1)
-        beta_h = node_h[valid].mean()
-    return float(alpha_h), float(beta_h)
+    """Mean entropy (nats) of the alpha softmax per edge and of the beta softmax per node
+    (`modeling.decoding.mean_entropies`, the one formula decode reports too)."""
+    from modeling.decoding import arch_probabilities, mean_entropies
+
+    alpha_h, _, beta_h, _ = mean_entropies(*arch_probabilities(model.alphas, model.betas,
+                                                               model.edge_logits))
+    return alpha_h, beta_h
