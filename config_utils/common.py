@@ -138,4 +138,5 @@ def dataset_help() -> str:
     """Help of --dataset: the registered names."""
     from dataloaders import dataset_names
 
-    return "dataset name: " + ", ".join(dataset_names()) + " (synthetic is generated, no files)"
+    return ("dataset name: " + ", ".join(dataset_names())
+            + " (synthetic and the planted_* tasks are generated, no files)")

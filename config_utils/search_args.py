@@ -10,13 +10,26 @@ from config_utils.common import (HelpFormatter, dataset_default_help, dataset_he
 # Paper defaults (SPEC section 3) for real datasets; a CPU-sized search for synthetic data.
 PAPER_DEFAULTS = dict(
     epochs=40, batch_size=2, crop_size=321, resize=None, lr=0.025, min_lr=0.001, momentum=0.9,
-    weight_decay=3e-4, arch_lr=3e-3, arch_weight_decay=1e-3, alpha_epoch=20,
+    weight_decay=3e-4, arch_lr=3e-3, arch_weight_decay=1e-3, alpha_epoch=20, aux_skip=0.0,
     filter_multiplier=8, block_multiplier=5, steps=5, num_layers=12, eval_interval=1,
     grad_clip=5.0, workers=4, seed=0, partial_channels=1,
 )
+# Ten times the paper's architecture learning rate, for searches of a few hundred steps: at
+# the paper's 3e-3 the alphas and betas move by hundredths in such a search (README, "How the
+# search learns").
+SMALL_BUDGET_ARCH_LR = 3e-2
 DATASET_DEFAULTS = {
     "synthetic": dict(PAPER_DEFAULTS, epochs=4, batch_size=4, crop_size=64, alpha_epoch=2,
                       filter_multiplier=4, num_layers=8, workers=0),
+    # Planted tasks (dataloaders/datasets/planted.py): a search of about 6 minutes on 2 CPU
+    # cores, architecture steps from the 49th iteration on, the "small-budget" architecture
+    # learning rate (SMALL_BUDGET_ARCH_LR), validation after the last epoch only.
+    "planted_context": dict(PAPER_DEFAULTS, epochs=10, batch_size=4, crop_size=96,
+                            alpha_epoch=3, filter_multiplier=4, num_layers=8, workers=0,
+                            eval_interval=10, arch_lr=SMALL_BUDGET_ARCH_LR),
+    "planted_operation": dict(PAPER_DEFAULTS, epochs=10, batch_size=4, crop_size=64,
+                              alpha_epoch=3, filter_multiplier=4, num_layers=8, workers=0,
+                              eval_interval=10, arch_lr=SMALL_BUDGET_ARCH_LR),
     # Cityscapes is searched at half resolution (paper section 4.1).
     "cityscapes": dict(PAPER_DEFAULTS, resize=512),
 }
@@ -52,7 +65,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--dataset", default="synthetic",
                    help=dataset_help())
     g.add_argument("--data-root", default=None,
-                   help="folder of the dataset (not needed for synthetic)")
+                   help="folder of the dataset (not needed for generated ones)")
     g.add_argument("--crop-size", type=int, default=None,
                    help="random crop size " + dflt("crop_size"))
     g.add_argument("--resize", type=int, default=None,
@@ -63,9 +76,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--workers", type=int, default=None,
                    help="DataLoader workers " + dflt("workers"))
     g.add_argument("--num-samples", type=int, default=None,
-                   help="synthetic only: generated training images (default: 64; 16 for val)")
+                   help="generated datasets only: training images (default: 64 for synthetic, "
+                        "128 for planted_*; 16 for val)")
     g.add_argument("--image-size", type=int, nargs=2, default=None, metavar=("H", "W"),
-                   help="synthetic only: generated image size (default: 96 96)")
+                   help="generated datasets only: image size (default: 96 96 for synthetic, "
+                        "128 128 for planted_context, 64 64 for planted_operation)")
     g.add_argument("--max-samples", type=int, default=None,
                    help="use only the first N training and validation images (quick runs)")
     g.add_argument("--use-sbd", action="store_true",
@@ -104,6 +119,11 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="Adam weight decay of alphas and betas " + dflt("arch_weight_decay"))
     g.add_argument("--alpha-epoch", type=int, default=None,
                    help="epoch from which architecture steps run " + dflt("alpha_epoch"))
+    g.add_argument("--aux-skip", type=float, default=None, metavar="W",
+                   help="DARTS- auxiliary skip connection beside every edge, outside the "
+                        "softmax, with weight W decayed linearly to 0 over the search; against "
+                        "the collapse of the cell to skip_connect (0: off, the paper's "
+                        "supernet) " + dflt("aux_skip"))
     g.add_argument("--amp", action="store_true",
                    help="bf16 mixed precision on CUDA (torch.amp autocast; ignored with a "
                         "warning on the CPU)")

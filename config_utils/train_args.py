@@ -22,6 +22,12 @@ DATASET_DEFAULTS = {
     # A CPU-sized run (about 2-3 minutes on two cores with one thread per process).
     "synthetic": dict(PAPER_DEFAULTS, iters=300, batch_size=4, crop_size=64, warmup_iters=20,
                       weight_decay=1e-4, filter_multiplier=8, eval_interval=100, workers=0),
+    # Planted tasks: CPU-sized like synthetic, at their images' sizes.
+    "planted_context": dict(PAPER_DEFAULTS, iters=300, batch_size=4, crop_size=96,
+                            warmup_iters=20, filter_multiplier=8, eval_interval=100, workers=0),
+    "planted_operation": dict(PAPER_DEFAULTS, iters=300, batch_size=4, crop_size=64,
+                              warmup_iters=20, filter_multiplier=8, eval_interval=100,
+                              workers=0),
     "cityscapes": dict(PAPER_DEFAULTS, iters=1_500_000, crop_size=769),
     "pascal": dict(PAPER_DEFAULTS, iters=1_500_000),
     "ade20k": dict(PAPER_DEFAULTS, iters=4_000_000),
@@ -84,7 +90,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default="synthetic",
                    help=dataset_help())
-    g.add_argument("--data-root", default=None, help="folder of the dataset (not for synthetic)")
+    g.add_argument("--data-root", default=None, help="folder of the dataset (not for generated ones)")
     g.add_argument("--crop-size", type=int, default=None,
                    help="random training crop, and the sliding window of evaluation "
                         + dflt("crop_size"))

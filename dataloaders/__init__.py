@@ -68,10 +68,13 @@ _ROOT_CONTENTS = {
 def _registry() -> dict:
     # Imported here, not at the top: the dataset modules import IGNORE_INDEX and DatasetInfo
     # from this package, which must be fully defined first.
-    from dataloaders.datasets import ade20k, camvid, cityscapes, coco, pascal, synthetic
+    from dataloaders.datasets import (ade20k, camvid, cityscapes, coco, pascal, planted_context,
+                                      planted_operation, synthetic)
 
     return {
         "synthetic": synthetic,
+        "planted_context": planted_context,
+        "planted_operation": planted_operation,
         "camvid": camvid,
         "cityscapes": cityscapes,
         "pascal": pascal,
@@ -92,6 +95,12 @@ def _module(name: str):
             f"unknown dataset '{name}'; pass --dataset with one of: {', '.join(sorted(registry))}"
         )
     return registry[name]
+
+
+def is_generated(name: str) -> bool:
+    """Whether dataset ``name`` is generated on the fly (synthetic, planted tasks): no files,
+    sized by ``num_samples`` and ``image_size``."""
+    return hasattr(_module(name), "generate")
 
 
 def dataset_info(name: str) -> DatasetInfo:
@@ -119,7 +128,8 @@ def build_dataset(
     ``train=True`` applies the joint augmentation (optional resize of the shorter side to
     ``resize``, random scale in ``scale_range``, pad, random ``crop_size`` crop, random flip);
     ``train=False`` keeps the whole image (after the optional resize). ``num_samples`` and
-    ``image_size`` (height, width) only concern 'synthetic', ``data_root`` only real datasets.
+    ``image_size`` (height, width) only concern generated datasets (synthetic, planted tasks),
+    ``data_root`` only real datasets.
     ``max_samples`` keeps the first N samples, for quick runs. Without ``data_root`` a real
     dataset is looked for in its environment variable (``ROOT_VARIABLES``). ``use_sbd`` only
     concerns 'pascal': it adds the SBD images to the train split.
@@ -143,12 +153,12 @@ def build_dataset(
         if name != "pascal":
             raise UserError(f"--use-sbd only applies to --dataset pascal, not {name}; drop it")
         options["use_sbd"] = True
-    if name == "synthetic":  # generated: its size and seed, no files
+    if is_generated(name):  # its size and seed, no files
         options.update(num_samples=num_samples, image_size=image_size, seed=seed)
     else:
         if num_samples is not None or image_size is not None:
-            log.warning("%s ignores num_samples and image_size (they only shape the synthetic "
-                        "dataset)", name)
+            log.warning("%s ignores num_samples and image_size (they only shape "
+                        "generated datasets)", name)
         if data_root is None:
             data_root = os.environ.get(ROOT_VARIABLES[name]) or None
         if data_root is None:

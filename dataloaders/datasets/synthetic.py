@@ -24,13 +24,12 @@ Generator; augmentation (train) is applied afterwards with torch's RNG like any 
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
-from PIL import Image
 
 from dataloaders import DatasetInfo
-from dataloaders.datasets import SegmentationDataset
-from dataloaders.transforms import build_transforms
-from utils.errors import UserError
+from dataloaders.datasets.generated import GeneratedDefaults, build_generated, export_samples
 
 BACKGROUND, FLAT_REGION, STRIPED_REGION, ORANGE_SQUARE, VIOLET_SQUARE, INNER_BLOB = range(6)
 
@@ -59,9 +58,8 @@ INFO = DatasetInfo(
     std=(0.208, 0.157, 0.158),
 )
 
-DEFAULT_NUM_SAMPLES = {"train": 64, "val": 16, "test": 16}
-DEFAULT_IMAGE_SIZE = (96, 96)  # (height, width)
-_SPLIT_STREAM = {"train": 0, "val": 1, "test": 2}  # a different seed stream per split
+DEFAULTS = GeneratedDefaults(num_samples={"train": 64, "val": 16, "test": 16},
+                             image_size=(96, 96))
 
 # Base colours (RGB). Flat and striped regions share TEAL: stripes go +/- STRIPE_AMPLITUDE
 # around it, so their mean colour is the same and only the texture differs.
@@ -163,90 +161,15 @@ def generate(rng: np.random.Generator, height: int, width: int) -> tuple[np.ndar
     return np.clip(np.rint(image), 0, 255).astype(np.uint8), mask
 
 
-class SyntheticSegmentation(SegmentationDataset):
-    """``num_samples`` generated scenes of ``image_size`` (height, width)."""
-
-    def __init__(
-        self, split: str, *, num_samples: int, image_size: tuple[int, int], seed: int, transform
-    ):
-        super().__init__(INFO, transform)
-        self.split = split
-        self.num_samples = num_samples
-        self.image_size = tuple(image_size)
-        self.seed = seed
-
-    def __len__(self) -> int:
-        return self.num_samples
-
-    def load(self, index: int):
-        # A local generator keyed by (seed, split, index): no global state, any order, any worker.
-        rng = np.random.default_rng([self.seed, _SPLIT_STREAM[self.split], index])
-        image, mask = generate(rng, *self.image_size)
-        return Image.fromarray(image, "RGB"), Image.fromarray(mask, "L")
-
-
-def build(
-    split,
-    *,
-    train,
-    crop_size,
-    resize,
-    scale_range,
-    num_samples,
-    image_size,
-    seed,
-    max_samples,
-):
+def build(split, **kwargs):
     """See ``dataloaders.build_dataset``."""
-    num_samples = DEFAULT_NUM_SAMPLES[split] if num_samples is None else num_samples
-    image_size = DEFAULT_IMAGE_SIZE if image_size is None else tuple(image_size)
-    if num_samples <= 0:
-        raise UserError(
-            f"synthetic dataset needs at least one sample, got {num_samples}; fix --num-samples"
-        )
-    if len(image_size) != 2 or min(image_size) < 16:
-        raise UserError(
-            f"synthetic image size must be (height, width) of at least 16, got {image_size}; "
-            "fix --image-size"
-        )
-    if max_samples is not None:
-        num_samples = min(num_samples, max_samples)
-    transform = build_transforms(
-        INFO.mean,
-        INFO.std,
-        train=train,
-        crop_size=crop_size,
-        resize=resize,
-        scale_range=scale_range,
-    )
-    return SyntheticSegmentation(
-        split, num_samples=num_samples, image_size=image_size, seed=seed, transform=transform
-    )
-
-
-def export_samples(out_dir, *, split: str = "val", count: int = 4, seed: int = 0,
-                   image_size: tuple[int, int] | None = None) -> list:
-    """Write `count` generated images as `<split>_NNN.png` to `out_dir` and their labels (class
-    ids) to `out_dir/labels/`: files to try predict.py on. Returns the image paths."""
-    from pathlib import Path
-
-    out = Path(out_dir)
-    (out / "labels").mkdir(parents=True, exist_ok=True)
-    dataset = SyntheticSegmentation(split, num_samples=count, seed=seed, transform=None,
-                                    image_size=image_size or DEFAULT_IMAGE_SIZE)
-    paths = []
-    for i in range(count):
-        image, mask = dataset.load(i)
-        paths.append(out / f"{split}_{i:03d}.png")
-        image.save(paths[-1])
-        mask.save(out / "labels" / f"{split}_{i:03d}.png")
-    return paths
+    return build_generated(sys.modules[__name__], split, **kwargs)
 
 
 if __name__ == "__main__":
     from config_utils.synthetic_args import get_args_parser
 
     _args = get_args_parser().parse_args()
-    for _path in export_samples(_args.out_dir, split=_args.split, count=_args.count,
-                                seed=_args.seed, image_size=_args.image_size):
+    for _path in export_samples(sys.modules[__name__], _args.out_dir, split=_args.split,
+                                count=_args.count, seed=_args.seed, image_size=_args.image_size):
         print(_path)

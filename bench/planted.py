@@ -1,0 +1,143 @@
+"""Planted tasks: does the search find an answer known by construction? Several seeds each.
+
+    .venv/bin/python bench/planted.py                          # both tasks, seeds 0-4
+    .venv/bin/python bench/planted.py --tasks context --seeds 0 1
+    .venv/bin/python bench/planted.py -- --arch-lr 0.01        # extra search flags, after --
+
+Each run is the public command line: `train_autodeeplab.py --dataset planted_<task> --seed S`
+with the dataset's own defaults (see config_utils/search_args.py) plus the extra flags, in a
+subprocess with its log in its run folder under --run-dir. The decoded architecture of its
+last checkpoint is checked against the task's planted answer (`PLANTED_ANSWER` and
+`planted_answer_found` of dataloaders/datasets/planted_<task>.py).
+
+One row per (task, seed, extra flags) goes to --csv: the decoded path and cell, whether the
+planted answer is in it, how far alphas and betas moved, the decode margins and the run's
+time. Rows already in the CSV are skipped, so the same command continues an interrupted
+series (on another machine too).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+
+from dataloaders import dataset_info  # noqa: E402
+from dataloaders.datasets import planted_context, planted_operation  # noqa: E402
+from modeling.decoding import (arch_probabilities, decode_margins,  # noqa: E402
+                               genotype_from_probabilities, load_search_architecture,
+                               mean_entropies)
+
+TASKS = {"context": planted_context, "operation": planted_operation}
+FIELDS = ("task", "seed", "flags", "found", "network_path", "cell", "alpha_entropy",
+          "alpha_uniform", "beta_entropy", "beta_uniform", "path_margin", "op_gap_mean",
+          "op_gap_min", "val_miou", "seconds", "torch", "machine")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--tasks", nargs="+", choices=sorted(TASKS), default=sorted(TASKS))
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    p.add_argument("--csv", default=str(REPO / "docs" / "search_learning" / "planted.csv"),
+                   help="results, one row per run; rows already there are skipped")
+    p.add_argument("--run-dir", default=str(REPO / "run" / "planted"),
+                   help="run folders, one per task and seed")
+    p.add_argument("extra", nargs="*", help="more train_autodeeplab.py flags (after --)")
+    return p
+
+
+def read_rows(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def append_row(path: Path, row: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = not path.exists()
+    with path.open("a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def last_val_miou(run: Path) -> float:
+    with (run / "metrics.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    values = [float(r["val_miou"]) for r in rows if r.get("val_miou") not in (None, "")]
+    return values[-1] if values else float("nan")
+
+
+def run_task(task: str, seed: int, extra: list[str], run_dir: Path) -> dict:
+    """Search planted task `task` with `seed`; the result row."""
+    module = TASKS[task]
+    run = run_dir / f"{task}-seed{seed}"
+    checkpoint = run / "checkpoint.pth.tar"
+    command = [sys.executable, str(REPO / "train_autodeeplab.py"),
+               "--dataset", module.INFO.name, "--seed", str(seed)]
+    command += ["--resume", str(checkpoint)] if checkpoint.exists() else ["--out-dir", str(run)]
+    command += extra
+    print(" ".join(command), flush=True)
+    start = time.time()
+    done = subprocess.run(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          text=True)
+    if done.returncode != 0:
+        sys.exit(f"search failed ({done.returncode}); see {run}/search.log:\n{done.stderr[-2000:]}")
+    seconds = time.time() - start
+    arch = load_search_architecture(checkpoint)
+    weights, probs = arch_probabilities(arch.alphas, arch.betas, arch.edge_logits)
+    genotype = genotype_from_probabilities(weights, probs)
+    alpha_h, alpha_u, beta_h, beta_u = mean_entropies(weights, probs)
+    margins = decode_margins(weights, probs)
+    return {
+        "task": task, "seed": seed, "flags": " ".join(extra),
+        "found": module.planted_answer_found(genotype.network_path, genotype.cell),
+        "network_path": " ".join(map(str, genotype.network_path)),
+        "cell": json.dumps([list(map(list, block)) for block in genotype.cell]),
+        "alpha_entropy": round(alpha_h, 5), "alpha_uniform": round(alpha_u, 5),
+        "beta_entropy": round(beta_h, 5), "beta_uniform": round(beta_u, 5),
+        "path_margin": round(margins["path_margin"], 4),
+        "op_gap_mean": round(margins["op_gap_mean"], 5),
+        "op_gap_min": round(margins["op_gap_min"], 5),
+        "val_miou": round(last_val_miou(run), 4), "seconds": round(seconds, 1),
+        "torch": torch.__version__, "machine": f"{platform.machine()}, "
+                                                f"{torch.get_num_threads()} threads"}
+
+
+def main(args) -> None:
+    out = Path(args.csv)
+    rows = read_rows(out)
+    flags = " ".join(args.extra)
+    done = {(r["task"], int(r["seed"]), r["flags"]) for r in rows}
+    for task in args.tasks:
+        dataset_info(TASKS[task].INFO.name)  # registered under that name
+        for seed in args.seeds:
+            if (task, seed, flags) in done:
+                continue
+            row = run_task(task, seed, args.extra, Path(args.run_dir))
+            append_row(out, row)
+            rows.append({k: str(v) for k, v in row.items()})
+            print(f"{task} seed {seed}: found {row['found']}, path {row['network_path']}, "
+                  f"alpha entropy {row['alpha_entropy']}, {row['seconds']} s", flush=True)
+    for task in args.tasks:
+        mine = [r for r in rows if r["task"] == task and r["flags"] == flags
+                and int(r["seed"]) in args.seeds]
+        found = sum(r["found"] == "True" for r in mine)
+        print(f"{task}: planted answer ({TASKS[task].PLANTED_ANSWER}) found in {found} of "
+              f"{len(mine)} seeds")
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())

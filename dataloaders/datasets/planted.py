@@ -1,0 +1,128 @@
+"""Planted tasks: generated scenes whose labels need one architectural choice by construction,
+so that a search can be checked against a known answer (bench/planted.py, tests/test_planted.py).
+
+**planted_context** (`ring_scene`, 128 x 128). One noisy grey texture, the same inside and
+outside a few thin rings. A ring is red or blue, and everything it encloses (the ring and its
+interior) is labelled by that colour:
+
+| id | name | what it is |
+|---|---|---|
+| 0 | background | texture outside every ring |
+| 1 | inside_red | a red ring and the texture it encloses |
+| 2 | inside_blue | a blue ring and the texture it encloses |
+
+Inside and outside look exactly alike, so a pixel's class is decided only by a ring up to a
+radius (23-44 pixels) away: 6-11 feature pixels at stride 4, beyond the reach of a few
+operations, and 1-3 at stride 16 or 32. Several rings of both colours share an image, so the
+global mean (ASPP image pooling) cannot tell either. The answer planted is a network path
+that reaches the coarse levels.
+
+**planted_operation** (`blob_scene`, 64 x 64). Small faint disks (radius 4-8 pixels), 24
+grey levels brighter or darker than the background, under per-pixel noise of twice that:
+
+| id | name | what it is |
+|---|---|---|
+| 0 | background | noise around the level of the image |
+| 1 | bright_blob | a disk 24 levels brighter |
+| 2 | dark_blob | a disk 24 levels darker |
+
+One pixel says little (signal-to-noise 1/2); the mean over a disk's area does. The
+disks are smaller than a stride-16 feature pixel, so the labels need the fine levels, and
+what they need there is a local mean over about 3 x 3 feature pixels at stride 4 (12 x 12
+pixels), which is exactly avg_pool_3x3. A convolution can learn to average too, but has to
+learn it; skip_connect and max_pool_3x3 pass the noise on. The answer planted is a cell whose
+most frequent operation is avg_pool_3x3.
+
+Scenes are drawn at one scale: training augmentation keeps the random crop and flip but not
+the random rescale, which would change the sizes and distances the tasks are built on.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dataloaders import DatasetInfo
+
+BACKGROUND, INSIDE_RED, INSIDE_BLUE = range(3)
+RING_CLASS_NAMES = ("background", "inside_red", "inside_blue")
+RING_PALETTE = ((0, 0, 0), (220, 50, 50), (50, 90, 230))
+# Means and stds measured over 256 generated images of the default size (seed 0, train); the
+# mean is rounded to a whole 8-bit value so that padding with the mean colour normalises to 0.
+RING_MEAN = (125 / 255, 121 / 255, 126 / 255)
+RING_STD = (0.158, 0.146, 0.162)
+
+RING_COLOURS = {INSIDE_RED: (215, 45, 45), INSIDE_BLUE: (45, 85, 225)}
+RING_WIDTH = 2.5  # pixels
+TEXTURE_STD = 28  # per-pixel grey noise, the same everywhere
+COLOUR_JITTER = 12
+PLACEMENT_TRIES = 50
+
+
+def info(name: str, class_names, palette, mean, std) -> DatasetInfo:
+    return DatasetInfo(name=name, num_classes=len(class_names), class_names=tuple(class_names),
+                       palette=tuple(palette), mean=tuple(mean), std=tuple(std))
+
+
+BRIGHT_BLOB, DARK_BLOB = 1, 2
+BLOB_CLASS_NAMES = ("background", "bright_blob", "dark_blob")
+BLOB_PALETTE = ((0, 0, 0), (250, 250, 250), (120, 60, 200))
+BLOB_MEAN = (128 / 255,) * 3
+BLOB_STD = (0.192,) * 3
+BLOB_CONTRAST = 24  # grey levels above or below the background
+BLOB_NOISE = 48  # per-pixel grey noise std: twice the contrast
+BLOB_RADIUS = (4.0, 8.0)  # pixels
+BLOBS_PER_IMAGE = (8, 16)
+
+
+def blob_scene(rng: np.random.Generator, height: int, width: int
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """One scene of the operation task: uint8 image (H, W, 3) and uint8 mask (H, W) of class
+    ids 0..2, faint bright and dark disks in grey noise of twice their contrast."""
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    level = np.full((height, width), rng.uniform(118, 138), dtype=np.float32)
+    mask = np.zeros((height, width), dtype=np.uint8)
+    for _ in range(rng.integers(BLOBS_PER_IMAGE[0], BLOBS_PER_IMAGE[1] + 1)):
+        r = rng.uniform(*BLOB_RADIUS)
+        cy, cx = rng.uniform(0, height), rng.uniform(0, width)
+        disk = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+        if (mask[disk] != 0).any():
+            continue  # blobs never touch, so each keeps its one contrast
+        label = BRIGHT_BLOB if rng.random() < 0.5 else DARK_BLOB
+        mask[disk] = label
+        level[disk] += BLOB_CONTRAST if label == BRIGHT_BLOB else -BLOB_CONTRAST
+    image = level[..., None] + rng.normal(0, BLOB_NOISE, (height, width, 1)) + np.zeros(3)
+    return np.clip(np.rint(image), 0, 255).astype(np.uint8), mask
+
+
+def ring_scene(rng: np.random.Generator, height: int, width: int, *,
+               radius_range: tuple[float, float], rings: tuple[int, int]
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """One scene: uint8 image (H, W, 3) and uint8 mask (H, W) of class ids 0..2.
+
+    `radius_range` is a fraction of the shorter side; `rings` (min, max) rings are tried, each
+    of a random colour, placed whole and apart (a ring with no room left is skipped)."""
+    s = min(height, width)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    grey = rng.uniform(90, 160)
+    tint = rng.normal(0, 4, 3)  # a slightly coloured grey, one per image
+    image = grey + tint + rng.normal(0, TEXTURE_STD, (height, width, 1))  # (H, W, 3)
+    mask = np.full((height, width), BACKGROUND, dtype=np.uint8)
+    placed: list[tuple[float, float, float]] = []
+    for _ in range(rng.integers(rings[0], rings[1] + 1)):
+        r = rng.uniform(*radius_range) * s
+        if 2 * r + 2 > s:
+            continue
+        for _ in range(PLACEMENT_TRIES):
+            cy, cx = rng.uniform(r + 1, height - 1 - r), rng.uniform(r + 1, width - 1 - r)
+            if all(np.hypot(cy - y, cx - x) > r + q + 3 for y, x, q in placed):
+                break
+        else:
+            continue  # no room left for this ring
+        placed.append((cy, cx, r))
+        label = INSIDE_RED if rng.random() < 0.5 else INSIDE_BLUE
+        distance = np.hypot(yy - cy, xx - cx)
+        mask[distance <= r] = label
+        ring = np.abs(distance - (r - RING_WIDTH / 2)) <= RING_WIDTH / 2
+        colour = np.asarray(RING_COLOURS[label], np.float32) + rng.normal(0, COLOUR_JITTER, 3)
+        image[ring] = colour + rng.normal(0, TEXTURE_STD / 4, (int(ring.sum()), 3))
+    return np.clip(np.rint(image), 0, 255).astype(np.uint8), mask

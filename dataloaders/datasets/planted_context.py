@@ -1,0 +1,39 @@
+"""Planted task "context": large rings, whose interiors need a path through the coarse levels.
+See dataloaders/datasets/planted.py for the scenes and the reasoning."""
+
+from __future__ import annotations
+
+import sys
+from functools import partial
+
+from dataloaders.datasets import planted
+from dataloaders.datasets.generated import GeneratedDefaults, build_generated, export_samples
+
+INFO = planted.info("planted_context", planted.RING_CLASS_NAMES, planted.RING_PALETTE,
+                    planted.RING_MEAN, planted.RING_STD)
+DEFAULTS = GeneratedDefaults(num_samples={"train": 128, "val": 16, "test": 16},
+                             image_size=(128, 128), scale_range=(1.0, 1.0))
+generate = partial(planted.ring_scene, radius_range=(0.18, 0.34), rings=(2, 4))
+
+COARSE_LEVEL = 2  # stride 16
+PLANTED_ANSWER = "the decoded path reaches stride 16 or 32"
+
+
+def planted_answer_found(network_path, cell) -> bool:
+    """Whether a decoded architecture (levels per layer; per block two (input, operation)
+    pairs) holds the planted answer: a path that reaches level COARSE_LEVEL or coarser."""
+    return max(network_path) >= COARSE_LEVEL
+
+
+def build(split, **kwargs):
+    """See ``dataloaders.build_dataset``."""
+    return build_generated(sys.modules[__name__], split, **kwargs)
+
+
+if __name__ == "__main__":
+    from config_utils.synthetic_args import get_args_parser
+
+    _args = get_args_parser().parse_args()
+    for _path in export_samples(sys.modules[__name__], _args.out_dir, split=_args.split,
+                                count=_args.count, seed=_args.seed, image_size=_args.image_size):
+        print(_path)

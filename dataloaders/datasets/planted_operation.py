@@ -1,0 +1,43 @@
+"""Planted task "operation": faint small disks in strong noise, which need a local mean at the
+fine levels (avg_pool_3x3). See dataloaders/datasets/planted.py for the scenes and the
+reasoning."""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+
+from dataloaders.datasets import planted
+from dataloaders.datasets.generated import GeneratedDefaults, build_generated, export_samples
+
+INFO = planted.info("planted_operation", planted.BLOB_CLASS_NAMES, planted.BLOB_PALETTE,
+                    planted.BLOB_MEAN, planted.BLOB_STD)
+DEFAULTS = GeneratedDefaults(num_samples={"train": 128, "val": 16, "test": 16},
+                             image_size=(64, 64), scale_range=(1.0, 1.0))
+generate = planted.blob_scene
+
+PLANTED_OPERATION = "avg_pool_3x3"
+PLANTED_ANSWER = f"{PLANTED_OPERATION} is the decoded cell's most frequent operation"
+
+
+def planted_answer_found(network_path, cell) -> bool:
+    """Whether a decoded architecture (levels per layer; per block two (input, operation)
+    pairs) holds the planted answer: PLANTED_OPERATION on more of the cell's edges than any
+    other operation (a tie is not found)."""
+    counts = Counter(op for block in cell for _, op in block)
+    ours = counts.pop(PLANTED_OPERATION, 0)
+    return ours > max(counts.values(), default=0)
+
+
+def build(split, **kwargs):
+    """See ``dataloaders.build_dataset``."""
+    return build_generated(sys.modules[__name__], split, **kwargs)
+
+
+if __name__ == "__main__":
+    from config_utils.synthetic_args import get_args_parser
+
+    _args = get_args_parser().parse_args()
+    for _path in export_samples(sys.modules[__name__], _args.out_dir, split=_args.split,
+                                count=_args.count, seed=_args.seed, image_size=_args.image_size):
+        print(_path)

@@ -1,0 +1,117 @@
+"""Planted tasks: scenes built so that one architectural choice is needed, and the checks of
+a decoded architecture against that choice."""
+import numpy as np
+import pytest
+import torch
+
+from dataloaders import build_dataset, dataset_info, is_generated
+from dataloaders.datasets import planted, planted_context, planted_operation
+
+TASKS = (planted_context, planted_operation)
+
+
+@pytest.mark.parametrize("task", TASKS, ids=lambda m: m.INFO.name)
+def test_scenes_are_deterministic_per_seed_split_and_index(task):
+    name = task.INFO.name
+    assert is_generated(name) and dataset_info(name).num_classes == 3
+    a = build_dataset(name, "val", train=False, crop_size=32)
+    b = build_dataset(name, "val", train=False, crop_size=32)
+    assert torch.equal(a[2][0], b[2][0]) and torch.equal(a[2][1], b[2][1])
+    assert not torch.equal(a[2][0], build_dataset(name, "val", train=False, crop_size=32,
+                                                  seed=1)[2][0])
+    assert not torch.equal(a[2][0], build_dataset(name, "train", train=False,
+                                                  crop_size=32)[2][0])
+    # Normalised with the dataset's own statistics (a grey level per image: 16 images' mean
+    # is near 0, not at it).
+    images = torch.stack([a[i][0] for i in range(len(a))])
+    assert images.mean().abs() < 0.25 and 0.8 < images.std() < 1.2
+
+
+def test_context_scenes_label_what_rings_enclose():
+    task = planted_context
+    height, width = task.DEFAULTS.image_size
+    for index in range(6):
+        image, mask = task.generate(np.random.default_rng([0, 0, index]), height, width)
+        again, _ = task.generate(np.random.default_rng([0, 0, index]), height, width)
+        assert np.array_equal(image, again) and image.shape == (height, width, 3)
+        # Ring pixels are strongly red or blue and labelled by their colour; no other pixel is.
+        r, g, b = (image[..., c].astype(int) for c in range(3))
+        red, blue = (r - np.maximum(g, b) > 80), (b - np.maximum(r, g) > 80)
+        assert red.any() or blue.any()
+        assert (mask[red] == planted.INSIDE_RED).all()
+        assert (mask[blue] == planted.INSIDE_BLUE).all()
+        # Inside and outside are the same texture: only the rings tell them apart.
+        texture = ~(red | blue)
+        inside = texture & (mask != planted.BACKGROUND)
+        outside = texture & (mask == planted.BACKGROUND)
+        assert abs(image[inside].mean() - image[outside].mean()) < 6
+        assert abs(image[inside].std() - image[outside].std()) < 4
+
+
+def test_operation_scenes_hide_faint_disks_in_noise():
+    # One pixel says little, a disk's mean says which: bright, dark or background.
+    height, width = planted_operation.DEFAULTS.image_size
+    for index in range(4):
+        image, mask = planted_operation.generate(np.random.default_rng([0, 0, index]),
+                                                 height, width)
+        grey = image[..., 0].astype(float)
+        assert (image[..., 0] == image[..., 2]).all()
+        background = grey[mask == planted.BACKGROUND]
+        for label, sign in ((planted.BRIGHT_BLOB, 1), (planted.DARK_BLOB, -1)):
+            disk = grey[mask == label]
+            if disk.size:
+                contrast = sign * (disk.mean() - background.mean())
+                assert 0.5 * planted.BLOB_CONTRAST < contrast < 1.5 * planted.BLOB_CONTRAST
+        assert background.std() > 1.7 * planted.BLOB_CONTRAST  # noise twice it, little clipping
+
+
+def farthest_from_a_ring(image, mask) -> float:
+    """Pixels from the labelled pixel farthest from every ring pixel: the context it needs."""
+    r, g, b = (image[..., c].astype(int) for c in range(3))
+    ring = np.argwhere((r - np.maximum(g, b) > 80) | (b - np.maximum(r, g) > 80))
+    labelled = np.argwhere(mask != planted.BACKGROUND)
+    gaps = np.sqrt(((labelled[:, None, :] - ring[None, :, :]) ** 2).sum(-1)).min(1)
+    return float(gaps.max())
+
+
+def test_context_is_farther_than_four_feature_pixels_at_stride_4():
+    # 4 feature pixels at stride 4 are 16 pixels, the reach of one 5 x 5 operation.
+    for index in range(4):
+        rng = np.random.default_rng([0, 0, index])
+        assert farthest_from_a_ring(*planted_context.generate(rng, 128, 128)) > 16
+
+
+def test_training_crops_keep_the_scale():
+    # The distances are the task: training augmentation crops and flips but never rescales.
+    for task in TASKS:
+        ds = build_dataset(task.INFO.name, "train", train=True, crop_size=32, num_samples=2)
+        image, mask = ds[0]
+        assert image.shape == (3, 32, 32)
+        full = build_dataset(task.INFO.name, "train", train=False, crop_size=32,
+                             num_samples=2)[0][1]
+        # The crop is a window of the unscaled mask, possibly flipped.
+        windows = {tuple(full[y:y + 32, x:x + 32].flatten().tolist())
+                   for y in range(full.shape[0] - 31) for x in range(full.shape[1] - 31)}
+        assert (tuple(mask.flatten().tolist()) in windows
+                or tuple(mask.flip(-1).flatten().tolist()) in windows)
+
+
+def test_context_answer_is_a_path_through_the_coarse_levels():
+    found = planted_context.planted_answer_found
+    cell = ((((0, "skip_connect"), (1, "skip_connect")),))
+    assert not found((0, 0, 0, 0, 0, 0, 0, 1), cell)
+    assert found((0, 1, 2, 2, 1, 0, 0, 0), cell)
+    assert found((1, 2, 3, 3, 3, 3, 3, 3), cell)
+
+
+def test_operation_answer_is_avg_pool_as_the_most_frequent_operation():
+    found = planted_operation.planted_answer_found
+    ops = ["avg_pool_3x3"] * 3 + ["skip_connect"] * 2 + ["sep_conv_3x3"] * 2 + [
+        "atrous_conv_5x5", "max_pool_3x3", "sep_conv_5x5"]
+    cell = lambda ops: tuple(((0, ops[2 * b]), (1, ops[2 * b + 1])) for b in range(5))  # noqa
+    assert found((0,) * 8, cell(ops))
+    tie = ops[:2] + ["skip_connect"] + ops[3:]  # 2 avg_pool, 3 skip_connect
+    assert not found((0,) * 8, cell(tie))
+    level = ops[:2] + ["sep_conv_3x3"] + ops[3:]  # 2 avg_pool, 3 sep_conv_3x3
+    assert not found((0,) * 8, cell(level))
+    assert not found((0,) * 8, cell(["skip_connect"] * 10))
