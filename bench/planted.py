@@ -11,8 +11,11 @@ last checkpoint is checked against the task's planted answer (`PLANTED_ANSWER` a
 `planted_answer_found` of dataloaders/datasets/planted_<task>.py).
 
 One row per (task, seed, extra flags) goes to --csv: the decoded path and cell, whether the
-planted answer is in it, how far alphas and betas moved, the decode margins and the run's
-time. Rows already in the CSV are skipped, so the same command continues an interrupted
+planted answer is in it, the expected level per layer of a path drawn from the betas
+(`mean_levels`) and the cell's most frequent operation (`top_operation`), how far alphas and
+betas moved, the decode margins and the run's time. Each task is the other's control: the
+context task should end on coarser levels than the operation task, and only the operation
+task should favour avg_pool_3x3. Rows already in the CSV are skipped, so the same command continues an interrupted
 series (on another machine too).
 """
 from __future__ import annotations
@@ -23,22 +26,25 @@ import json
 import platform
 import subprocess
 import sys
-import time
+from collections import Counter
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from dataloaders import dataset_info  # noqa: E402
 from dataloaders.datasets import planted_context, planted_operation  # noqa: E402
+from modeling.search_space import NUM_LEVELS  # noqa: E402
 from modeling.decoding import (arch_probabilities, decode_margins,  # noqa: E402
-                               genotype_from_probabilities, load_search_architecture,
-                               mean_entropies)
+                               genotype_from_probabilities, level_distribution,
+                               load_search_architecture, mean_entropies)
 
 TASKS = {"context": planted_context, "operation": planted_operation}
-FIELDS = ("task", "seed", "flags", "found", "network_path", "cell", "alpha_entropy",
+FIELDS = ("task", "seed", "flags", "found", "network_path", "cell", "mean_levels",
+          "top_operation", "alpha_entropy",
           "alpha_uniform", "beta_entropy", "beta_uniform", "path_margin", "op_gap_mean",
           "op_gap_min", "val_miou", "seconds", "torch", "machine")
 
@@ -73,11 +79,13 @@ def append_row(path: Path, row: dict) -> None:
         writer.writerow(row)
 
 
-def last_val_miou(run: Path) -> float:
+def run_metrics(run: Path) -> tuple[float, float]:
+    """(last val mIoU, seconds of all epochs) from a search's metrics.csv: the search's own
+    time, also when a finished run is only reopened."""
     with (run / "metrics.csv").open(newline="") as f:
         rows = list(csv.DictReader(f))
     values = [float(r["val_miou"]) for r in rows if r.get("val_miou") not in (None, "")]
-    return values[-1] if values else float("nan")
+    return (values[-1] if values else float("nan")), sum(float(r["seconds"]) for r in rows)
 
 
 def run_task(task: str, seed: int, extra: list[str], run_dir: Path) -> dict:
@@ -90,28 +98,31 @@ def run_task(task: str, seed: int, extra: list[str], run_dir: Path) -> dict:
     command += ["--resume", str(checkpoint)] if checkpoint.exists() else ["--out-dir", str(run)]
     command += extra
     print(" ".join(command), flush=True)
-    start = time.time()
     done = subprocess.run(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                           text=True)
     if done.returncode != 0:
         sys.exit(f"search failed ({done.returncode}); see {run}/search.log:\n{done.stderr[-2000:]}")
-    seconds = time.time() - start
+    miou, seconds = run_metrics(run)
     arch = load_search_architecture(checkpoint)
     weights, probs = arch_probabilities(arch.alphas, arch.betas, arch.edge_logits)
     genotype = genotype_from_probabilities(weights, probs)
     alpha_h, alpha_u, beta_h, beta_u = mean_entropies(weights, probs)
     margins = decode_margins(weights, probs)
+    levels = level_distribution(probs) @ np.arange(NUM_LEVELS)  # expected level per layer
+    ops = Counter(op for block in genotype.cell for _, op in block).most_common()
+    top = [op for op, n in ops if n == ops[0][1]]  # several when tied
     return {
         "task": task, "seed": seed, "flags": " ".join(extra),
         "found": module.planted_answer_found(genotype.network_path, genotype.cell),
         "network_path": " ".join(map(str, genotype.network_path)),
         "cell": json.dumps([list(map(list, block)) for block in genotype.cell]),
+        "mean_levels": " ".join(f"{v:.2f}" for v in levels), "top_operation": "+".join(top),
         "alpha_entropy": round(alpha_h, 5), "alpha_uniform": round(alpha_u, 5),
         "beta_entropy": round(beta_h, 5), "beta_uniform": round(beta_u, 5),
         "path_margin": round(margins["path_margin"], 4),
         "op_gap_mean": round(margins["op_gap_mean"], 5),
         "op_gap_min": round(margins["op_gap_min"], 5),
-        "val_miou": round(last_val_miou(run), 4), "seconds": round(seconds, 1),
+        "val_miou": round(miou, 4), "seconds": round(seconds, 1),
         "torch": torch.__version__, "machine": f"{platform.machine()}, "
                                                 f"{torch.get_num_threads()} threads"}
 

@@ -1,4 +1,5 @@
-"""Command line of `python -m dataloaders.datasets.synthetic` (write generated images)."""
+"""Command line of `python -m dataloaders.datasets.NAME` for a generated dataset NAME (synthetic,
+planted_context, planted_operation): write generated images."""
 from __future__ import annotations
 
 import argparse
@@ -8,7 +9,7 @@ from config_utils.common import HelpFormatter
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        description="Write images of the synthetic dataset (and their labels) as PNG files, "
+        description="Write images of a generated dataset (and their labels) as PNG files, "
                     "e.g. to try predict.py on.",
         formatter_class=HelpFormatter)
     p.add_argument("--out-dir", required=True, help="folder to write the PNG files to")
@@ -17,5 +18,5 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, default=4, help="how many images")
     p.add_argument("--seed", type=int, default=0, help="dataset seed (as --seed of the scripts)")
     p.add_argument("--image-size", type=int, nargs=2, default=None, metavar=("H", "W"),
-                   help="image height and width (default: the dataset's, 96 x 96)")
+                   help="image height and width (default: the dataset's)")
     return p

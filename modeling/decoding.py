@@ -116,6 +116,23 @@ def top_k_paths(probs, k: int) -> list[tuple[list[int], float]]:
             for zeros, product, path in _k_best(_check_probs(probs), k)]
 
 
+def level_distribution(probs) -> np.ndarray:
+    """(L, 4): the probability of each level at each layer for a path drawn from the
+    transitions `probs` (a Markov chain from the stem at level 0). Unlike the decoded path,
+    it moves smoothly with the betas, so it shows a search leaning towards coarse or fine
+    levels before the decode flips."""
+    probs = _check_probs(probs)
+    dist = np.zeros((probs.shape[0], NUM_LEVELS))
+    previous = np.eye(NUM_LEVELS)[STEM_LEVEL]
+    for layer in range(probs.shape[0]):
+        for level in range(NUM_LEVELS):
+            for d, step in enumerate(DIRECTIONS):
+                if 0 <= level + step < NUM_LEVELS:
+                    dist[layer, level + step] += previous[level] * probs[layer, level, d]
+        previous = dist[layer]
+    return dist
+
+
 def _check_path(path, num_layers: int) -> list[int]:
     path = [int(level) for level in path]
     previous = STEM_LEVEL

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from modeling.decoding import (arch_probabilities, decode_cell, decode_network_path,
-                               genotype_from_arch, path_probability, steps_for_edges,
-                               top_k_paths)
+                               genotype_from_arch, level_distribution, path_probability,
+                               steps_for_edges, top_k_paths)
 from modeling.genotypes import GENOTYPES
 from modeling.search_space import (DIRECTIONS, NUM_LEVELS, PRIMITIVES, edge_offset, num_edges,
                                    normalize_betas, transition_mask)
@@ -101,6 +101,21 @@ def test_viterbi_and_k_best_equal_exhaustive_search(kind):
         assert decode_network_path(probs) == expected[0][0]
         k = 1 + trial % 9
         assert top_k_paths(probs, k) == expected[:k]
+
+
+@pytest.mark.parametrize("kind", ("softmax", "zeros", "uniform"))
+def test_level_distribution_sums_path_probabilities_by_level(kind):
+    # At layer l, the probability of each level is the total probability of the valid paths
+    # through layers 0..l that end there (brute force over every such path; rows need not
+    # sum to 1).
+    rng = np.random.default_rng(11)
+    for num_layers in (1, 3, 6):
+        probs = random_probs(rng, num_layers, kind)
+        expected = np.zeros((num_layers, NUM_LEVELS))
+        for layer in range(num_layers):
+            for path in all_valid_paths(layer + 1):
+                expected[layer, path[-1]] += path_probability(probs[:layer + 1], path)
+        np.testing.assert_allclose(level_distribution(probs), expected, rtol=1e-9, atol=1e-12)
 
 
 def test_all_paths_tied_gives_lowest_levels_first():
