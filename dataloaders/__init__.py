@@ -16,6 +16,7 @@ samples does not shift the draws of the others).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import os
@@ -154,8 +155,12 @@ def build_dataset(
             raise UserError(f"--use-sbd only applies to --dataset pascal, not {name}; drop it")
         options["use_sbd"] = True
     if is_generated(name):  # its size and seed, no files
+        from dataloaders.datasets.generated import build_generated
+
+        build = functools.partial(build_generated, module)
         options.update(num_samples=num_samples, image_size=image_size, seed=seed)
     else:
+        build = module.build
         if num_samples is not None or image_size is not None:
             log.warning("%s ignores num_samples and image_size (they only shape "
                         "generated datasets)", name)
@@ -167,7 +172,7 @@ def build_dataset(
                 f"{ROOT_VARIABLES[name]} to the folder holding {_ROOT_CONTENTS[name]}"
             )
         options["data_root"] = data_root
-    return module.build(
+    return build(
         split,
         train=train,
         crop_size=crop_size,

@@ -1,4 +1,5 @@
-"""Segmentation datasets. Each module defines ``INFO`` (DatasetInfo) and ``build(split, ...)``."""
+"""Segmentation datasets. Each file-backed module defines ``INFO`` (DatasetInfo) and
+``build(split, ...)``; each generated one ``INFO``, ``DEFAULTS`` and ``generate`` (generated.py)."""
 
 from __future__ import annotations
 

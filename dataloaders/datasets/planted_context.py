@@ -7,7 +7,7 @@ import sys
 from functools import partial
 
 from dataloaders.datasets import planted
-from dataloaders.datasets.generated import GeneratedDefaults, build_generated, export_samples
+from dataloaders.datasets.generated import GeneratedDefaults, write_samples
 
 INFO = planted.info("planted_context", planted.RING_CLASS_NAMES, planted.RING_PALETTE,
                     planted.RING_MEAN, planted.RING_STD)
@@ -25,15 +25,5 @@ def planted_answer_found(network_path, cell) -> bool:
     return max(network_path) >= COARSE_LEVEL
 
 
-def build(split, **kwargs):
-    """See ``dataloaders.build_dataset``."""
-    return build_generated(sys.modules[__name__], split, **kwargs)
-
-
 if __name__ == "__main__":
-    from config_utils.synthetic_args import get_args_parser
-
-    _args = get_args_parser().parse_args()
-    for _path in export_samples(sys.modules[__name__], _args.out_dir, split=_args.split,
-                                count=_args.count, seed=_args.seed, image_size=_args.image_size):
-        print(_path)
+    write_samples(sys.modules[__name__])

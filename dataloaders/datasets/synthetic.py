@@ -29,7 +29,7 @@ import sys
 import numpy as np
 
 from dataloaders import DatasetInfo
-from dataloaders.datasets.generated import GeneratedDefaults, build_generated, export_samples
+from dataloaders.datasets.generated import GeneratedDefaults, write_samples
 
 BACKGROUND, FLAT_REGION, STRIPED_REGION, ORANGE_SQUARE, VIOLET_SQUARE, INNER_BLOB = range(6)
 
@@ -161,15 +161,5 @@ def generate(rng: np.random.Generator, height: int, width: int) -> tuple[np.ndar
     return np.clip(np.rint(image), 0, 255).astype(np.uint8), mask
 
 
-def build(split, **kwargs):
-    """See ``dataloaders.build_dataset``."""
-    return build_generated(sys.modules[__name__], split, **kwargs)
-
-
 if __name__ == "__main__":
-    from config_utils.synthetic_args import get_args_parser
-
-    _args = get_args_parser().parse_args()
-    for _path in export_samples(sys.modules[__name__], _args.out_dir, split=_args.split,
-                                count=_args.count, seed=_args.seed, image_size=_args.image_size):
-        print(_path)
+    write_samples(sys.modules[__name__])
