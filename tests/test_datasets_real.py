@@ -199,13 +199,13 @@ def test_missing_root_names_the_flag_and_the_variable(name):
         build_dataset(name, "train", train=False, crop_size=32)
 
 
-def test_synthetic_only_arguments_are_ignored_with_one_warning(trees, caplog):
+def test_generated_only_arguments_are_ignored_with_one_warning(trees, caplog):
     with caplog.at_level("WARNING"):
         data = build_dataset("ade20k", "val", data_root=str(trees["ade20k"]), train=False,
                              crop_size=32, num_samples=5, image_size=(64, 64))
     assert len(data) == 2  # the files decide, not num_samples
     assert [r.getMessage() for r in caplog.records] == [
-        "ade20k ignores num_samples and image_size (they only shape the synthetic dataset)"]
+        "ade20k ignores num_samples and image_size (they only shape generated datasets)"]
 
 
 def test_use_sbd_is_refused_for_other_datasets(trees):
