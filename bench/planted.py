@@ -15,8 +15,8 @@ planted answer is in it, the expected level per layer of a path drawn from the b
 (`mean_levels`) and the cell's most frequent operation (`top_operation`), how far alphas and
 betas moved, the decode margins and the run's time. Each task is the other's control: the
 context task should end on coarser levels than the operation task, and only the operation
-task should favour avg_pool_3x3. Rows already in the CSV are skipped, so the same command continues an interrupted
-series (on another machine too).
+task should favour avg_pool_3x3. Rows already in the CSV are skipped, so the same command
+continues an interrupted series (on another machine too).
 """
 from __future__ import annotations
 
