@@ -10,7 +10,7 @@ from config_utils.common import (HelpFormatter, dataset_default_help, dataset_he
 # Paper defaults (SPEC section 3) for real datasets; a CPU-sized search for synthetic data.
 PAPER_DEFAULTS = dict(
     epochs=40, batch_size=2, crop_size=321, resize=None, lr=0.025, min_lr=0.001, momentum=0.9,
-    weight_decay=3e-4, arch_lr=3e-3, arch_weight_decay=1e-3, alpha_epoch=20, aux_skip=0.0,
+    weight_decay=3e-4, arch_lr=3e-3, arch_weight_decay=1e-3, alpha_epoch=20,
     filter_multiplier=8, block_multiplier=5, steps=5, num_layers=12, eval_interval=1,
     grad_clip=5.0, workers=4, seed=0, partial_channels=1,
 )
@@ -119,11 +119,6 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="Adam weight decay of alphas and betas " + dflt("arch_weight_decay"))
     g.add_argument("--alpha-epoch", type=int, default=None,
                    help="epoch from which architecture steps run " + dflt("alpha_epoch"))
-    g.add_argument("--aux-skip", type=float, default=None, metavar="W",
-                   help="DARTS- auxiliary skip connection beside every edge, outside the "
-                        "softmax, with weight W decayed linearly to 0 over the search; against "
-                        "the collapse of the cell to skip_connect (0: off, the paper's "
-                        "supernet) " + dflt("aux_skip"))
     g.add_argument("--amp", action="store_true",
                    help="bf16 mixed precision on CUDA (torch.amp autocast; ignored with a "
                         "warning on the CPU)")
