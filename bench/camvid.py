@@ -1,27 +1,38 @@
-"""Evidence on real data: search on CamVid, decode, and retrain the searched network against the
-paper's architecture and random architectures of the same space, at equal budget.
+"""Evidence on real data: networks searched on CamVid against architectures drawn uniformly from
+the same space and the paper's architecture, each retrained at the same budget and evaluated
+on the val split.
 
-    .venv/bin/python bench/camvid.py                         # CPU protocol, about 1.3 h on 2 cores
+    .venv/bin/python bench/camvid.py                         # CPU protocol, hours on 2 cores
     .venv/bin/python bench/camvid.py --protocol gpu --device cuda
     .venv/bin/python bench/camvid.py --protocol smoke        # a few iterations (the test suite)
 
-Every stage is the public command line (train_autodeeplab.py, decode_autodeeplab.py, train.py),
-run in a subprocess with its log in its own run folder under --out-dir. Finished stages are
-skipped and an interrupted one resumes from its checkpoint, so running the same command again
-continues where it stopped. The data is read from --data-root, never copied.
+Stages, in this order: retrain the paper's architecture; retrain `--num-random` random
+architectures; then for each of `--search-seeds`, search, decode and retrain the searched
+network. The stages that need no search come first, so a change to the search leaves their
+results valid.
 
-Writes to --out-dir: `results.csv` and `results.md` (val mIoU, per-class IoU, parameters,
-Multi-Adds, training time of every retrained network, mean and spread over seeds), `search.png`
-(search val mIoU and alpha/beta entropy per epoch), `miou_vs_multiadds.png`, and the decoded
-architecture's picture in `search/architecture.png`.
+Every stage is the public command line (train_autodeeplab.py, decode_autodeeplab.py, train.py),
+run in a subprocess with its log in its run folder under --out-dir; an interrupted stage
+resumes from its checkpoint. Each finished stage appends its row to a CSV in --results-dir
+(under docs/camvid for the real protocols, to be committed as they come), together with the
+genotype it trained, and rows already there are skipped: the same command continues the
+comparison, on another machine too. After every stage `results.md` and the plots are rewritten
+from all rows recorded so far.
+
+--results-dir holds: `results.csv` (one row per retrained network: val mIoU, per-class IoU,
+the val mIoU at every evaluation of the retraining, parameters, Multi-Adds, time, path, cell),
+`search.csv` (one row per search: how far the architecture moved, decode margins),
+`search-sK.csv` (a search's per-epoch metrics), `genotypes/` (every architecture trained),
+`results.md`, `curves.png` (val mIoU during retraining), `miou_vs_multiadds.png` and
+`search.png` (alpha and beta entropy per search epoch).
 """
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -35,25 +46,36 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
+from bench.common import (append_row, cell_text, machine, read_rows,  # noqa: E402
+                          search_summary)
+from config_utils.search_args import SMALL_BUDGET_ARCH_LR  # noqa: E402
+from dataloaders import dataset_info  # noqa: E402
 from modeling.genotypes import GENOTYPES, Genotype, random_genotype  # noqa: E402
 from modeling.retrain_net import AutoDeepLab, RetrainConfig  # noqa: E402
-from modeling.search_space import PRIMITIVES  # noqa: E402
 from utils.flops import count_parameters, multi_adds  # noqa: E402
 
 DEFAULT_ROOT = REPO.parent / "shared" / "datasets" / "camvid"
+CLASS_NAMES = dataset_info("camvid").class_names
+# Random architectures are drawn in sequence from this generator, so random-K is the same
+# architecture in every series; its genotype file is written on first use and read after.
+RANDOM_ARCH_SEED = 1000
 
 # Each protocol: the flags of the search and of every retraining, and the evaluation size used
 # for Multi-Adds (the val images after --resize). The architecture warm-up (--alpha-epoch) is
 # the paper's half of the search (20 of 40 epochs), scaled with the number of epochs.
 PROTOCOLS = {
-    # 2-core CPU, about 1.3 hours: images at a third of their size (120 x 160), F = 4 supernet
-    # (8 epochs of 45 steps, ~45 min), F = 8 retraining (400 iterations, ~6 min per network).
+    # 2-core CPU: images at a third of their size (120 x 160). Search: F = 4 supernet, 8 epochs
+    # of 45 steps (~45 min), the small-budget architecture learning rate (180 architecture
+    # steps; at the paper's 3e-3 the alphas move by thousandths). Retraining: F = 8, 1200
+    # iterations (~16 min per network), val evaluated every 300 to show where the ranking
+    # settles (README, "Evidence on CamVid").
     "cpu": dict(
         search=["--resize", "120", "--crop-size", "96", "--batch-size", "4",
                 "--filter-multiplier", "4", "--block-multiplier", "5", "--steps", "5",
-                "--num-layers", "12", "--epochs", "8", "--alpha-epoch", "4", "--workers", "1"],
+                "--num-layers", "12", "--epochs", "8", "--alpha-epoch", "4", "--workers", "1",
+                "--arch-lr", str(SMALL_BUDGET_ARCH_LR)],
         retrain=["--resize", "120", "--crop-size", "96", "--batch-size", "8",
-                 "--filter-multiplier", "8", "--iters", "400", "--eval-interval", "400",
+                 "--filter-multiplier", "8", "--iters", "1200", "--eval-interval", "300",
                  "--warmup-iters", "50", "--lr", "0.05", "--workers", "1"],
         eval_size=(120, 160)),
     # One GPU: full 360 x 480 resolution, the paper's search settings (40 epochs, architecture
@@ -72,27 +94,38 @@ PROTOCOLS = {
                 "--filter-multiplier", "2", "--block-multiplier", "2", "--steps", "2",
                 "--num-layers", "3", "--epochs", "2", "--alpha-epoch", "1", "--workers", "0"],
         retrain=["--resize", "48", "--crop-size", "32", "--batch-size", "2", "--max-samples", "8",
-                 "--filter-multiplier", "2", "--iters", "4", "--eval-interval", "4",
+                 "--filter-multiplier", "2", "--iters", "4", "--eval-interval", "2",
                  "--warmup-iters", "1", "--workers", "0"],
         eval_size=(48, 64)),
 }
-CLASS_NAMES_KEY = "per_class_iou"
+RESULT_FIELDS = ("arch", "group", "search_seed", "seed", "miou", "pixel_acc",
+                 *(f"iou_{name}" for name in CLASS_NAMES), "miou_curve", "params_m",
+                 "multi_adds_g", "train_s", "network_path", "cell", "retrain_flags", "machine")
+SEARCH_FIELDS = ("search_seed", "network_path", "cell", "mean_levels", "top_operation",
+                 "alpha_entropy", "alpha_uniform", "beta_entropy", "beta_uniform",
+                 "path_margin", "op_gap_mean", "op_gap_min", "val_miou", "seconds",
+                 "search_flags", "machine")
 
 
 def get_args_parser():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--protocol", default="cpu", choices=sorted(PROTOCOLS),
-                   help="budget: cpu (2 cores, ~1.3 h), gpu (full resolution), smoke (seconds)")
+                   help="budget: cpu (2 cores, hours), gpu (full resolution), smoke (seconds)")
     p.add_argument("--data-root", default=None,
                    help=f"CamVid in the SegNet layout (default: $AUTODEEPLAB_CAMVID, else "
                         f"{DEFAULT_ROOT})")
-    p.add_argument("--out-dir", default=None, help="results folder (default: run/camvid-PROTOCOL)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0],
-                   help="retraining seeds; every architecture is trained once per seed")
-    p.add_argument("--num-random", type=int, default=3,
+    p.add_argument("--out-dir", default=None,
+                   help="run folders (default: run/camvid-PROTOCOL)")
+    p.add_argument("--results-dir", default=None,
+                   help="result rows, genotypes, table and plots (default: docs/camvid for "
+                        "cpu, docs/camvid/gpu for gpu, --out-dir for smoke)")
+    p.add_argument("--search-seeds", type=int, nargs="*", default=[0, 1, 2],
+                   help="one search (and its A/B split) per seed")
+    p.add_argument("--num-random", type=int, default=6,
                    help="architectures drawn uniformly from the search space")
-    p.add_argument("--search-seed", type=int, default=0, help="seed of the search and A/B split")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0],
+                   help="retraining seeds; every architecture is retrained once per seed")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if present)")
     return p
 
@@ -115,10 +148,6 @@ def run_stage(name: str, script: str, argv: list[str], log_path: Path) -> float:
     return seconds
 
 
-def finished(run_dir: Path, marker: str) -> bool:
-    return (run_dir / marker).exists()
-
-
 def resume_or_start(run_dir: Path, argv: list[str]) -> list[str]:
     """An interrupted stage continues from its checkpoint; a new one starts in `run_dir`."""
     checkpoint = run_dir / "checkpoint.pth.tar"
@@ -127,166 +156,256 @@ def resume_or_start(run_dir: Path, argv: list[str]) -> list[str]:
     return [*argv, "--out-dir", str(run_dir)]
 
 
-def search_and_decode(args, protocol, data, out: Path) -> Genotype:
-    run_dir = out / "search"
-    if not finished(run_dir, "genotype.json"):
-        if not finished(run_dir, "search.done"):
-            argv = [*data, *protocol["search"], "--seed", str(args.search_seed)]
-            run_stage("search", "train_autodeeplab.py", resume_or_start(run_dir, argv),
-                      out / "logs" / "search.log")
-            (run_dir / "search.done").touch()
-        run_stage("decode", "decode_autodeeplab.py",
-                  ["--resume", str(run_dir / "checkpoint.pth.tar")], out / "logs" / "decode.log")
-    return Genotype.load(run_dir / "genotype.json")
+def flag_value(argv: list[str], flag: str) -> str:
+    return argv[argv.index(flag) + 1]
 
 
-def architectures(args, searched: Genotype) -> dict[str, Genotype]:
-    """Searched, the paper's, and `--num-random` uniform draws with the searched L and steps."""
-    rng = np.random.default_rng(1000 + args.search_seed)
-    archs = {"searched": searched, "paper": GENOTYPES["autodeeplab"]}
-    for i in range(args.num_random):
-        archs[f"random-{i + 1}"] = random_genotype(searched.num_layers, searched.steps, rng)
+def random_architectures(count: int, protocol: dict, results: Path) -> dict[str, Genotype]:
+    """random-1 ... random-`count`, with the search's number of layers and blocks."""
+    num_layers = int(flag_value(protocol["search"], "--num-layers"))
+    steps = int(flag_value(protocol["search"], "--steps"))
+    rng = np.random.default_rng(RANDOM_ARCH_SEED)
+    archs = {}
+    for i in range(1, count + 1):
+        drawn = random_genotype(num_layers, steps, rng)
+        path = results / "genotypes" / f"random-{i}.json"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            drawn.save(path)
+        archs[f"random-{i}"] = Genotype.load(path)
     return archs
 
 
-def retrain(args, protocol, data, out: Path, name: str, genotype: Genotype, seed: int) -> dict:
-    run_dir = out / "retrain" / f"{name}-seed{seed}"
-    log = out / "logs" / f"retrain-{name}-seed{seed}.log"
-    genotype_path = out / "genotypes" / f"{name}.json"
-    if not genotype_path.exists():
-        genotype_path.parent.mkdir(parents=True, exist_ok=True)
-        genotype.save(genotype_path)
-    if not finished(run_dir, "eval_val.json"):
-        if not finished(run_dir, "train.done"):
-            argv = [*data, *protocol["retrain"], "--genotype", str(genotype_path),
-                    "--seed", str(seed)]
-            run_stage(f"retrain {name} seed {seed}", "train.py", resume_or_start(run_dir, argv),
-                      log)
-            (run_dir / "train.done").touch()
-        # The last iteration's model, not the best on val: no selection on the val split.
-        run_stage(f"evaluate {name} seed {seed}", "train.py",
-                  ["--resume", str(run_dir / "checkpoint.pth.tar"), "--eval-only"], log)
-    metrics = json.loads((run_dir / "eval_val.json").read_text())
-    with open(run_dir / "metrics.csv") as f:
-        train_seconds = sum(float(row["seconds"]) for row in csv.DictReader(f))
-    return {"arch": name, "seed": seed, "miou": metrics["miou"],
-            "pixel_acc": metrics["pixel_acc"], "train_s": round(train_seconds, 1),
-            **{f"iou_{k}": v for k, v in metrics[CLASS_NAMES_KEY].items()}}
+def search(protocol, data, out: Path, results: Path, seed: int) -> Genotype:
+    """Search with `seed` and decode; the genotype is kept in --results-dir and the search's
+    summary row in search.csv. A recorded genotype is used as it is."""
+    genotype_path = results / "genotypes" / f"searched-s{seed}.json"
+    if genotype_path.exists():
+        return Genotype.load(genotype_path)
+    run_dir = out / f"search-s{seed}"
+    log = out / "logs" / f"search-s{seed}.log"
+    if not (run_dir / "search.done").exists():
+        argv = [*data, *protocol["search"], "--seed", str(seed)]
+        run_stage(f"search seed {seed}", "train_autodeeplab.py", resume_or_start(run_dir, argv),
+                  log)
+        (run_dir / "search.done").touch()
+    run_stage(f"decode seed {seed}", "decode_autodeeplab.py",
+              ["--resume", str(run_dir / "checkpoint.pth.tar")], log)
+    genotype, summary = search_summary(run_dir / "checkpoint.pth.tar")
+    epochs = read_rows(run_dir / "metrics.csv")
+    shutil.copyfile(run_dir / "metrics.csv", results / f"search-s{seed}.csv")
+    shutil.copyfile(run_dir / "architecture.png", results / "genotypes" /
+                    f"searched-s{seed}.png")
+    miou = [float(r["val_miou"]) for r in epochs if r["val_miou"] not in ("", "nan")]
+    append_row(results / "search.csv", {
+        "search_seed": seed, **summary, "val_miou": round(miou[-1], 4) if miou else "",
+        "seconds": round(sum(float(r["seconds"]) for r in epochs), 1),
+        "search_flags": " ".join(protocol["search"]), "machine": machine()}, SEARCH_FIELDS)
+    genotype.save(genotype_path)  # last: its presence marks the search as recorded
+    return genotype
 
 
-def model_size(genotype: Genotype, num_classes: int, filter_multiplier: int,
-               eval_size) -> tuple[float, float]:
+def model_size(genotype: Genotype, filter_multiplier: int, eval_size) -> tuple[float, float]:
     """(parameters in millions, Multi-Adds in billions at the evaluation size)."""
-    config = RetrainConfig(num_classes=num_classes, genotype=genotype,
+    config = RetrainConfig(num_classes=len(CLASS_NAMES), genotype=genotype,
                            filter_multiplier=filter_multiplier, block_multiplier=genotype.steps)
     with torch.device("meta"):
         model = AutoDeepLab(config)
     return count_parameters(model) / 1e6, multi_adds(model, tuple(eval_size)) / 1e9
 
 
-def flag_value(argv: list[str], flag: str) -> str:
-    return argv[argv.index(flag) + 1]
+def retrain(protocol, data, out: Path, name: str, group: str, search_seed, genotype: Genotype,
+            seed: int) -> dict:
+    """Retrain `genotype` at the protocol's budget and evaluate its last iteration on val (no
+    selection on the val split); the result row."""
+    run_dir = out / "retrain" / f"{name}-seed{seed}"
+    log = out / "logs" / f"retrain-{name}-seed{seed}.log"
+    genotype_path = run_dir.parent / f"{name}.json"
+    genotype_path.parent.mkdir(parents=True, exist_ok=True)
+    genotype.save(genotype_path)
+    if not (run_dir / "eval_val.json").exists():
+        if not (run_dir / "train.done").exists():
+            argv = [*data, *protocol["retrain"], "--genotype", str(genotype_path),
+                    "--seed", str(seed)]
+            run_stage(f"retrain {name} seed {seed}", "train.py", resume_or_start(run_dir, argv),
+                      log)
+            (run_dir / "train.done").touch()
+        run_stage(f"evaluate {name} seed {seed}", "train.py",
+                  ["--resume", str(run_dir / "checkpoint.pth.tar"), "--eval-only"], log)
+    metrics = json.loads((run_dir / "eval_val.json").read_text())
+    steps = read_rows(run_dir / "metrics.csv")
+    curve = " ".join(f"{r['step']}:{float(r['val_miou']):.4f}" for r in steps
+                     if r["val_miou"] not in ("", "nan"))
+    params, madds = model_size(genotype, int(flag_value(protocol["retrain"],
+                                                        "--filter-multiplier")),
+                               protocol["eval_size"])
+    return {"arch": name, "group": group, "search_seed": search_seed, "seed": seed,
+            "miou": round(metrics["miou"], 5), "pixel_acc": round(metrics["pixel_acc"], 5),
+            **{f"iou_{k}": round(v, 5) for k, v in metrics["per_class_iou"].items()},
+            "miou_curve": curve, "params_m": round(params, 3), "multi_adds_g": round(madds, 3),
+            "train_s": round(sum(float(r["seconds"]) for r in steps), 1),
+            "network_path": " ".join(map(str, genotype.network_path)),
+            "cell": cell_text(genotype), "retrain_flags": " ".join(protocol["retrain"]),
+            "machine": machine()}
 
 
-def summarise(rows: list[dict], archs: dict[str, Genotype], sizes: dict, out: Path,
-              search_rows: list[dict], op_mass: dict[str, float], command: str) -> None:
-    """results.csv, results.md and the two plots."""
-    class_keys = [k for k in rows[0] if k.startswith("iou_")]
-    fields = ["arch", "seed", "miou", "pixel_acc", *class_keys, "params_m", "multi_adds_g",
-              "train_s", "network_path"]
-    for row in rows:
-        row["params_m"], row["multi_adds_g"] = (round(v, 3) for v in sizes[row["arch"]])
-        row["network_path"] = " ".join(map(str, archs[row["arch"]].network_path))
-    with open(out / "results.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
+def kendall_tau(a: list[float], b: list[float]) -> float:
+    """Rank agreement of two scorings of the same items (tau-a): 1 same order, -1 reversed."""
+    pairs = [(i, j) for i in range(len(a)) for j in range(i + 1, len(a))]
+    if not pairs:
+        return float("nan")
+    score = sum(np.sign(a[i] - a[j]) * np.sign(b[i] - b[j]) for i, j in pairs)
+    return float(score / len(pairs))
 
-    by_arch: dict[str, list[dict]] = {}
-    for row in rows:
-        by_arch.setdefault(row["arch"], []).append(row)
 
-    def mean_spread(values):
-        values = [v for v in values if not math.isnan(v)]
-        if not values:
-            return "n/a"
-        if len(values) == 1:
-            return f"{100 * values[0]:.1f}"
-        return f"{100 * statistics.mean(values):.1f} ± {100 * statistics.stdev(values):.1f}"
+def parse_curve(text: str) -> dict[int, float]:
+    return {int(step): float(v) for step, v in (item.split(":") for item in text.split())}
 
-    seeds = sorted({row["seed"] for row in rows})
-    lines = [f"Command: `{command}`", "",
-             f"val mIoU (%) over seeds {seeds}; mean ± standard deviation where more than one.",
-             "", "| architecture | val mIoU | pixel acc. | params (M) | Multi-Adds (G) | "
-             "train time (s) | network path |", "|---|---|---|---|---|---|---|"]
-    for name, group in by_arch.items():
-        params, madds = sizes[name]
-        lines.append(f"| {name} | {mean_spread([r['miou'] for r in group])} | "
-                     f"{mean_spread([r['pixel_acc'] for r in group])} | {params:.2f} | "
-                     f"{madds:.2f} | {statistics.mean(r['train_s'] for r in group):.0f} | "
-                     f"{group[0]['network_path']} |")
-    names = [k[len("iou_"):] for k in class_keys]
-    lines += ["", "Per-class IoU (%), mean over seeds:", "",
-              "| architecture | " + " | ".join(names) + " |",
-              "|---|" + "---|" * len(names)]
-    for name, group in by_arch.items():
-        cells = []
-        for key in class_keys:
-            values = [r[key] for r in group if not math.isnan(r[key])]
-            cells.append(f"{100 * statistics.mean(values):.1f}" if values else "n/a")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += ["", "Cells:", ""]
-    for name, genotype in archs.items():
-        cell = "; ".join(" + ".join(f"{op}({inp})" for inp, op in block) for block in genotype.cell)
-        lines.append(f"- {name}: {cell}")
-    lines += ["", "Search, per epoch:", "",
-              "| epoch | val mIoU | alpha entropy | beta entropy | decoded path |",
-              "|---|---|---|---|---|"]
-    for r in search_rows:
-        lines.append(f"| {r['epoch']} | {100 * float(r['val_miou']):.1f} | "
-                     f"{float(r['alpha_entropy']):.3f} | {float(r['beta_entropy']):.3f} | "
+
+def mean_spread(values: list[float]) -> str:
+    values = [v for v in values if not math.isnan(v)]
+    if not values:
+        return "n/a"
+    if len(values) == 1:
+        return f"{100 * values[0]:.1f}"
+    return f"{100 * statistics.mean(values):.1f} ± {100 * statistics.stdev(values):.1f}"
+
+
+def verdict(rows: list[dict]) -> list[str]:
+    """Group means and whether the searched networks beat the random ones by more than the
+    spread of either group."""
+    groups = {g: [float(r["miou"]) for r in rows if r["group"] == g]
+              for g in ("searched", "random", "paper")}
+    lines = ["| group | networks x seeds | val mIoU (%) |", "|---|---|---|"]
+    lines += [f"| {g} | {len(v)} | {mean_spread(v)} |" for g, v in groups.items() if v]
+    searched, random = groups["searched"], groups["random"]
+    if len(searched) >= 2 and len(random) >= 2:
+        gap = statistics.mean(searched) - statistics.mean(random)
+        spread = max(statistics.stdev(searched), statistics.stdev(random))
+        beats = "yes" if gap > spread else "no"
+        lines += ["", f"Searched minus random: {100 * gap:+.1f} points; the larger standard "
+                      f"deviation of the two groups is {100 * spread:.1f}. Searched beats "
+                      f"random by more than the spread: **{beats}**."]
+    else:
+        lines += ["", "Searched against random: not yet decided (needs at least two rows in "
+                      "each group)."]
+    return lines
+
+
+def ranking_stability(rows: list[dict]) -> list[str]:
+    """How much the ranking of the networks still changes late in retraining: Kendall's tau
+    between the val mIoU at each evaluation and at the last, over networks with a full curve."""
+    curves = [parse_curve(r["miou_curve"]) for r in rows if r["miou_curve"]]
+    if len(curves) < 3:
+        return []
+    steps = sorted(set.intersection(*(set(c) for c in curves)))
+    if len(steps) < 2:
+        return []
+    last = [c[steps[-1]] for c in curves]
+    cells = [f"{kendall_tau([c[s] for c in curves], last):.2f}" for s in steps]
+    return ["", f"Ranking of the {len(curves)} networks at each evaluation against the last "
+                "(Kendall's tau; 1 means the order is already final):", "",
+            "| iteration | " + " | ".join(map(str, steps)) + " |",
+            "|---|" + "---|" * len(steps), "| tau | " + " | ".join(cells) + " |"]
+
+
+def summarise(results: Path, command: str) -> None:
+    """results.md and the plots, from every row recorded so far."""
+    rows = read_rows(results / "results.csv")
+    searches = read_rows(results / "search.csv")
+    if not rows:
+        return
+    lines = [f"Command: `{command}`", "", "Retraining flags: `" + rows[0]["retrain_flags"] + "`",
+             "", f"Machine: {rows[-1]['machine']}", "", *verdict(rows), *ranking_stability(rows),
+             "", "Every network (val mIoU of the last iteration):", "",
+             "| architecture | seed | val mIoU | pixel acc. | params (M) | Multi-Adds (G) | "
+             "train time (s) | network path |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['arch']} | {r['seed']} | {100 * float(r['miou']):.1f} | "
+                     f"{100 * float(r['pixel_acc']):.1f} | {float(r['params_m']):.2f} | "
+                     f"{float(r['multi_adds_g']):.2f} | {float(r['train_s']):.0f} | "
                      f"{r['network_path']} |")
-    lines += ["", "Final alphas: share of each operation's softmax weight over all edges:", "",
-              "| " + " | ".join(op_mass) + " |", "|" + "---|" * len(op_mass),
-              "| " + " | ".join(f"{100 * v:.1f}%" for v in op_mass.values()) + " |"]
-    (out / "results.md").write_text("\n".join(lines) + "\n")
+    lines += ["", "Per-class IoU (%):", "",
+              "| architecture | seed | " + " | ".join(CLASS_NAMES) + " |",
+              "|---|---|" + "---|" * len(CLASS_NAMES)]
+    for r in rows:
+        cells = [f"{100 * float(r['iou_' + n]):.1f}" if r["iou_" + n] not in ("", "nan")
+                 else "n/a" for n in CLASS_NAMES]
+        lines.append(f"| {r['arch']} | {r['seed']} | " + " | ".join(cells) + " |")
+    lines += ["", "Cells (operation(input) per block):", ""]
+    for name in dict.fromkeys(r["arch"] for r in rows):
+        blocks = Genotype.load(results / "genotypes" / f"{name}.json").cell
+        lines.append(f"- {name}: " + "; ".join(" + ".join(f"{op}({i})" for i, op in block)
+                                             for block in blocks))
+    if searches:
+        lines += ["", "Searches (how far the architecture moved from uniform):", "",
+                  "| seed | alpha entropy (uniform) | beta entropy (uniform) | path margin | "
+                  "op gap (mean) | top operation | path | time (s) |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for s in searches:
+            lines.append(f"| {s['search_seed']} | {float(s['alpha_entropy']):.3f} "
+                         f"({float(s['alpha_uniform']):.3f}) | {float(s['beta_entropy']):.3f} "
+                         f"({float(s['beta_uniform']):.3f}) | {s['path_margin']} | "
+                         f"{s['op_gap_mean']} | {s['top_operation']} | {s['network_path']} | "
+                         f"{float(s['seconds']):.0f} |")
+    (results / "results.md").write_text("\n".join(lines) + "\n")
+    plot(rows, searches, results)
 
+
+def plot(rows: list[dict], searches: list[dict], results: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    epochs = [int(r["epoch"]) for r in search_rows]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
-    ax1.plot(epochs, [100 * float(r["val_miou"]) for r in search_rows], marker="o")
-    ax1.set(xlabel="search epoch", ylabel="supernet val mIoU (%)", title="search on CamVid")
-    ax2.plot(epochs, [float(r["alpha_entropy"]) for r in search_rows], marker="o", label="alphas")
-    ax2.plot(epochs, [float(r["beta_entropy"]) for r in search_rows], marker="s", label="betas")
-    ax2.set(xlabel="search epoch", ylabel="mean entropy (nats)", title="architecture entropy")
-    ax2.legend()
+    colours = {"searched": "tab:red", "random": "tab:grey", "paper": "tab:blue"}
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in rows:
+        curve = parse_curve(r["miou_curve"]) if r["miou_curve"] else {}
+        if curve:
+            ax.plot(list(curve), [100 * v for v in curve.values()], marker="o", ms=3,
+                    color=colours[r["group"]], alpha=0.8, lw=2 if r["group"] != "random" else 1)
+    for group, colour in colours.items():
+        ax.plot([], [], color=colour, label=group)
+    ax.set(xlabel="retraining iteration", ylabel="val mIoU (%)",
+           title="retraining on CamVid, equal budget")
+    ax.legend()
     fig.tight_layout()
-    fig.savefig(out / "search.png", dpi=100)
+    fig.savefig(results / "curves.png", dpi=100)
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    for name, group in by_arch.items():
-        _, madds = sizes[name]
-        values = [100 * r["miou"] for r in group]
-        ax.scatter([madds] * len(values), values, label=name,
-                   marker="*" if name == "searched" else "o", s=120 if name == "searched" else 40)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for group, colour in colours.items():
+        mine = [r for r in rows if r["group"] == group]
+        ax.scatter([float(r["multi_adds_g"]) for r in mine],
+                   [100 * float(r["miou"]) for r in mine], color=colour, label=group,
+                   marker="*" if group == "searched" else "o",
+                   s=120 if group == "searched" else 40)
     ax.set(xlabel="Multi-Adds (G) at the evaluation size", ylabel="val mIoU (%)",
            title="retrained on CamVid, equal budget")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "miou_vs_multiadds.png", dpi=100)
+    fig.savefig(results / "miou_vs_multiadds.png", dpi=100)
     plt.close(fig)
 
-
-def operation_mass(checkpoint: Path) -> dict[str, float]:
-    """Share of softmax(alphas) per operation, averaged over the cell's edges."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    alphas = state["model"]["alphas"].float()
-    probs = torch.softmax(alphas, dim=-1).mean(0)
-    return {op: float(p) for op, p in zip(PRIMITIVES, probs)}
+    if not searches:
+        return
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for s in searches:
+        epochs = read_rows(results / f"search-s{s['search_seed']}.csv")
+        x = [int(e["epoch"]) for e in epochs]
+        ax1.plot(x, [float(e["alpha_entropy"]) for e in epochs], marker="o",
+                 label=f"seed {s['search_seed']}")
+        ax2.plot(x, [float(e["beta_entropy"]) for e in epochs], marker="s",
+                 label=f"seed {s['search_seed']}")
+    ax1.axhline(float(searches[0]["alpha_uniform"]), color="k", ls=":", label="uniform")
+    ax2.axhline(float(searches[0]["beta_uniform"]), color="k", ls=":", label="uniform")
+    ax1.set(xlabel="search epoch", ylabel="mean alpha entropy (nats)", title="cell (alphas)")
+    ax2.set(xlabel="search epoch", ylabel="mean beta entropy (nats)", title="path (betas)")
+    ax1.legend(fontsize=8)
+    ax2.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(results / "search.png", dpi=100)
+    plt.close(fig)
 
 
 def main(args) -> Path:
@@ -296,28 +415,42 @@ def main(args) -> Path:
         sys.exit(f"error: CamVid not found at {root} (needs train/ and trainannot/); give "
                  f"--data-root DIR or set AUTODEEPLAB_CAMVID")
     out = Path(args.out_dir or REPO / "run" / f"camvid-{args.protocol}")
+    default_results = {"cpu": REPO / "docs" / "camvid", "gpu": REPO / "docs" / "camvid" / "gpu",
+                       "smoke": out}
+    results = Path(args.results_dir or default_results[args.protocol])
     out.mkdir(parents=True, exist_ok=True)
+    (results / "genotypes").mkdir(parents=True, exist_ok=True)
     data = ["--dataset", "camvid", "--data-root", str(root)]
     if args.device:
         data += ["--device", args.device]
     command = " ".join(["python", "bench/camvid.py", *sys.argv[1:]])
+    flags = " ".join(protocol["retrain"])
+    done = {(r["arch"], int(r["seed"])) for r in read_rows(results / "results.csv")
+            if r["retrain_flags"] == flags}
 
-    searched = search_and_decode(args, protocol, data, out)
-    archs = architectures(args, searched)
-    rows = [retrain(args, protocol, data, out, name, genotype, seed)
-            for seed in args.seeds for name, genotype in archs.items()]
+    def stage(name: str, group: str, search_seed, genotype: Genotype) -> None:
+        path = results / "genotypes" / f"{name}.json"
+        if not path.exists():
+            genotype.save(path)
+        for seed in args.seeds:
+            if (name, seed) in done:
+                continue
+            row = retrain(protocol, data, out, name, group, search_seed, genotype, seed)
+            append_row(results / "results.csv", row, RESULT_FIELDS)
+            done.add((name, seed))
+            summarise(results, command)
+            print(f"{name} seed {seed}: val mIoU {100 * row['miou']:.1f}", flush=True)
 
-    width = int(flag_value(protocol["retrain"], "--filter-multiplier"))
-    num_classes = len([k for k in rows[0] if k.startswith("iou_")])
-    sizes = {name: model_size(g, num_classes, width, protocol["eval_size"])
-             for name, g in archs.items()}
-    with open(out / "search" / "metrics.csv") as f:
-        search_rows = list(csv.DictReader(f))
-    summarise(rows, archs, sizes, out, search_rows,
-              operation_mass(out / "search" / "checkpoint.pth.tar"), command)
-    print((out / "results.md").read_text())
-    print(f"results in {out}")
-    return out
+    stage("paper", "paper", "", GENOTYPES["autodeeplab"])
+    for name, genotype in random_architectures(args.num_random, protocol, results).items():
+        stage(name, "random", "", genotype)
+    for seed in args.search_seeds:
+        stage(f"searched-s{seed}", "searched", seed,
+              search(protocol, data, out, results, seed))
+    summarise(results, command)
+    print((results / "results.md").read_text())
+    print(f"results in {results}")
+    return results
 
 
 if __name__ == "__main__":

@@ -22,25 +22,18 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
-import platform
 import subprocess
 import sys
-from collections import Counter
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from bench.common import append_row, machine, read_rows, search_summary  # noqa: E402
 from dataloaders import dataset_info  # noqa: E402
 from dataloaders.datasets import planted_context, planted_operation  # noqa: E402
-from modeling.search_space import NUM_LEVELS  # noqa: E402
-from modeling.decoding import (arch_probabilities, decode_margins,  # noqa: E402
-                               genotype_from_probabilities, level_distribution,
-                               load_search_architecture, mean_entropies)
 
 TASKS = {"context": planted_context, "operation": planted_operation}
 FIELDS = ("task", "seed", "flags", "found", "network_path", "cell", "mean_levels",
@@ -60,23 +53,6 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="run folders, one per task and seed")
     p.add_argument("extra", nargs="*", help="more train_autodeeplab.py flags (after --)")
     return p
-
-
-def read_rows(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def append_row(path: Path, row: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    new = not path.exists()
-    with path.open("a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS)
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
 
 
 def run_metrics(run: Path) -> tuple[float, float]:
@@ -103,29 +79,11 @@ def run_task(task: str, seed: int, extra: list[str], run_dir: Path) -> dict:
     if done.returncode != 0:
         sys.exit(f"search failed ({done.returncode}); see {run}/search.log:\n{done.stderr[-2000:]}")
     miou, seconds = run_metrics(run)
-    arch = load_search_architecture(checkpoint)
-    weights, probs = arch_probabilities(arch.alphas, arch.betas, arch.edge_logits)
-    genotype = genotype_from_probabilities(weights, probs)
-    alpha_h, alpha_u, beta_h, beta_u = mean_entropies(weights, probs)
-    margins = decode_margins(weights, probs)
-    levels = level_distribution(probs) @ np.arange(NUM_LEVELS)  # expected level per layer
-    ops = Counter(op for block in genotype.cell for _, op in block).most_common()
-    top = [op for op, n in ops if n == ops[0][1]]  # several when tied
-    return {
-        "task": task, "seed": seed, "flags": " ".join(extra),
-        "found": module.planted_answer_found(genotype.network_path, genotype.cell),
-        "network_path": " ".join(map(str, genotype.network_path)),
-        "cell": json.dumps([list(map(list, block)) for block in genotype.cell]),
-        "mean_levels": " ".join(f"{v:.2f}" for v in levels), "top_operation": "+".join(top),
-        "alpha_entropy": round(alpha_h, 5), "alpha_uniform": round(alpha_u, 5),
-        "beta_entropy": round(beta_h, 5), "beta_uniform": round(beta_u, 5),
-        "path_margin": round(margins["path_margin"], 4),
-        "op_gap_mean": round(margins["op_gap_mean"], 5),
-        "op_gap_min": round(margins["op_gap_min"], 5),
-        "val_miou": round(miou, 4), "seconds": round(seconds, 1),
-        "torch": torch.__version__, "machine": f"{platform.machine()}, "
-                                                f"{torch.get_num_threads()} threads"}
-
+    genotype, summary = search_summary(checkpoint)
+    return {"task": task, "seed": seed, "flags": " ".join(extra),
+            "found": module.planted_answer_found(genotype.network_path, genotype.cell),
+            **summary, "val_miou": round(miou, 4), "seconds": round(seconds, 1),
+            "torch": torch.__version__, "machine": machine()}
 
 def main(args) -> None:
     out = Path(args.csv)
@@ -138,7 +96,7 @@ def main(args) -> None:
             if (task, seed, flags) in done:
                 continue
             row = run_task(task, seed, args.extra, Path(args.run_dir))
-            append_row(out, row)
+            append_row(out, row, FIELDS)
             rows.append({k: str(v) for k, v in row.items()})
             print(f"{task} seed {seed}: found {row['found']}, path {row['network_path']}, "
                   f"alpha entropy {row['alpha_entropy']}, {row['seconds']} s", flush=True)
