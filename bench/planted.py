@@ -17,6 +17,13 @@ betas moved, the decode margins and the run's time. Each task is the other's con
 context task should end on coarser levels than the operation task, and only the operation
 task should favour avg_pool_3x3. Rows already in the CSV are skipped, so the same command
 continues an interrupted series (on another machine too).
+
+    .venv/bin/python bench/planted.py --controls --seeds 0 1   # no search: fixed architectures
+
+`--controls` checks the tasks themselves: it retrains each task's CONTROLS, fixed
+architectures with and without the planted choice, with train.py and the task's retraining
+defaults, and records their val mIoU in --controls-csv. A task plants a choice only if the
+architectures that make it score clearly higher.
 """
 from __future__ import annotations
 
@@ -31,15 +38,19 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from bench.common import append_row, machine, read_rows, search_summary  # noqa: E402
+from bench.common import (append_row, cell_text, machine, read_rows,  # noqa: E402
+                          search_summary)
 from dataloaders import dataset_info  # noqa: E402
 from dataloaders.datasets import planted_context, planted_operation  # noqa: E402
+from modeling.genotypes import Genotype  # noqa: E402
 
 TASKS = {"context": planted_context, "operation": planted_operation}
 FIELDS = ("task", "seed", "flags", "found", "network_path", "cell", "mean_levels",
           "top_operation", "alpha_entropy",
           "alpha_uniform", "beta_entropy", "beta_uniform", "path_margin", "op_gap_mean",
           "op_gap_min", "val_miou", "seconds", "torch", "machine")
+CONTROL_FIELDS = ("task", "control", "seed", "flags", "network_path", "cell", "val_miou",
+                  "seconds", "torch", "machine")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -51,13 +62,21 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="results, one row per run; rows already there are skipped")
     p.add_argument("--run-dir", default=str(REPO / "run" / "planted"),
                    help="run folders, one per task and seed")
+    p.add_argument("--controls", action="store_true",
+                   help="instead of searching, retrain each task's control architectures "
+                        "(CONTROLS: the planted choice made or not by hand) with train.py, to "
+                        "measure how much the task needs it; rows to --controls-csv, and the "
+                        "extra flags go to train.py")
+    p.add_argument("--controls-csv",
+                   default=str(REPO / "docs" / "search_learning" / "planted_controls.csv"),
+                   help="results of --controls, one row per architecture and seed")
     p.add_argument("extra", nargs="*", help="more train_autodeeplab.py flags (after --)")
     return p
 
 
 def run_metrics(run: Path) -> tuple[float, float]:
-    """(last val mIoU, seconds of all epochs) from a search's metrics.csv: the search's own
-    time, also when a finished run is only reopened."""
+    """(last val mIoU, seconds of all epochs or iterations) from a search's or a retraining's
+    metrics.csv: the run's own time, also when a finished run is only reopened."""
     with (run / "metrics.csv").open(newline="") as f:
         rows = list(csv.DictReader(f))
     values = [float(r["val_miou"]) for r in rows if r.get("val_miou") not in (None, "")]
@@ -85,7 +104,54 @@ def run_task(task: str, seed: int, extra: list[str], run_dir: Path) -> dict:
             **summary, "val_miou": round(miou, 4), "seconds": round(seconds, 1),
             "torch": torch.__version__, "machine": machine()}
 
+def run_control(task: str, name: str, seed: int, extra: list[str], run_dir: Path) -> dict:
+    """Retrain control architecture `name` of `task` with the dataset's retraining defaults;
+    the result row (val mIoU of the last iteration)."""
+    module = TASKS[task]
+    network_path, cell = module.CONTROLS[name]
+    run = run_dir / "controls" / f"{task}-{name.replace(' ', '_')}-seed{seed}"
+    run.mkdir(parents=True, exist_ok=True)
+    Genotype(network_path, cell).save(run / "control.json")
+    command = [sys.executable, str(REPO / "train.py"), "--dataset", module.INFO.name,
+               "--genotype", str(run / "control.json"), "--seed", str(seed)]
+    checkpoint = run / "checkpoint.pth.tar"
+    command += ["--resume", str(checkpoint)] if checkpoint.exists() else ["--out-dir", str(run)]
+    command += extra
+    print(" ".join(command), flush=True)
+    done = subprocess.run(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          text=True)
+    if done.returncode != 0:
+        sys.exit(f"retraining failed ({done.returncode}); see {run}/train.log:\n"
+                 f"{done.stderr[-2000:]}")
+    miou, seconds = run_metrics(run)
+    return {"task": task, "control": name, "seed": seed, "flags": " ".join(extra),
+            "network_path": " ".join(map(str, network_path)),
+            "cell": cell_text(Genotype(network_path, cell)), "val_miou": round(miou, 4),
+            "seconds": round(seconds, 1), "torch": torch.__version__, "machine": machine()}
+
+
+def controls(args) -> None:
+    out = Path(args.controls_csv)
+    rows = read_rows(out)
+    flags = " ".join(args.extra)
+    done = {(r["task"], r["control"], int(r["seed"]), r["flags"]) for r in rows}
+    for task in args.tasks:
+        for name in TASKS[task].CONTROLS:
+            for seed in args.seeds:
+                if (task, name, seed, flags) not in done:
+                    row = run_control(task, name, seed, args.extra, Path(args.run_dir))
+                    append_row(out, row, CONTROL_FIELDS)
+                    rows.append({k: str(v) for k, v in row.items()})
+            mine = [float(r["val_miou"]) for r in rows if r["task"] == task
+                    and r["control"] == name and r["flags"] == flags
+                    and int(r["seed"]) in args.seeds]
+            print(f"{task}, {name}: val mIoU " + " ".join(f"{v:.3f}" for v in mine)
+                  + f" (mean {sum(mine) / len(mine):.3f})", flush=True)
+
+
 def main(args) -> None:
+    if args.controls:
+        return controls(args)
     out = Path(args.csv)
     rows = read_rows(out)
     flags = " ".join(args.extra)

@@ -12,6 +12,7 @@ import torch
 
 from dataloaders import build_dataset, dataset_info, is_generated
 from dataloaders.datasets import planted, planted_context, planted_operation
+from modeling.genotypes import Genotype
 
 REPO = Path(__file__).resolve().parents[1]
 TASKS = (planted_context, planted_operation)
@@ -151,6 +152,40 @@ def test_bench_planted_checks_each_seed_once_against_the_planted_answer(tmp_path
     assert again.returncode == 0 and "train_autodeeplab.py" not in again.stdout
     with out.open(newline="") as f:
         assert len(list(csv.DictReader(f))) == 2
+
+
+def test_controls_make_the_planted_choice_or_not():
+    # The controls are valid architectures, and each task has one that holds its planted answer
+    # and one that does not, so retraining them measures what the choice is worth.
+    for module in (planted_context, planted_operation):
+        found = {name: module.planted_answer_found(path, cell)
+                 for name, (path, cell) in module.CONTROLS.items()}
+        assert True in found.values() and False in found.values(), module.INFO.name
+        for path, cell in module.CONTROLS.values():
+            Genotype(path, cell)  # raises on an invalid one
+    assert planted_operation.CONTROLS["skip_connect"][0] == planted_operation.CONTROLS[
+        "avg_pool_3x3"][0]  # only the operation differs
+
+
+@pytest.mark.slow
+def test_bench_planted_controls_retrain_each_fixed_architecture_once(tmp_path):
+    out = tmp_path / "controls.csv"
+    command = [sys.executable, str(REPO / "bench" / "planted.py"), "--controls", "--tasks",
+               "operation", "--seeds", "0", "--controls-csv", str(out), "--run-dir",
+               str(tmp_path / "runs"), "--", "--iters", "2", "--eval-interval", "2",
+               "--max-samples", "4", "--filter-multiplier", "2", "--crop-size", "32"]
+    first = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+    with out.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["control"] for r in rows] == list(planted_operation.CONTROLS)
+    for row in rows:
+        path, cell = planted_operation.CONTROLS[row["control"]]
+        assert row["network_path"] == " ".join(map(str, path))
+        assert {op for block in json.loads(row["cell"]) for _, op in block} == {row["control"]}
+        assert 0.0 <= float(row["val_miou"]) <= 1.0
+    again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "train.py" not in again.stdout
 
 
 # A short planted_context search (about a minute on 2 cores): enough architecture steps for the

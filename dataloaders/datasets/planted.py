@@ -126,3 +126,10 @@ def ring_scene(rng: np.random.Generator, height: int, width: int, *,
         colour = np.asarray(RING_COLOURS[label], np.float32) + rng.normal(0, COLOUR_JITTER, 3)
         image[ring] = colour + rng.normal(0, TEXTURE_STD / 4, (int(ring.sum()), 3))
     return np.clip(np.rint(image), 0, 255).astype(np.uint8), mask
+
+
+def uniform_cell(operation: str, steps: int = 5) -> tuple:
+    """A cell with `operation` on every edge, block b reading the two latest states (b, b + 1):
+    the cell of the control architectures, whose network path or operation is fixed by hand."""
+    return tuple(((b, operation), (b + 1, operation)) for b in range(steps))
+

@@ -17,6 +17,13 @@ generate = partial(planted.ring_scene, radius_range=(0.18, 0.34), rings=(2, 4))
 
 COARSE_LEVEL = 2  # stride 16
 PLANTED_ANSWER = "the decoded path reaches stride 16 or 32"
+# Fixed architectures retrained to check that the task needs what it plants, whatever the
+# search does: (network path, cell) by name; the same cell, paths that stay fine or go coarse.
+CONTROLS = {
+    "fine path (stride 4)": ((0,) * 8, planted.uniform_cell("sep_conv_3x3")),
+    "stride 16": ((0, 1, 2, 2, 2, 2, 2, 2), planted.uniform_cell("sep_conv_3x3")),
+    "stride 32": ((0, 1, 2, 3, 3, 3, 3, 3), planted.uniform_cell("sep_conv_3x3")),
+}
 
 
 def planted_answer_found(network_path, cell) -> bool:

@@ -18,6 +18,10 @@ generate = planted.blob_scene
 
 PLANTED_OPERATION = "avg_pool_3x3"
 PLANTED_ANSWER = f"{PLANTED_OPERATION} is the decoded cell's most frequent operation"
+# Fixed architectures retrained to check that the task needs what it plants, whatever the
+# search does: (network path, cell) by name; one fine path, one operation on every edge.
+CONTROLS = {op: ((0,) * 8, planted.uniform_cell(op))
+            for op in (PLANTED_OPERATION, "skip_connect", "sep_conv_3x3")}
 
 
 def planted_answer_found(network_path, cell) -> bool:
