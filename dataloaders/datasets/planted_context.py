@@ -18,11 +18,15 @@ generate = partial(planted.ring_scene, radius_range=(0.18, 0.34), rings=(2, 4))
 COARSE_LEVEL = 2  # stride 16
 PLANTED_ANSWER = "the decoded path reaches stride 16 or 32"
 # Fixed architectures retrained to check that the task needs what it plants, whatever the
-# search does: (network path, cell) by name; the same cell, paths that stay fine or go coarse.
+# search does: (network path, cell) by name. Paths that stay fine or go coarse, each with two
+# cells: sep_conv_3x3 on every edge, and skip_connect on every edge (the best uniform cell of
+# the operation task's controls at this budget; docs/search_learning/planted_controls.csv).
+PATHS = {"fine path (stride 4)": (0,) * 8, "stride 16": (0, 1, 2, 2, 2, 2, 2, 2),
+         "stride 32": (0, 1, 2, 3, 3, 3, 3, 3)}
 CONTROLS = {
-    "fine path (stride 4)": ((0,) * 8, planted.uniform_cell("sep_conv_3x3")),
-    "stride 16": ((0, 1, 2, 2, 2, 2, 2, 2), planted.uniform_cell("sep_conv_3x3")),
-    "stride 32": ((0, 1, 2, 3, 3, 3, 3, 3), planted.uniform_cell("sep_conv_3x3")),
+    **{name: (path, planted.uniform_cell("sep_conv_3x3")) for name, path in PATHS.items()},
+    **{f"{name}, skip cell": (path, planted.uniform_cell("skip_connect"))
+       for name, path in PATHS.items()},
 }
 
 
