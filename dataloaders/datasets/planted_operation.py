@@ -1,6 +1,6 @@
-"""Planted task "operation": faint small disks in strong noise, which need a local mean at the
-fine levels (avg_pool_3x3). See dataloaders/datasets/planted.py for the scenes and the
-reasoning."""
+"""Planted task "operation": faint small disks in strong noise, built to need a local mean at
+the fine levels (avg_pool_3x3); its controls show that a skip_connect cell serves it better.
+See dataloaders/datasets/planted.py for the scenes, the reasoning and its refutation."""
 
 from __future__ import annotations
 
