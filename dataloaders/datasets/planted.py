@@ -133,8 +133,9 @@ def ring_scene(rng: np.random.Generator, height: int, width: int, *,
     return np.clip(np.rint(image), 0, 255).astype(np.uint8), mask
 
 
-def uniform_cell(operation: str, steps: int = 5) -> tuple:
-    """A cell with `operation` on every edge, block b reading the two latest states (b, b + 1):
-    the cell of the control architectures, whose network path or operation is fixed by hand."""
-    return tuple(((b, operation), (b + 1, operation)) for b in range(steps))
-
+def uniform_cell(operation: str, steps: int = 5, shallow: bool = False) -> tuple:
+    """A cell with `operation` on every edge: the cell of the control architectures, whose
+    network path or operation is fixed by hand. Block b reads the two latest states (b, b + 1),
+    a chain as deep as the cell has blocks, or with `shallow` the cell's two inputs (0, 1)."""
+    return tuple(((0, operation), (1, operation)) if shallow
+                 else ((b, operation), (b + 1, operation)) for b in range(steps))

@@ -19,9 +19,14 @@ generate = planted.blob_scene
 PLANTED_OPERATION = "avg_pool_3x3"
 PLANTED_ANSWER = f"{PLANTED_OPERATION} is the decoded cell's most frequent operation"
 # Fixed architectures retrained to check that the task needs what it plants, whatever the
-# search does: (network path, cell) by name; one fine path, one operation on every edge.
-CONTROLS = {op: ((0,) * 8, planted.uniform_cell(op))
-            for op in (PLANTED_OPERATION, "skip_connect", "sep_conv_3x3")}
+# search does: (network path, cell) by name; one fine path, one operation on every edge, the
+# blocks chained (as deep as the cell) or all reading the cell's two inputs ("shallow").
+CONTROLS = {
+    **{op: ((0,) * 8, planted.uniform_cell(op))
+       for op in (PLANTED_OPERATION, "skip_connect", "sep_conv_3x3")},
+    **{f"{op}, shallow cell": ((0,) * 8, planted.uniform_cell(op, shallow=True))
+       for op in (PLANTED_OPERATION, "skip_connect", "sep_conv_3x3", "atrous_conv_5x5")},
+}
 
 
 def planted_answer_found(network_path, cell) -> bool:
