@@ -425,10 +425,16 @@ def format_summary(genotype: Genotype, weights: np.ndarray, probs: np.ndarray,
             lines.append(f"  {rank:>2}. {_strides(other)}   {prob:.4g}")
     margins = decode_margins(weights, probs)
     alpha_h, alpha_uniform, beta_h, beta_uniform = mean_entropies(weights, probs)
+    mask = transition_mask(probs.shape[0]).astype(float)
+    uniform = mask / np.maximum(mask.sum(-1, keepdims=True), 1)  # rows of absent nodes: 0
+    uniform_levels = level_distribution(uniform) @ np.arange(NUM_LEVELS)
     lines += [
         "how far the search moved from uniform: mean entropy of the alphas "
         f"{alpha_h:.4f} (uniform {alpha_uniform:.4f}), of the betas {beta_h:.4f} "
         f"(uniform {beta_uniform:.4f})",
+        "where the betas lead, expected level per layer of a path drawn from them: "
+        + " ".join(f"{v:.2f}" for v in level_distribution(probs) @ np.arange(NUM_LEVELS))
+        + " (uniform betas: " + " ".join(f"{v:.2f}" for v in uniform_levels) + ")",
         f"how decided: the path is {margins['path_margin']:.3g} times as likely as the next; "
         f"the chosen operations lead the next by {margins['op_gap_mean']:.4f} on average "
         f"(at least {margins['op_gap_min']:.4f})",
@@ -436,7 +442,7 @@ def format_summary(genotype: Genotype, weights: np.ndarray, probs: np.ndarray,
     if is_undecided(margins):
         lines.append(f"WARNING: this architecture is too close to call (path under "
                      f"{UNDECIDED_PATH_MARGIN:g}x the next, or operations under "
-                     f"{UNDECIDED_OP_GAP:g} ahead): the search learned too little for its "
-                     "decode to mean more than noise; search longer (see README, 'How the "
-                     "search learns')")
+                     f"{UNDECIDED_OP_GAP:g} ahead): the search learned too little for this "
+                     "decode to be trusted, and another seed may decode differently; search "
+                     "longer (see README, 'How the search learns')")
     return "\n".join(lines)

@@ -126,3 +126,14 @@ def test_decode_says_when_the_architecture_is_too_close_to_call():
     decided = _summary(alphas, betas)
     assert "too close to call" not in decided
     assert "how decided: the path is" in decided
+
+    def expected_levels(summary):  # (under the betas, under uniform betas) per layer
+        line = next(x for x in summary.splitlines() if x.startswith("where the betas lead"))
+        ours, uniform = line.split(": ", 1)[1].split(" (uniform betas: ")
+        return [float(v) for v in ours.split()], [float(v) for v in uniform.rstrip(")").split()]
+
+    ours, uniform = expected_levels(near_uniform)
+    assert len(ours) == layers and ours == pytest.approx(uniform, abs=0.01)
+    assert uniform[0] == 0.5  # from the stem at level 0: stay or go down, equally likely
+    ours, uniform = expected_levels(decided)
+    assert max(ours) < 0.1 and uniform == expected_levels(near_uniform)[1]  # stays at level 0
