@@ -27,7 +27,7 @@ from engine.search import NonFiniteLoss, check_finite, diverged_error
 from modeling.retrain_net import AutoDeepLab, RetrainConfig
 from utils.allocator import allocator_in_use, preload_fast_allocator
 from utils.onednn import size_primitive_cache
-from utils.amp import amp_context
+from utils.amp import amp_context, load_scaler_state
 from utils.checkpoint import (RETRAIN_KIND, RETRAIN_VERSION, save_checkpoint, save_with_best,
                               write_json)
 from utils.distributed import (agreed_stop, check_replicas_in_sync, init_distributed,
@@ -215,7 +215,7 @@ def run(args, dist_info, dist_device, stop):
         model_without_ddp.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
-        scaler.load_state_dict(checkpoint["scaler"])
+        load_scaler_state(scaler, checkpoint["scaler"])
         step, best_miou = checkpoint["step"], checkpoint["best_miou"]
         metrics = checkpoint["metrics"]
         if checkpoint.get("position"):

@@ -8,6 +8,11 @@ script calls `preload_fast_allocator()` under `__main__`: if tcmalloc or jemallo
 (`apt install libtcmalloc-minimal4` or `libjemalloc2`) and not loaded yet, the process
 re-executes itself once, same PID and arguments, with it in LD_PRELOAD. Set
 AUTODEEPLAB_MALLOC=system to keep glibc's. Results are bit-identical either way.
+
+On a GPU run it does the same and matters little: GPU memory comes from PyTorch's caching
+allocator, not malloc, so only the host side (data loading, the CPU side of each operator
+call) uses the preloaded library. It is kept there because it costs one exec before torch is
+imported, and the device is not known until the arguments are parsed.
 """
 from __future__ import annotations
 

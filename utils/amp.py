@@ -4,6 +4,7 @@ Autocast runs on CUDA only: on the CPU the flag is ignored with a warning (CPU b
 is slower than float32 on most CPUs and changes results)."""
 from __future__ import annotations
 
+import logging
 import warnings
 from contextlib import nullcontext
 from functools import partial
@@ -24,3 +25,16 @@ def amp_context(enabled: bool, dtype_name: str, device: torch.device):
         else nullcontext
     scaler = torch.amp.GradScaler("cuda", enabled=active and dtype == torch.float16)
     return autocast, scaler
+
+
+def load_scaler_state(scaler: torch.amp.GradScaler, state: dict) -> None:
+    """Restore a GradScaler from a checkpoint. A checkpoint written without fp16 scaling (on the
+    CPU, in float32 or bf16) holds an empty state, which `load_state_dict` refuses on an enabled
+    scaler: the scaler then starts from its initial scale, as a new run's does."""
+    if scaler.is_enabled() and not state:
+        logging.getLogger(__name__).info(
+            "the checkpoint was written without fp16 loss scaling: the loss scale starts at "
+            "its initial value")
+        return
+    scaler.load_state_dict(state)
+

@@ -39,9 +39,16 @@ class DistInfo:
         return self.rank == 0
 
 
+# Backends of a process group on CUDA, by device type.
+CUDA_BACKENDS = "cpu:gloo,cuda:nccl"
+
+
 def init_distributed(local_rank_flag: int | None,
                      device_name: str | None) -> tuple[DistInfo, torch.device | None]:
-    """Join the process group when WORLD_SIZE > 1 (NCCL on CUDA, gloo on CPU)."""
+    """Join the process group when WORLD_SIZE > 1: gloo on the CPU; on CUDA a group that serves
+    both devices, NCCL for CUDA tensors and gloo for CPU ones, so that a collective on a CPU
+    tensor (a checksum, a Python object) works there too instead of failing with "No backend
+    type associated with device type cpu"."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return DistInfo(), None
@@ -53,7 +60,7 @@ def init_distributed(local_rank_flag: int | None,
         device = torch.device("cuda", local_rank)
     else:
         device = torch.device("cpu")
-    dist.init_process_group("nccl" if use_cuda else "gloo")
+    dist.init_process_group(CUDA_BACKENDS if use_cuda else "gloo")
     return DistInfo(rank, world_size, local_rank), device
 
 

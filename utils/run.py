@@ -50,7 +50,10 @@ def rng_state() -> dict:
              "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
                        "has_gauss": int(has_gauss), "gauss": float(gauss)}}
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        # This process's GPU only: every process seeds and draws alike, so rank 0's device state
+        # (the one saved) is each rank's own, whichever GPU it runs on and however many the
+        # resuming machine has.
+        state["cuda_device"] = torch.cuda.get_rng_state()
     return state
 
 
@@ -61,8 +64,19 @@ def set_rng_state(state: dict) -> None:
     n = state["numpy"]
     np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"],
                          n["has_gauss"], n["gauss"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if not torch.cuda.is_available():
+        return
+    if "cuda_device" in state:
+        torch.cuda.set_rng_state(state["cuda_device"])
+    elif "cuda" in state:  # older checkpoints: one state per GPU of the saving process
+        index = torch.cuda.current_device()
+        if index < len(state["cuda"]):
+            torch.cuda.set_rng_state(state["cuda"][index])
+        else:
+            logging.getLogger(__name__).warning(
+                "the checkpoint holds no CUDA random state for GPU %d (saved with %d); it "
+                "keeps its seeded state, so dropout and drop path differ from an "
+                "uninterrupted run", index, len(state["cuda"]))
 
 
 def _to_tuple(x):
