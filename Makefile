@@ -10,6 +10,9 @@ DEMO_DIR ?= run/demo
 # Any generated dataset: planted_context (its search must find a coarse path), planted_operation
 # or synthetic.
 DEMO_DATASET ?= planted_context
+# requirements-cpu.txt pins a CPU build of torch; REQUIREMENTS=requirements.txt keeps the torch
+# already in $(VENV) (a CUDA build on a GPU machine; README, Set-up).
+REQUIREMENTS ?= requirements-cpu.txt
 # Extra flags for the demo's stages (the test suite runs the demo with tiny ones).
 SEARCH_FLAGS ?=
 RETRAIN_FLAGS ?=
@@ -18,9 +21,9 @@ RETRAIN_FLAGS ?=
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt requirements-cpu.txt
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --disable-pip-version-check -q -r requirements.txt
+	$(VENV)/bin/pip install --disable-pip-version-check -q -r $(REQUIREMENTS)
 	touch $@
 
 test: install
