@@ -26,7 +26,7 @@ from modeling.decoding import (arch_probabilities, decode_margins, genotype_from
 from modeling.supernet import AutoDeepLabSearch, SupernetConfig
 from utils.allocator import allocator_in_use, preload_fast_allocator
 from utils.onednn import size_primitive_cache
-from utils.amp import amp_context
+from utils.amp import amp_context, load_scaler_state
 from utils.checkpoint import (SEARCH_KIND, SEARCH_VERSION, save_checkpoint, save_with_best,
                               write_json)
 from utils.distributed import (DistInfo, agreed_stop, broadcast_buffers,
@@ -223,8 +223,12 @@ def search(args, checkpoint, out_dir, device, dist_info, info, split, loader_a, 
                                        momentum=args.momentum, weight_decay=args.weight_decay,
                                        fused=True)
     scheduler = cosine_schedule(weight_optimizer, args.epochs * len(loader_a), args.min_lr)
-    autocast, _ = amp_context(args.amp, "bf16", device)  # bf16 needs no GradScaler
-    architect = Architect(model, criterion, args.arch_lr, args.arch_weight_decay, autocast)
+    # fp16: one loss scale for the weight step and one for the architecture step (bf16 and
+    # float32: disabled scalers, which pass everything through)
+    autocast, weight_scaler = amp_context(args.amp, args.amp_dtype, device)
+    arch_scaler = torch.amp.GradScaler("cuda", enabled=weight_scaler.is_enabled())
+    architect = Architect(model, criterion, args.arch_lr, args.arch_weight_decay, autocast,
+                          arch_scaler)
     b_stream = BStream(loader_b)
     start_epoch, global_step, best_miou, progress, metrics = 0, 0, -math.inf, None, None
     if checkpoint is not None:
@@ -237,6 +241,8 @@ def search(args, checkpoint, out_dir, device, dist_info, info, split, loader_a, 
         b_stream.passes = checkpoint["b_passes"]
         b_stream.consumed = checkpoint.get("b_consumed", 0)
         architect.stats.load_state_dict(checkpoint["arch_stats"])
+        load_scaler_state(weight_scaler, checkpoint.get("weight_scaler", {}))
+        load_scaler_state(arch_scaler, checkpoint.get("arch_scaler", {}))
         if checkpoint.get("position"):
             progress = EpochProgress(**checkpoint["position"])
         set_rng_state(checkpoint["rng"])
@@ -268,6 +274,8 @@ def search(args, checkpoint, out_dir, device, dist_info, info, split, loader_a, 
                 "global_step": global_step, "b_passes": b_stream.passes,
                 "b_consumed": b_stream.consumed, "split": split, "rng": rng_state(),
                 "arch_stats": architect.stats.state_dict(),
+                "weight_scaler": weight_scaler.state_dict(),
+                "arch_scaler": arch_scaler.state_dict(),
                 "args": args_to_json(args), "best_miou": best_miou, "metrics": metrics,
                 "genotype": model.genotype().to_json(), "dataset": args.dataset,
                 "world_size": dist_info.world_size}
@@ -295,7 +303,7 @@ def search(args, checkpoint, out_dir, device, dist_info, info, split, loader_a, 
                     device=device, grad_clip=args.grad_clip, global_step=global_step,
                     writer=writer, after_step=after_step,
                     progress=progress if epoch == start_epoch else None,
-                    show_progress=dist_info.is_main, autocast=autocast)
+                    show_progress=dist_info.is_main, autocast=autocast, scaler=weight_scaler)
                 check_finite(model, global_step)
             except NonFiniteLoss as err:
                 raise diverged_error(err, checkpoint_path, "--lr or --arch-lr") from err

@@ -6,6 +6,7 @@ import argparse
 from config_utils import common
 from config_utils.common import (HelpFormatter, dataset_default_help, dataset_help,
                                    fill_defaults)
+from utils.amp import AMP_DTYPE_CHOICES
 
 # Paper defaults (SPEC section 3) for real datasets; a CPU-sized search for synthetic data.
 PAPER_DEFAULTS = dict(
@@ -38,7 +39,7 @@ ARCH_KEYS = ("dataset", "filter_multiplier", "block_multiplier", "steps", "num_l
              "partial_channels")
 # Flags that may change on resume without changing what the run computes so far.
 RESUME_SAFE_KEYS = ("epochs", "workers", "device", "out_dir", "eval_interval", "no_val",
-                    "resume", "data_root", "checkpoint_interval", "amp")
+                    "resume", "data_root", "checkpoint_interval", "amp", "amp_dtype")
 # Flags that belong to this invocation only.
 # out_dir: a resumed run stays in its checkpoint's folder (wherever it was moved to)
 # unless --out-dir names another.
@@ -120,8 +121,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--alpha-epoch", type=int, default=None,
                    help="epoch from which architecture steps run " + dflt("alpha_epoch"))
     g.add_argument("--amp", action="store_true",
-                   help="bf16 mixed precision on CUDA (torch.amp autocast; ignored with a "
-                        "warning on the CPU)")
+                   help="mixed precision on CUDA (torch.amp autocast; ignored with a warning on "
+                        "the CPU)")
+    g.add_argument("--amp-dtype", default="auto", choices=AMP_DTYPE_CHOICES,
+                   help="autocast dtype; fp16 adds loss scaling to the weight and the "
+                        "architecture step; auto: bf16 where the GPU has it natively, else fp16")
 
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=int, default=None, help="seed of everything, the A/B split too "

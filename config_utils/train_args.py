@@ -6,6 +6,7 @@ import argparse
 from config_utils import common
 from config_utils.common import (HelpFormatter, dataset_default_help, dataset_help,
                                    fill_defaults)
+from utils.amp import AMP_DTYPE_CHOICES
 from modeling.retrain_net import PAPER_FILTER_MULTIPLIERS
 
 # Paper section 5.2: poly from 0.05, power 0.9, from scratch, crops 769 (Cityscapes) and 513
@@ -37,7 +38,7 @@ ARCH_KEYS = ("dataset", "genotype", "net_arch", "cell_arch", "network_path", "ar
              "filter_multiplier", "block_multiplier")
 # Flags that may change on resume without changing what the run computed so far.
 RESUME_SAFE_KEYS = ("iters", "epochs", "workers", "device", "out_dir", "eval_interval",
-                    "no_val", "data_root", "eval_scales", "flip", "amp",
+                    "no_val", "data_root", "eval_scales", "flip", "amp", "amp_dtype",
                     "checkpoint_interval")
 # Flags that belong to this invocation only.
 # out_dir: a resumed run stays in its checkpoint's folder (wherever it was moved to)
@@ -126,8 +127,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "to the batch per process)")
     g.add_argument("--amp", action="store_true",
                    help="mixed precision on CUDA (torch.amp; ignored with a warning on CPU)")
-    g.add_argument("--amp-dtype", default="bf16", choices=("bf16", "fp16"),
-                   help="autocast dtype; fp16 adds a GradScaler")
+    g.add_argument("--amp-dtype", default="auto", choices=AMP_DTYPE_CHOICES,
+                   help="autocast dtype; fp16 adds loss scaling; auto: bf16 where the GPU has "
+                        "it natively, else fp16")
 
     g = p.add_argument_group("evaluation")
     g.add_argument("--eval-interval", type=int, default=None,

@@ -33,6 +33,10 @@ def diverged_error(err: NonFiniteLoss, checkpoint_path, remedy: str) -> UserErro
                      "check the data; --detect-anomaly names the operation)")
 
 
+# A disabled GradScaler: scale, unscale_, step and update pass straight through (float32, bf16).
+_PASS_THROUGH = torch.amp.GradScaler("cuda", enabled=False)
+
+
 def split_train_set(num_samples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Disjoint halves A (weights) and B (architecture) of a seeded permutation.
 
@@ -49,10 +53,13 @@ class Architect:
     """Owns the architecture optimiser and its one first-order step (DARTS, SPEC section 3)."""
 
     def __init__(self, model, criterion, lr: float, weight_decay: float,
-                 autocast=nullcontext):
+                 autocast=nullcontext, scaler: torch.amp.GradScaler | None = None):
         self.model = model
         self.criterion = criterion
         self.autocast = autocast  # --amp: torch.autocast on CUDA
+        # fp16 loss scaling of the architecture step, its own scale (a disabled scaler passes
+        # everything through)
+        self.scaler = scaler or _PASS_THROUGH
         names = [name for name, _ in model.named_arch_parameters()]
         self.arch_params = model.arch_parameters()
         self.weight_params = model.weight_parameters()
@@ -73,34 +80,41 @@ class Architect:
         try:
             with self.autocast():
                 loss = self.criterion(self.model(images), targets)
-            loss.backward(inputs=self.arch_params)
+            self.scaler.scale(loss).backward(inputs=self.arch_params)
         finally:
             for p in trainable:
                 p.requires_grad_(True)
         average_gradients(self.arch_params)
+        self.scaler.unscale_(self.optimizer)  # the statistics need the true gradients
         before = [p.detach().clone() for p in self.arch_params]
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)  # skipped when fp16 overflowed, and the scale lowered
+        self.scaler.update()
         self.stats.record([p.grad for p in self.arch_params],
                           [p.detach() - b for p, b in zip(self.arch_params, before)])
         return loss.item()
 
 
 def weight_step(model, criterion, optimizer, weights, images, targets, grad_clip: float,
-                autocast=nullcontext) -> float:
+                autocast=nullcontext, scaler: torch.amp.GradScaler | None = None) -> float:
     """One SGD step of the weights on an A batch; gradients of nothing else (averaged over
     the processes under torchrun, before clipping). Returns the loss.
 
-    A non-finite loss skips the update (the caller stops the run)."""
+    A non-finite loss skips the update (the caller stops the run). With an enabled `scaler`
+    (fp16) the loss is scaled for the backward pass and the gradients unscaled before
+    clipping; a step whose scaled gradients overflowed is skipped and the scale lowered."""
+    scaler = scaler or _PASS_THROUGH
     with autocast():
         loss = criterion(model(images), targets)
     if not torch.isfinite(loss):
         return loss.item()
     optimizer.zero_grad(set_to_none=True)
-    loss.backward(inputs=weights)
+    scaler.scale(loss).backward(inputs=weights)
     average_gradients(weights)
     if grad_clip > 0:
+        scaler.unscale_(optimizer)
         nn.utils.clip_grad_norm_(weights, grad_clip)
-    optimizer.step()
+    scaler.step(optimizer)
+    scaler.update()
     return loss.item()
 
 
@@ -172,7 +186,7 @@ def train_one_epoch(model, criterion, weight_optimizer, scheduler, architect, lo
                     *, epoch: int, arch_active: bool, device: torch.device, grad_clip: float,
                     global_step: int, writer=None, progress: EpochProgress | None = None,
                     after_step=None, show_progress: bool = True,
-                    autocast=nullcontext) -> tuple[EpochResult, int]:
+                    autocast=nullcontext, scaler=None) -> tuple[EpochResult, int]:
     """One search epoch: per A batch a weight step, then (when `arch_active`) an architecture
     step on the next B batch. Returns the epoch's mean losses and the new global step.
 
@@ -198,7 +212,7 @@ def train_one_epoch(model, criterion, weight_optimizer, scheduler, architect, lo
         images = images.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
         loss = weight_step(model, criterion, weight_optimizer, weights, images, targets,
-                           grad_clip, autocast)
+                           grad_clip, autocast, scaler)
         if not math.isfinite(loss):
             raise NonFiniteLoss(f"weight loss is {loss} at iteration {global_step} "
                                 f"(epoch {epoch})")

@@ -227,3 +227,47 @@ def test_partial_channel_search_resumes_exactly_and_decodes(tmp_path):
     expected = genotype_from_arch(a["model"]["alphas"], a["model"]["betas"],
                                   a["model"]["edge_logits"])
     assert Genotype.load(full / "genotype.json").to_json() == expected.to_json()
+
+
+def _tiny_supernet():
+    from modeling.supernet import AutoDeepLabSearch, SupernetConfig
+    torch.manual_seed(0)
+    return AutoDeepLabSearch(SupernetConfig(num_classes=3, num_layers=3, filter_multiplier=2,
+                                            block_multiplier=2, steps=2))
+
+
+@pytest.mark.parametrize("grad_clip", [0.0, 0.01])
+def test_loss_scaled_steps_equal_plain_ones(grad_clip):
+    # fp16 search steps scale the loss and unscale the gradients (before clipping, and before
+    # the architecture statistics). A CPU GradScaler stands in for the CUDA one: in float32
+    # a power-of-two scale is exact, so both steps must equal the unscaled ones bit for bit.
+    from engine.search import Architect, weight_step
+    images, targets = torch.randn(2, 3, 32, 32), torch.randint(0, 3, (2, 32, 32))
+    criterion = torch.nn.CrossEntropyLoss()
+    results = []
+    for scaler in (None, torch.amp.GradScaler("cpu", init_scale=2.0 ** 12)):
+        model = _tiny_supernet()
+        optimizer = torch.optim.SGD(model.weight_parameters(), lr=0.1, momentum=0.9)
+        weight_step(model, criterion, optimizer, model.weight_parameters(), images, targets,
+                    grad_clip, scaler=scaler)
+        architect = Architect(model, criterion, 0.01, 1e-3, scaler=scaler)
+        architect.step(images, targets)
+        results.append(([p.detach().clone() for p in model.parameters()],
+                         architect.stats.last))
+    for plain, scaled in zip(results[0][0], results[1][0]):
+        assert torch.equal(plain, scaled)
+    assert results[0][1] == results[1][1]  # gradient norms and update sizes, unscaled
+
+
+def test_loss_scaled_step_that_overflows_is_skipped_and_the_scale_lowered():
+    from engine.search import weight_step
+    model = _tiny_supernet()
+    optimizer = torch.optim.SGD(model.weight_parameters(), lr=0.1)
+    before = [p.detach().clone() for p in model.weight_parameters()]
+    model.weight_parameters()[0].register_hook(lambda grad: grad * float("inf"))  # overflow
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10)
+    weight_step(model, torch.nn.CrossEntropyLoss(), optimizer, model.weight_parameters(),
+                torch.randn(2, 3, 32, 32), torch.randint(0, 3, (2, 32, 32)), 5.0, scaler=scaler)
+    assert scaler.get_scale() == 2.0 ** 9
+    for p, b in zip(model.weight_parameters(), before):
+        assert torch.equal(p, b)

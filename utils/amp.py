@@ -14,13 +14,26 @@ import torch
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+AMP_DTYPE_CHOICES = ("auto", *AMP_DTYPES)
+
+
+def resolve_amp_dtype(dtype_name: str, device: torch.device) -> str:
+    """`auto`: bf16 where the GPU computes it natively (Ampere and later), else fp16 with loss
+    scaling (T4, V100 and older: their bf16 is emulated and slow)."""
+    if dtype_name != "auto":
+        return dtype_name
+    native_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
+    return "bf16" if native_bf16 else "fp16"
+
+
 def amp_context(enabled: bool, dtype_name: str, device: torch.device):
-    """(autocast factory, GradScaler) for `--amp`: a `torch.autocast` of `dtype_name` on CUDA,
-    else `nullcontext`; the scaler is enabled for fp16 on CUDA only (bf16 needs none)."""
+    """(autocast factory, GradScaler) for `--amp`: a `torch.autocast` of `dtype_name` (or the
+    one `resolve_amp_dtype` picks for `auto`) on CUDA, else `nullcontext`; the scaler is enabled
+    for fp16 on CUDA only (bf16 needs none). A disabled scaler passes everything through."""
     active = enabled and device.type == "cuda"
     if enabled and not active:
         warnings.warn("--amp needs CUDA; running in float32 on the CPU", stacklevel=2)
-    dtype = AMP_DTYPES[dtype_name]
+    dtype = AMP_DTYPES[resolve_amp_dtype(dtype_name, device)]
     autocast = partial(torch.autocast, device_type=device.type, dtype=dtype) if active \
         else nullcontext
     scaler = torch.amp.GradScaler("cuda", enabled=active and dtype == torch.float16)
