@@ -17,7 +17,7 @@ REQUIREMENTS ?= requirements-cpu.txt
 SEARCH_FLAGS ?=
 RETRAIN_FLAGS ?=
 
-.PHONY: demo test install clean-demo
+.PHONY: demo test test-gpu gpu-check install clean-demo
 
 install: $(VENV)/.installed
 
@@ -28,6 +28,14 @@ $(VENV)/.installed: requirements.txt requirements-cpu.txt
 
 test: install
 	$(PY) -m pytest -q
+
+# The numerical tests (marker `device`) on the GPU; everything else is the CPU pass's.
+test-gpu: install
+	AUTODEEPLAB_TEST_DEVICE=cuda $(PY) -m pytest -q -m device
+
+# All the GPU checks in one call, with the machine's own python3 and torch (README, "GPUs").
+gpu-check:
+	python3 bench/gpu_check.py $(GPU_CHECK_FLAGS)
 
 # The demo writes into its own folder and starts it afresh each time.
 demo: install clean-demo

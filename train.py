@@ -37,7 +37,8 @@ from utils.interrupt import Interrupted, StopSignals
 from utils.flops import count_parameters, multi_adds
 from utils.lr_scheduler import poly_schedule
 from utils.run import (MetricsCSV, args_to_json, prepare_run_dir, release_run_dir, rng_state,
-                       seed_everything, select_device, set_rng_state, setup_logging)
+                       seed_everything, select_device, set_rng_state, setup_logging,
+                       summary_writer)
 
 log = logging.getLogger("retrain")
 STREAM_TRAIN, STREAM_VAL = 1, 3
@@ -226,10 +227,8 @@ def run(args, dist_info, dist_device, stop):
 
     writer = metrics_csv = None
     if out_dir is not None:
-        from tensorboardX import SummaryWriter
-
         write_json(args_to_json(args), out_dir / "args.json")
-        writer = SummaryWriter(str(out_dir))
+        writer = summary_writer(out_dir)
         metrics_csv = MetricsCSV(out_dir / "metrics.csv")
         metrics_csv.truncate_after(step, key="step")
     checkpoint_path = out_dir / "checkpoint.pth.tar" if out_dir is not None else None

@@ -36,7 +36,8 @@ from utils.errors import UserError, exit_on_user_error
 from utils.interrupt import Interrupted, StopSignals
 from utils.lr_scheduler import cosine_schedule
 from utils.run import (MetricsCSV, args_to_json, prepare_run_dir, release_run_dir, rng_state,
-                       seed_everything, select_device, set_rng_state, setup_logging)
+                       seed_everything, select_device, set_rng_state, setup_logging,
+                       summary_writer)
 
 log = logging.getLogger("search")
 # Seed streams of the two loaders, so A and B never share shuffles or augmentations.
@@ -255,10 +256,8 @@ def search(args, checkpoint, out_dir, device, dist_info, info, split, loader_a, 
              else "", n_weights / 1e6)
     writer = metrics_csv = checkpoint_path = None
     if out_dir is not None:
-        from tensorboardX import SummaryWriter
-
         write_json(args_to_json(args), out_dir / "args.json")
-        writer = SummaryWriter(str(out_dir))
+        writer = summary_writer(out_dir)
         metrics_csv = MetricsCSV(out_dir / "metrics.csv")
         metrics_csv.truncate_after(start_epoch)  # rows past the checkpoint
         checkpoint_path = out_dir / "checkpoint.pth.tar"

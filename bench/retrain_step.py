@@ -19,7 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.step_timing import (add_common_args, count_flops, peak_memory_gib,  # noqa: E402
-                               run_per_crop, throughput, timed)
+                               precision, run_per_crop, throughput, timed)
 from modeling.genotypes import GENOTYPES  # noqa: E402
 from modeling.retrain_net import (PAPER_FILTER_MULTIPLIERS, AutoDeepLab,  # noqa: E402
                                   RetrainConfig)
@@ -49,12 +49,16 @@ def build(args, crop: int):
                                 fused=True)  # as train.py
     images = torch.randn(args.batch_size, 3, crop, crop, device=device)
     targets = torch.randint(0, args.num_classes, (args.batch_size, crop, crop), device=device)
+    autocast, new_scaler = precision(args, device)
+    scaler = new_scaler()
 
     def step():
-        loss = criterion(model(images), targets)
+        with autocast():
+            loss = criterion(model(images), targets)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
 
     return model, criterion, images, targets, step
 
@@ -68,7 +72,8 @@ def measure(args, crop: int) -> dict:
     model.zero_grad(set_to_none=True)
     return {
         "model": args.model, "genotype": args.genotype, "crop": crop, "batch": args.batch_size,
-        "device": str(device), "threads": torch.get_num_threads(),
+        "device": str(device), "amp": args.amp, "tf32": args.tf32,
+        "threads": torch.get_num_threads(),
         "step_s": {"median": round(med, 3), "min": round(low, 3)},
         "images_per_s": round(args.batch_size / med, 2),
         "peak_memory_gib": round(peak, 3),

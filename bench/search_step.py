@@ -19,7 +19,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.step_timing import (add_common_args, count_flops, peak_memory_gib,  # noqa: E402
+from bench.step_timing import (add_common_args, count_flops,  # noqa: E402
+                               count_operator_calls, peak_memory_gib, precision,
                                run_per_crop, throughput, timed)
 from engine.search import Architect, weight_step  # noqa: E402
 from modeling.supernet import AutoDeepLabSearch, SupernetConfig  # noqa: E402
@@ -54,12 +55,14 @@ def build(args, crop: int):
     weights = model.weight_parameters()
     optimizer = torch.optim.SGD(weights, lr=0.025, momentum=0.9, weight_decay=3e-4,
                                 fused=True)  # as train_autodeeplab.py
-    architect = Architect(model, criterion, 3e-3, 1e-3)
+    autocast, new_scaler = precision(args, device)
+    architect = Architect(model, criterion, 3e-3, 1e-3, autocast, new_scaler())
+    weight_scaler = new_scaler()
     images = torch.randn(args.batch_size, 3, crop, crop, device=device)
     targets = torch.randint(0, args.num_classes, (args.batch_size, crop, crop), device=device)
     return (model, criterion, images, targets,
             lambda: weight_step(model, criterion, optimizer, weights, images, targets,
-                                grad_clip=5.0),
+                                grad_clip=5.0, autocast=autocast, scaler=weight_scaler),
             lambda: architect.step(images, targets))
 
 
@@ -72,18 +75,21 @@ def measure(args, crop: int) -> dict:
     w_med, w_min = timed(step_weights, device, args.warmup, args.repeats)
     a_med, a_min = timed(step_arch, device, args.warmup, args.repeats)
     peak = peak_memory_gib(device)
+    calls = {"weight_step": count_operator_calls(step_weights),
+             "arch_step": count_operator_calls(step_arch)}
     forward_flops, total_flops = count_flops(lambda: criterion(model(images), targets))
     model.zero_grad(set_to_none=True)
     return {
         "crop": crop, "batch": args.batch_size, "F": args.filter_multiplier,
         "B": args.block_multiplier, "steps": args.steps, "L": args.num_layers,
         "checkpoint_cells": args.checkpoint_cells, "partial_channels": args.partial_channels,
-        "device": str(device),
+        "device": str(device), "amp": args.amp, "tf32": args.tf32,
         "threads": torch.get_num_threads(),
         "weight_step_s": {"median": round(w_med, 3), "min": round(w_min, 3)},
         "arch_step_s": {"median": round(a_med, 3), "min": round(a_min, 3)},
         "images_per_s": round(args.batch_size / w_med, 2),
         "peak_memory_gib": round(peak, 3),
+        "operator_calls": calls,
         "forward_gflop": round(forward_flops / 1e9, 2),
         "forward_backward_gflop": round(total_flops / 1e9, 2),
         **throughput(total_flops, w_min, device),

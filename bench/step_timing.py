@@ -36,7 +36,25 @@ def add_common_args(parser, crops, batch_size):
     parser.add_argument("--default-onednn-cache", action="store_true",
                         help="measure with oneDNN's default primitive cache (1024), not the "
                              "entry scripts' larger one (utils/onednn.py)")
+    parser.add_argument("--amp", default="off", choices=("off", "bf16", "fp16"),
+                        help="autocast dtype on CUDA, as --amp --amp-dtype of the entry scripts "
+                             "(fp16 with loss scaling)")
+    parser.add_argument("--tf32", default="default", choices=("default", "on", "off"),
+                        help="TF32 for CUDA matmuls and convolutions (default: torch's, which "
+                             "allows it for convolutions only)")
     parser.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)  # child
+
+
+def precision(args, device):
+    """(autocast factory, a new GradScaler factory) for `--amp` on `device`, after setting
+    `--tf32`."""
+    from utils.amp import amp_context
+    if args.tf32 != "default":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = \
+            args.tf32 == "on"
+    enabled = args.amp != "off"
+    autocast, scaler = amp_context(enabled, args.amp if enabled else "bf16", device)
+    return autocast, lambda: torch.amp.GradScaler("cuda", enabled=scaler.is_enabled())
 
 
 def sync(device):
@@ -131,6 +149,31 @@ def count_flops(loss_fn) -> tuple[int, int]:
         forward = counter.get_total_flops()
         loss.backward()
     return forward, counter.get_total_flops()
+
+
+# Operators that only make a view of their input (no kernel runs on a GPU, but each call still
+# costs dispatch time on the host).
+VIEW_OPS = frozenset(f"aten::{name}" for name in (
+    "view", "_unsafe_view", "reshape", "permute", "transpose", "t", "slice", "select", "narrow",
+    "expand", "as_strided", "unsqueeze", "squeeze", "alias", "flatten", "unflatten", "split",
+    "split_with_sizes", "chunk", "unbind", "diagonal", "view_as", "expand_as", "detach",
+    "_reshape_alias", "movedim", "unfold", "contiguous"))
+
+
+def count_operator_calls(step) -> dict:
+    """The torch operator calls of one `step()`, forward and backward, from the profiler:
+    `top_level` (calls made by our code or by autograd, not from inside another operator),
+    of those `non_view` (excluding VIEW_OPS) and `to` (dtype or device conversions), and
+    `all_events` (nested calls included). Every call costs host dispatch time whatever its
+    size: on a GPU, that time bounds a step from below."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    events = [e for e in prof.events() if e.name.startswith("aten::")]
+    top = [e for e in events if e.cpu_parent is None or not
+           e.cpu_parent.name.startswith("aten::")]
+    return {"top_level": len(top), "non_view": sum(e.name not in VIEW_OPS for e in top),
+            "to": sum(e.name == "aten::to" for e in top), "all_events": len(events)}
 
 
 def throughput(total_flops: int, seconds: float, device) -> dict:

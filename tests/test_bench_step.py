@@ -22,7 +22,11 @@ def test_search_step_reports_time_memory_and_flops_per_crop():
         assert r["weight_step_s"]["min"] > 0 and r["arch_step_s"]["min"] > 0
         assert r["peak_memory_gib"] > 0 and r["matmul_gflops"] > 0
         assert r["forward_backward_gflop"] > r["forward_gflop"] > 0
+        for calls in r["operator_calls"].values():
+            assert calls["all_events"] >= calls["top_level"] > calls["non_view"] > calls["to"]
     assert rows[1]["forward_gflop"] > rows[0]["forward_gflop"]  # more pixels, more work
+    # The same graph at any crop: the same calls.
+    assert rows[0]["operator_calls"] == rows[1]["operator_calls"]
 
 
 def test_retrain_step_reports_the_paper_network():

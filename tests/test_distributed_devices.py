@@ -21,6 +21,7 @@ def test_a_cuda_run_joins_a_group_that_serves_cpu_tensors_too(monkeypatch):
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("LOCAL_RANK", "1")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(torch.cuda, "set_device", lambda index: joined.setdefault("gpu", index))
     monkeypatch.setattr(distributed.dist, "init_process_group",
                         lambda backend: joined.setdefault("backend", backend))
@@ -29,6 +30,25 @@ def test_a_cuda_run_joins_a_group_that_serves_cpu_tensors_too(monkeypatch):
     assert joined["gpu"] == 1
     backends = dict(part.split(":") for part in joined["backend"].split(","))
     assert backends == {"cpu": "gloo", "cuda": "nccl"}
+
+
+def test_more_processes_than_gpus_is_one_line_unless_a_test_backend_shares_them(monkeypatch):
+    from utils.errors import UserError
+    joined = {}
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda index: joined.setdefault("gpu", index))
+    monkeypatch.setattr(distributed.dist, "init_process_group",
+                        lambda backend: joined.setdefault("backend", backend))
+    with pytest.raises(UserError, match="LOCAL_RANK 1 but this machine shows 1 GPU"):
+        init_distributed(None, None)
+    assert joined == {}
+    monkeypatch.setenv(distributed.BACKEND_ENV, "gloo")  # the GPU check's two processes
+    info, device = init_distributed(None, None)
+    assert device == torch.device("cuda", 0) and joined == {"gpu": 0, "backend": "gloo"}
 
 
 def test_a_cpu_run_joins_gloo(monkeypatch):

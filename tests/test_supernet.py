@@ -89,20 +89,34 @@ def test_beta_normalisation_per_source_node():
     torch.testing.assert_close(probs[5, 0, 1:], expected)
 
 
+# The fast paths' size thresholds at their defaults and at both extremes, so that every branch
+# runs at these tiny sizes: which levels run both depthwise kernels as one call, which
+# pointwise blocks are block-diagonal, which matmuls write a strided output.
+THRESHOLDS = {
+    "defaults": {},
+    "small levels merged": {"MERGED_DEPTHWISE_MAX_PIXELS": 30},
+    "every branch low": {"MERGED_DEPTHWISE_MAX_PIXELS": 0, "BLOCK_DIAGONAL_MAX_CHANNELS": 0,
+                         "STRIDED_OUTPUT_MIN_ROWS": 0},
+    "every branch high": {"MERGED_DEPTHWISE_MAX_PIXELS": 10 ** 9,
+                          "BLOCK_DIAGONAL_MAX_CHANNELS": 10 ** 9,
+                          "STRIDED_OUTPUT_MIN_ROWS": 10 ** 9},
+}
+
+
 @pytest.mark.parametrize("partial_channels", [1, 2])
-@pytest.mark.parametrize("merged_max_pixels", [None, 30, 0])  # all, the small levels, none
-def test_fast_supernet_equals_per_edge_reference(partial_channels, merged_max_pixels,
-                                                 monkeypatch):
-    if merged_max_pixels is not None:  # which levels run both depthwise kernels as one call
-        monkeypatch.setattr(search_cell, "MERGED_DEPTHWISE_MAX_PIXELS", merged_max_pixels)
+@pytest.mark.parametrize("thresholds", THRESHOLDS.values(), ids=THRESHOLDS.keys())
+def test_fast_supernet_equals_per_edge_reference(partial_channels, thresholds, monkeypatch,
+                                                 device):
+    for name, value in thresholds.items():
+        monkeypatch.setattr(search_cell, name, value)
     model = tiny_model(seed=3, filter_multiplier=2 * partial_channels,
-                       partial_channels=partial_channels).double()
+                       partial_channels=partial_channels).double().to(device)
     with torch.no_grad():  # non-trivial architecture weights
         for p in model.arch_parameters():
             p.normal_(0, 1)
     reference = copy.deepcopy(model)
-    x = torch.randn(2, 3, 48, 40, dtype=torch.float64)
-    target = torch.randint(0, 3, (2, 48, 40))
+    x = torch.randn(2, 3, 48, 40, dtype=torch.float64).to(device)
+    target = torch.randint(0, 3, (2, 48, 40)).to(device)
     loss_fast = torch.nn.functional.cross_entropy(model(x), target)
     loss_ref = torch.nn.functional.cross_entropy(reference_supernet.forward(reference, x), target)
     torch.testing.assert_close(loss_fast, loss_ref, rtol=1e-9, atol=1e-10)
@@ -159,12 +173,14 @@ def separable_reference(x, depthwise, pointwise, stage, groups):
     return pointwise_reference(y, pointwise, groups)
 
 
-def separable_inputs(stage, types, groups, edges, channels, size, kernel, dtype):
+def separable_inputs(stage, types, groups, edges, channels, size, kernel, dtype, device="cpu"):
     x = torch.randn(2, (1 if stage == 1 else types * edges) * groups * channels, *size,
-                    dtype=dtype).contiguous(memory_format=torch.channels_last).requires_grad_()
+                    dtype=dtype).to(device).contiguous(
+        memory_format=torch.channels_last).requires_grad_()
     wide = types * groups * edges * channels
-    depthwise = torch.randn(wide, 1, kernel, kernel, dtype=dtype, requires_grad=True)
-    pointwise = torch.randn(types, edges, channels, channels, dtype=dtype, requires_grad=True)
+    depthwise = torch.randn(wide, 1, kernel, kernel, dtype=dtype).to(device).requires_grad_()
+    pointwise = torch.randn(types, edges, channels, channels, dtype=dtype).to(
+        device).requires_grad_()
     repeat = (types, groups, edges) if stage == 1 else (1, 1, 1)
     return x, depthwise, pointwise, repeat
 
@@ -177,13 +193,13 @@ def separable_inputs(stage, types, groups, edges, channels, size, kernel, dtype)
 @pytest.mark.parametrize("size,kernel", [((2, 2), 3), ((4, 4), 5), ((5, 7), 5), ((9, 6), 3),
                                          ((6, 8), 5), ((1, 1), 1)])
 def test_separable_conv_equals_torchs_depthwise_then_einsum(size, kernel, types, groups, edges,
-                                                            channels, stage, recompute):
+                                                            channels, stage, recompute, device):
     # Covers oneDNN's own depthwise weight gradient (3 wide, large enough input) and the split
     # one, a repeated input's gradient summed over the copies, both pointwise paths, and the
     # depthwise output kept or computed again in the backward pass.
     torch.manual_seed(0)
     x, depthwise, pointwise, repeat = separable_inputs(stage, types, groups, edges, channels,
-                                                       size, kernel, torch.float64)
+                                                       size, kernel, torch.float64, device)
     y = search_cell.SeparableConv.apply(x, depthwise, pointwise, repeat, groups, recompute)
     ref = separable_reference(x, depthwise, pointwise, stage, groups)
     assert y.is_contiguous(memory_format=torch.channels_last)
@@ -207,18 +223,19 @@ def test_separable_conv_recomputing_keeps_only_its_inputs():
             x.data_ptr(), depthwise.data_ptr(), pointwise.data_ptr()]
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("recompute", [False, True])
 @pytest.mark.parametrize("stage", [1, 2])
-def test_separable_conv_under_autocast_matches_torchs(stage, recompute):
-    # bf16 autocast (--amp; on CUDA in practice, the CPU's autocast exercises the same casts):
-    # the output in bf16, each gradient in its input's dtype.
+def test_separable_conv_under_autocast_matches_torchs(stage, recompute, dtype, device):
+    # Autocast (--amp, on CUDA in practice; the CPU's autocast exercises the same casts): the
+    # output in the autocast dtype, each gradient in its input's dtype.
     torch.manual_seed(0)
     x, depthwise, pointwise, repeat = separable_inputs(stage, 2, 2, 2, 4, (6, 6), 5,
-                                                       torch.float32)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+                                                       torch.float32, device)
+    with torch.autocast(device.type, dtype=dtype):
         y = search_cell.SeparableConv.apply(x, depthwise, pointwise, repeat, 2, recompute)
-    assert y.dtype == torch.bfloat16
-    grad = torch.randn(y.shape)
+    assert y.dtype == dtype
+    grad = torch.randn(y.shape).to(device)
     inputs = (x, depthwise, pointwise)
     mine = torch.autograd.grad(y, inputs, grad.to(y.dtype))
     theirs = torch.autograd.grad(separable_reference(x, depthwise, pointwise, stage, 2), inputs,
@@ -231,11 +248,12 @@ def test_separable_conv_under_autocast_matches_torchs(stage, recompute):
 @pytest.mark.parametrize("types,groups,edges,c_in,c_out", [
     (2, 3, 5, 4, 4), (1, 1, 2, 3, 5), (2, 2, 1, 2, 2),  # block-diagonal over the edges (C <= 8)
     (2, 2, 3, 10, 9)])  # one block per edge
-def test_grouped_pointwise_and_its_gradients_equal_einsum(types, groups, edges, c_in, c_out):
+def test_grouped_pointwise_and_its_gradients_equal_einsum(types, groups, edges, c_in, c_out,
+                                                          device):
     torch.manual_seed(0)
-    x = torch.randn(2, types * groups * edges * c_in, 5, 3, dtype=torch.float64).contiguous(
-        memory_format=torch.channels_last).requires_grad_()
-    w = torch.randn(types, edges, c_out, c_in, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(2, types * groups * edges * c_in, 5, 3, dtype=torch.float64).to(
+        device).contiguous(memory_format=torch.channels_last).requires_grad_()
+    w = torch.randn(types, edges, c_out, c_in, dtype=torch.float64).to(device).requires_grad_()
     y = search_cell.grouped_pointwise(x, w, groups)
     ref = pointwise_reference(x, w, groups)
     assert y.is_contiguous(memory_format=torch.channels_last)
@@ -278,15 +296,15 @@ def test_partial_channels_operate_on_a_kth_of_the_channels():
 
 
 @pytest.mark.parametrize("merged_max_pixels", [None, 0])  # 0: every level is a large one
-def test_checkpoint_cells_gives_identical_gradients(merged_max_pixels, monkeypatch):
+def test_checkpoint_cells_gives_identical_gradients(merged_max_pixels, monkeypatch, device):
     # Large levels compute their depthwise outputs again in the backward pass, also inside
     # the checkpoint's recomputation.
     if merged_max_pixels is not None:
         monkeypatch.setattr(search_cell, "MERGED_DEPTHWISE_MAX_PIXELS", merged_max_pixels)
-    model = tiny_model(seed=4).double()
+    model = tiny_model(seed=4).double().to(device)
     other = copy.deepcopy(model)
     other.checkpoint_cells = True
-    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64).to(device)
     model(x).square().mean().backward()
     other(x).square().mean().backward()
     for (name, p), q in zip(model.named_parameters(), other.parameters()):

@@ -14,6 +14,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.utils.data import DistributedSampler, Subset
 
+from utils.errors import UserError
 from utils.interrupt import Interrupted, StopSignals, exit_after_stop
 
 T = TypeVar("T")
@@ -41,6 +42,9 @@ class DistInfo:
 
 # Backends of a process group on CUDA, by device type.
 CUDA_BACKENDS = "cpu:gloo,cuda:nccl"
+# Names the backend instead, for tests: with gloo, several processes may share one GPU (NCCL
+# refuses), which is how bench/gpu_check.py runs two processes on a one-GPU machine.
+BACKEND_ENV = "AUTODEEPLAB_DIST_BACKEND"
 
 
 def init_distributed(local_rank_flag: int | None,
@@ -55,12 +59,20 @@ def init_distributed(local_rank_flag: int | None,
     rank = int(os.environ["RANK"])
     local_rank = int(os.environ.get("LOCAL_RANK", local_rank_flag or 0))
     use_cuda = torch.cuda.is_available() and (device_name is None or device_name.startswith("cuda"))
+    backend = os.environ.get(BACKEND_ENV)
     if use_cuda:
-        torch.cuda.set_device(local_rank)
-        device = torch.device("cuda", local_rank)
+        index = local_rank
+        if local_rank >= torch.cuda.device_count():
+            if not backend:
+                raise UserError(f"process with LOCAL_RANK {local_rank} but this machine shows "
+                                f"{torch.cuda.device_count()} GPU(s): start at most one "
+                                f"process per GPU (torchrun --nproc_per_node)")
+            index = local_rank % torch.cuda.device_count()  # the GPU check: GPUs shared
+        torch.cuda.set_device(index)
+        device = torch.device("cuda", index)
     else:
         device = torch.device("cpu")
-    dist.init_process_group(CUDA_BACKENDS if use_cuda else "gloo")
+    dist.init_process_group(backend or (CUDA_BACKENDS if use_cuda else "gloo"))
     return DistInfo(rank, world_size, local_rank), device
 
 

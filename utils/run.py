@@ -228,3 +228,14 @@ class MetricsCSV:
                 writer.writerows(keep)
 
         atomic_write(self.path, write)  # a crash here must not lose the rows kept
+
+
+def summary_writer(out_dir: Path):
+    """A TensorBoard writer for `out_dir`: tensorboardX's (requirements.txt), else torch's own,
+    which needs the `tensorboard` package (GPU images often have that one only)."""
+    try:
+        from tensorboardX import SummaryWriter
+    except ImportError:
+        from torch.utils.tensorboard import SummaryWriter
+    return SummaryWriter(str(out_dir))
+
