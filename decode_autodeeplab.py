@@ -1,4 +1,4 @@
-"""Decode a search checkpoint into the architecture retraining reads (SPEC sections 1 and 4).
+"""Decode a search checkpoint into the architecture retraining reads (paper section 3.3).
 
     python decode_autodeeplab.py --resume RUN/checkpoint.pth.tar [--out-dir DIR]
 

@@ -1,4 +1,4 @@
-"""Retrain an Auto-DeepLab architecture from scratch (SPEC section 5).
+"""Retrain an Auto-DeepLab architecture from scratch (paper section 4, Fig. 3).
 
     python train.py --arch autodeeplab-s --dataset cityscapes --summary
     python train.py --dataset synthetic --genotype RUN/genotype.json

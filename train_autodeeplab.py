@@ -1,4 +1,4 @@
-"""Auto-DeepLab architecture search (SPEC sections 2-3).
+"""Auto-DeepLab architecture search (paper sections 3 and 4.1).
 
     python train_autodeeplab.py --dataset synthetic
     CUDA_VISIBLE_DEVICES=0 python train_autodeeplab.py --dataset camvid --data-root DIR

@@ -19,7 +19,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     """Parser for `decode_autodeeplab.py`."""
     parser = argparse.ArgumentParser(
         description="Decode a search checkpoint into genotype.json, the seed's .npy arrays and "
-                    "architecture.png, and print a summary (SPEC sections 1 and 4).",
+                    "architecture.png, and print a summary (paper section 3.3).",
         formatter_class=HelpFormatter)
     parser.add_argument("--resume", required=True, metavar="CHECKPOINT",
                         help="search checkpoint of train_autodeeplab.py (any epoch's "

@@ -8,7 +8,7 @@ from config_utils.common import (HelpFormatter, dataset_default_help, dataset_he
                                    fill_defaults)
 from utils.amp import AMP_DTYPE_CHOICES
 
-# Paper defaults (SPEC section 3) for real datasets; a CPU-sized search for synthetic data.
+# Paper defaults (paper section 4.1) for real datasets; a CPU-sized search for synthetic data.
 PAPER_DEFAULTS = dict(
     epochs=40, batch_size=2, crop_size=321, resize=None, lr=0.025, min_lr=0.001, momentum=0.9,
     weight_decay=3e-4, arch_lr=3e-3, arch_weight_decay=1e-3, alpha_epoch=20,

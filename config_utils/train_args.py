@@ -1,4 +1,4 @@
-"""Command line of train.py (retraining a decoded architecture, SPEC section 5)."""
+"""Command line of train.py (retraining a decoded architecture, paper section 4, Fig. 3)."""
 from __future__ import annotations
 
 import argparse
@@ -58,7 +58,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     """The parser. Flags whose default depends on --dataset default to None here and are
     filled by `resolve_defaults`."""
     p = argparse.ArgumentParser(
-        description="Retrain an Auto-DeepLab architecture from scratch (SPEC section 5). "
+        description="Retrain an Auto-DeepLab architecture from scratch (paper section 4, Fig. 3). "
                     "Distributed: torchrun --nproc_per_node=N train.py ...",
         formatter_class=HelpFormatter)
     d = PAPER_DEFAULTS
@@ -76,7 +76,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="genotype.npy (2 * steps, 2) cell rows; with --net-arch or "
                         "--network-path")
     g.add_argument("--arch", default=None, choices=ARCH_CHOICES,
-                   help="the paper's network: path and cell of SPEC section 5, F = 20/32/48")
+                   help="the paper's network: path and cell of its Fig. 3, F = 20/32/48")
     g.add_argument("--filter-multiplier", type=int, default=None,
                    help="F: channels per block at stride 4; overrides --arch's "
                         + dflt("filter_multiplier"))

@@ -1,4 +1,4 @@
-"""Retraining pieces (SPEC section 5): where the architecture comes from, the losses, the
+"""Retraining pieces (paper section 4): where the architecture comes from, the losses, the
 training steps, inference (sliding window, scales, flip) and evaluation."""
 from __future__ import annotations
 

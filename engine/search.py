@@ -1,4 +1,4 @@
-"""The bilevel search loop (SPEC section 3): weights on half A, architecture on half B."""
+"""The bilevel search loop (paper section 4.1): weights on half A, architecture on half B."""
 from __future__ import annotations
 
 import logging
@@ -50,7 +50,7 @@ def split_train_set(num_samples: int, seed: int) -> tuple[np.ndarray, np.ndarray
 
 
 class Architect:
-    """Owns the architecture optimiser and its one first-order step (DARTS, SPEC section 3)."""
+    """Owns the architecture optimiser and its one first-order step (DARTS; paper section 4.1)."""
 
     def __init__(self, model, criterion, lr: float, weight_decay: float,
                  autocast=nullcontext, scaler: torch.amp.GradScaler | None = None):

@@ -1,4 +1,4 @@
-"""From architecture parameters to a discrete architecture (SPEC section 4, paper section 3.3).
+"""From architecture parameters to a discrete architecture (paper section 3.3).
 
 Pure functions on numpy arrays, shared by the supernet's `genotype()`, the search logs and
 `decode_autodeeplab.py`, so that all of them report the same architecture:
@@ -91,7 +91,7 @@ def _k_best(probs: np.ndarray, k: int) -> list[tuple[int, Fraction, tuple[int, .
 
 
 def decode_network_path(probs) -> list[int]:
-    """The most probable valid network path (Viterbi; SPEC section 4, paper section 3.3).
+    """The most probable valid network path (Viterbi; paper section 3.3).
 
     probs: (L, 4, 3), `probs[l, s, d]` the normalised probability that node (l - 1, s) moves
     in direction d (0: to level s - 1, 1: stay, 2: to level s + 1) into layer l; for l = 0 the
@@ -169,7 +169,7 @@ def steps_for_edges(num_cell_edges: int) -> int:
 
 
 def decode_cell(weights) -> list[list[tuple[int, str]]]:
-    """Per block the two inputs whose strongest non-`none` operation weighs most (SPEC 4).
+    """Per block the two inputs whose strongest non-`none` operation weighs most (paper 3.3).
 
     weights: (E, 8) softmaxed alphas, edges numbered block by block, inputs in index order
     (`cell_edges`). Returns per block `[(input_index, operation), (input_index, operation)]`
@@ -235,7 +235,7 @@ def arch_probabilities(alphas, betas, edge_logits=None) -> tuple[np.ndarray, np.
 
 def genotype_from_arch(alphas, betas, edge_logits=None) -> Genotype:
     """Decode raw alphas (E, 8) and betas (L, 4, 3) (and, from a partial-channel search, the
-    edge logits (E,)) into a `Genotype` (SPEC section 4)."""
+    edge logits (E,)) into a `Genotype` (paper section 3.3)."""
     return genotype_from_probabilities(*arch_probabilities(alphas, betas, edge_logits))
 
 

@@ -1,8 +1,8 @@
-"""The decoded architecture as a small immutable record, and the paper's own (SPEC section 5).
+"""The decoded architecture as a small immutable record, and the paper's own (its Fig. 3).
 
 A `Genotype` is the contract between search and retraining: the level of every layer of the
 network path and, per cell block, the two `(input_index, operation)` pairs it keeps. Input
-indices follow SPEC section 2: 0 = H(l-2), 1 = H(l-1), k + 1 = block k (1-based).
+indices follow paper section 3: 0 = H(l-2), 1 = H(l-1), k + 1 = block k (1-based).
 
 On disk it lives in two forms, both written by `decode_autodeeplab.py`:
 - `genotype.json` (`to_json` / `from_json`, `save` / `load`), the one retraining reads;
@@ -35,8 +35,8 @@ NETWORK_PATH_NPY = "network_path.npy"
 NETWORK_PATH_SPACE_NPY = "network_path_space.npy"
 GENOTYPE_NPY = "genotype.npy"
 
-INPUTS_PER_BLOCK = 2  # each block sums two operations (SPEC section 4)
-# The stem sits at stride 4 and the first layer one level at most away from it (SPEC section 2).
+INPUTS_PER_BLOCK = 2  # each block sums two operations (paper section 3.3)
+# The stem sits at stride 4 and the first layer one level at most away from it (paper section 3).
 MAX_FIRST_LEVEL = 1
 NONE_OP = "none"
 
@@ -137,7 +137,7 @@ class Genotype:
     # --- JSON form ------------------------------------------------------------------------
 
     def to_json(self) -> dict:
-        """The `genotype.json` dict (SPEC section 1): format, version, primitives, sizes,
+        """The `genotype.json` dict: format, version, primitives, sizes,
         network_path and cell as `[[input, op], [input, op]]` per block."""
         return {
             "format": GENOTYPE_FORMAT,
@@ -292,7 +292,7 @@ def path_space(network_path) -> np.ndarray:
     return space
 
 
-# SPEC section 5 (paper Fig. 3): the architecture Auto-DeepLab found on Cityscapes.
+# Paper Fig. 3: the architecture Auto-DeepLab found on Cityscapes.
 GENOTYPES: dict[str, Genotype] = {
     "autodeeplab": Genotype(
         network_path=(0, 0, 0, 1, 2, 1, 2, 2, 3, 3, 2, 1),
@@ -308,7 +308,7 @@ GENOTYPES: dict[str, Genotype] = {
 
 
 def count_paths(num_layers: int) -> np.ndarray:
-    """(L, 4) number of valid network paths ending at each (layer, level) (SPEC section 2)."""
+    """(L, 4) number of valid network paths ending at each (layer, level) (paper section 3)."""
     counts = np.zeros((num_layers, NUM_LEVELS), dtype=object)  # exact, however long the path
     counts[0, :MAX_FIRST_LEVEL + 1] = 1
     for layer in range(1, num_layers):

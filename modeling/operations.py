@@ -1,4 +1,4 @@
-"""Candidate operations (SPEC section 2) and the small building blocks around them.
+"""Candidate operations (paper section 3) and the small building blocks around them.
 
 `OPS` maps each name in `PRIMITIVES` to a factory `(channels, stride, affine) -> nn.Module`,
 one module per edge, as the retrained network uses them. Stride 2 is for the operations of a
@@ -58,7 +58,7 @@ class ReLUConvBN(nn.Module):
 
 
 class SepConv(nn.Module):
-    """(ReLU, depthwise k x k, pointwise 1x1, BN) applied twice (SPEC section 2); `stride`
+    """(ReLU, depthwise k x k, pointwise 1x1, BN) applied twice (paper section 3); `stride`
     applies to the first depthwise convolution."""
 
     def __init__(self, channels: int, kernel_size: int, stride: int = 1, affine: bool = True):
@@ -80,7 +80,7 @@ class SepConv(nn.Module):
 
 
 class AtrousConv(nn.Module):
-    """ReLU, dense k x k convolution with dilation 2, BN (SPEC section 2). At stride 2, as the
+    """ReLU, dense k x k convolution with dilation 2, BN (paper section 3). At stride 2, as the
     released model: ReLU, bilinear resize by 0.5, then the convolution at rate 1."""
 
     def __init__(self, channels: int, kernel_size: int, stride: int = 1, affine: bool = True):

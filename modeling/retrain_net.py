@@ -19,7 +19,7 @@ to within 0.1 % (`tests/test_retrain_model.py`):
   `modeling/operations.py`); the operations reading blocks run at the cell's own resolution.
 - Resizes inside cells align corners, as the released model's.
 - Cell output: concatenation of the last `block_multiplier` blocks, C channels each.
-- Atrous convolutions are dense (SPEC section 2); ASPP and decoder convs are dense too.
+- Atrous convolutions are dense (paper section 3); ASPP and decoder convs are dense too.
 - ASPP rates are DeepLabv3's (6, 12, 18) at output stride 16, scaled by 16 / final stride,
   so that they cover the same image extent whatever level the path ends at.
 - Low-level features for the decoder: the output of the last cell on the path that sits at
@@ -50,7 +50,7 @@ from modeling.search_space import STEM_LEVELS, level_sizes, level_stride, prev_p
 # DeepLabv3's ASPP rates at output stride 16; other strides scale them by 16 / stride.
 ASPP_REFERENCE_STRIDE = 16
 ASPP_REFERENCE_RATES = (6, 12, 18)
-# Filter multipliers of the paper's Auto-DeepLab-S / M / L (SPEC section 5).
+# Filter multipliers of the paper's Auto-DeepLab-S / M / L (paper Table 2).
 PAPER_FILTER_MULTIPLIERS = {"autodeeplab-s": 20, "autodeeplab-m": 32, "autodeeplab-l": 48}
 
 

@@ -1,4 +1,4 @@
-"""The search cell, evaluated source state by source state (SPEC section 2, paper Eq. 1-2, 6).
+"""The search cell, evaluated source state by source state (paper section 3, Eq. 1-2 and 6).
 
 A node (layer, level) of the trellis applies one cell to each of its up to three incoming
 states (paper Eq. 6); the cell's operation weights are shared by those applications, its

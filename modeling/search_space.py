@@ -1,4 +1,4 @@
-"""The Auto-DeepLab search space in one place (SPEC section 2).
+"""The Auto-DeepLab search space in one place (paper section 3).
 
 Everything that both the supernet and decoding need to agree on lives here: the operation
 list, the edge numbering inside a cell, the table of allowed network-level transitions and
@@ -44,7 +44,7 @@ def edge_offset(block: int) -> int:
 def cell_edges(steps: int) -> list[tuple[int, int]]:
     """(block, input_index) of every edge, in edge-index order.
 
-    Input index convention (SPEC section 2): 0 = H(l-2), 1 = H(l-1), k + 1 = block k (1-based).
+    Input index convention (paper section 3): 0 = H(l-2), 1 = H(l-1), k + 1 = block k (1-based).
     """
     return [(block, inp) for block in range(steps) for inp in range(2 + block)]
 

@@ -24,7 +24,7 @@ from modeling.search_space import (DIRECTIONS, NUM_LEVELS, PRIMITIVES, STEM_LEVE
 
 # ASPP rate at level s is ASPP_RATE_BASE / stride (paper section 4.1): 24, 12, 6, 3.
 ASPP_RATE_BASE = 96
-ARCH_INIT_SCALE = 1e-3  # alphas and betas ~ 1e-3 * N(0, 1) (SPEC section 3)
+ARCH_INIT_SCALE = 1e-3  # alphas and betas ~ 1e-3 * N(0, 1) (paper section 4.1)
 
 
 @dataclass(frozen=True)
@@ -199,7 +199,7 @@ class AutoDeepLabSearch(nn.Module):
         return logits
 
     def genotype(self):
-        """The architecture decoded so far (SPEC section 4), as a `Genotype`."""
+        """The architecture decoded so far (paper section 3.3), as a `Genotype`."""
         from modeling.decoding import genotype_from_arch
 
         edge_logits = (None if self.edge_logits is None

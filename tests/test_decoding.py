@@ -1,4 +1,4 @@
-"""Decoding (SPEC section 4): Viterbi and k-best paths against exhaustive search, cell choice."""
+"""Decoding (paper section 3.3): Viterbi and k-best paths against exhaustive search, cell choice."""
 from __future__ import annotations
 
 import itertools

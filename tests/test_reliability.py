@@ -1,4 +1,4 @@
-"""Issue 6: a killed run resumes with nothing lost, checkpoints are never corrupted, bad input
+"""A killed run resumes with nothing lost, checkpoints are never corrupted, bad input
 gets one clear line. Both entry scripts, mostly on tiny settings; the kill tests use real
 subprocesses."""
 import csv

@@ -1,4 +1,4 @@
-"""The retrain network of SPEC section 5: every path builds and learns, paper sizes, rebuilds."""
+"""The retrain network (paper Fig. 3): every path builds and learns, paper sizes, rebuilds."""
 import io
 import random
 

@@ -83,7 +83,7 @@ def test_beta_normalisation_per_source_node():
     assert mask[0].tolist() == [[False, True, True], [False] * 3, [False] * 3, [False] * 3]
     assert not mask[:, 0, 0].any() and not mask[:, 3, 2].any()
     assert mask[1, :2].any(-1).all() and not mask[1, 2:].any()
-    # Softmax over exactly the valid directions, no other rescaling (SPEC section 2).
+    # Softmax over exactly the valid directions, no other rescaling (paper section 3).
     b = betas[5, 0]
     expected = torch.softmax(b[1:], 0)
     torch.testing.assert_close(probs[5, 0, 1:], expected)
