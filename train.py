@@ -23,7 +23,7 @@ from config_utils.train_args import (ARCH_KEYS, CURRENT_KEYS, RESUME_SAFE_KEYS, 
 from dataloaders import build_dataset, build_loader, dataset_info, derive_seed
 from engine.retrain import (IntervalProgress, build_criterion, evaluate, export_onnx,
                             format_metrics, resolve_genotype, train_steps)
-from engine.search import NonFiniteLoss, check_finite, diverged_error
+from engine.divergence import NonFiniteLoss, check_finite, diverged_error
 from modeling.retrain_net import AutoDeepLab, RetrainConfig
 from utils.allocator import allocator_in_use, preload_fast_allocator
 from utils.onednn import size_primitive_cache

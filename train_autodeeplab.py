@@ -19,8 +19,9 @@ from config_utils.common import resume_args
 from config_utils.search_args import (ARCH_KEYS, CURRENT_KEYS, RESUME_SAFE_KEYS, explicit_keys,
                                       get_args_parser, resolve_defaults)
 from dataloaders import IGNORE_INDEX, build_dataset, build_loader, dataset_info, derive_seed
-from engine.search import (Architect, BStream, EpochProgress, NonFiniteLoss, check_finite,
-                           diverged_error, evaluate, split_train_set, train_one_epoch)
+from engine.divergence import NonFiniteLoss, check_finite, diverged_error
+from engine.search import (Architect, BStream, EpochProgress, evaluate, split_train_set,
+                           train_one_epoch)
 from modeling.decoding import (arch_probabilities, decode_margins, genotype_from_probabilities,
                                mean_entropies)
 from modeling.supernet import AutoDeepLabSearch, SupernetConfig

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from dataloaders import IGNORE_INDEX
-from engine.search import NonFiniteLoss
+from engine.divergence import NonFiniteLoss
 from modeling.genotypes import GENOTYPES, Genotype
 from modeling.search_space import DIRECTIONS, NUM_LEVELS
 from utils.errors import UserError

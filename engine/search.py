@@ -14,23 +14,11 @@ from tqdm import tqdm
 
 from dataloaders import IGNORE_INDEX
 from engine.arch_stats import ArchStats
+from engine.divergence import NonFiniteLoss
 from utils.distributed import average_gradients
-from utils.errors import UserError
 from utils.metrics import ConfusionMatrix
 
 log = logging.getLogger(__name__)
-
-
-class NonFiniteLoss(RuntimeError):
-    """The loss became NaN or infinite; the message names the iteration."""
-
-
-def diverged_error(err: NonFiniteLoss, checkpoint_path, remedy: str) -> UserError:
-    """The one line a diverged run stops with: what went non-finite, the last good checkpoint
-    (never overwritten by the diverged state) and `remedy` (which learning rates to lower)."""
-    kept = checkpoint_path if checkpoint_path and checkpoint_path.exists() else "none yet"
-    return UserError(f"{err}; stopped, the last good checkpoint is {kept} (lower {remedy}, or "
-                     "check the data; --detect-anomaly names the operation)")
 
 
 # A disabled GradScaler: scale, unscale_, step and update pass straight through (float32, bf16).
@@ -245,14 +233,6 @@ def train_one_epoch(model, criterion, weight_optimizer, scheduler, architect, lo
     arch_mean = progress.arch_sum / progress.arch_steps if progress.arch_steps else float("nan")
     return EpochResult(progress.loss_sum / max(progress.batch, 1), arch_mean,
                        time.time() - start), global_step
-
-
-def check_finite(model: nn.Module, step: int) -> None:
-    """Raise NonFiniteLoss if a parameter or buffer of `model` is NaN or infinite, so that a
-    diverged state is never saved over the last good checkpoint."""
-    for name, value in model.state_dict().items():
-        if value.is_floating_point() and not torch.isfinite(value).all():
-            raise NonFiniteLoss(f"{name} became non-finite by iteration {step}")
 
 
 @torch.inference_mode()

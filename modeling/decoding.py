@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from modeling.genotypes import Genotype, input_name
+from modeling.genotypes import INPUTS_PER_BLOCK, Genotype, input_name
 from modeling.search_space import (DIRECTIONS, NUM_LEVELS, PRIMITIVES, edge_offset,
                                    level_stride, normalize_alphas, normalize_betas,
                                    normalize_edge_weights, num_edges, transition_mask)
@@ -40,7 +40,6 @@ from utils.checkpoint import SEARCH_KIND, SEARCH_VERSION, load_checkpoint
 from utils.errors import UserError
 
 NONE_INDEX = PRIMITIVES.index("none")
-INPUTS_PER_BLOCK = 2
 STEM_LEVEL = 0
 
 
