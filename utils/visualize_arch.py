@@ -6,7 +6,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from modeling.search_space import PRIMITIVES, cell_edges  # noqa: E402
+from modeling.search_space import NUM_LEVELS, PRIMITIVES, cell_edges, level_stride  # noqa: E402
 
 
 def alpha_figure(alphas, steps: int):
@@ -29,6 +29,6 @@ def beta_figure(betas):
         im = ax.imshow(betas[:, :, d].T, vmin=0, vmax=1, cmap="magma", aspect="auto")
         ax.set_title(title, fontsize=8)
         ax.set_xlabel("layer")
-    axes[0].set_yticks(range(4), [f"s{4 * 2 ** s}" for s in range(4)])
+    axes[0].set_yticks(range(NUM_LEVELS), [f"s{level_stride(s)}" for s in range(NUM_LEVELS)])
     fig.colorbar(im, ax=axes)
     return fig
