@@ -43,7 +43,7 @@ demo: install clean-demo
 	$(PY) decode_autodeeplab.py --resume $(DEMO_DIR)/search/checkpoint.pth.tar
 	$(PY) train.py --dataset $(DEMO_DATASET) --genotype $(DEMO_DIR)/search/genotype.json \
 		--out-dir $(DEMO_DIR)/retrain $(RETRAIN_FLAGS)
-	$(PY) -m dataloaders.datasets.$(DEMO_DATASET) --out-dir $(DEMO_DIR)/images --count 4
+	$(PY) write_samples.py --dataset $(DEMO_DATASET) --out-dir $(DEMO_DIR)/images --count 4
 	$(PY) predict.py --checkpoint $(DEMO_DIR)/retrain/best.pth.tar \
 		--input $(DEMO_DIR)/images --out-dir $(DEMO_DIR)/predictions
 

@@ -202,7 +202,7 @@ def end_to_end(args, out: Path) -> dict:
                      *device, "--input", str(runs / "images"), "--out-dir",
                      str(runs / "predictions")]),
     ]
-    images = run([sys.executable, "-m", "dataloaders.datasets.synthetic", "--out-dir",
+    images = run([sys.executable, "write_samples.py", "--dataset", "synthetic", "--out-dir",
                   str(runs / "images"), "--count", "2"], 120)
     results = {"images": images}
     for name, argv in stages:

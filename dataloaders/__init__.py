@@ -104,6 +104,21 @@ def is_generated(name: str) -> bool:
     return hasattr(_module(name), "generate")
 
 
+def export_generated(name: str, out_dir, *, split: str = "val", count: int = 4, seed: int = 0,
+                     image_size: tuple[int, int] | None = None) -> list:
+    """Write `count` images of the generated dataset ``name`` and their labels as PNG files
+    (``generated.export_samples``); the image paths."""
+    if not is_generated(name):
+        raise UserError(f"{name} is not a generated dataset; --dataset takes one of: "
+                        + ", ".join(n for n in dataset_names() if is_generated(n)))
+    if count <= 0:
+        raise UserError(f"count must be positive, got {count}; fix --count")
+    from dataloaders.datasets.generated import export_samples
+
+    return export_samples(_module(name), out_dir, split=split, count=count, seed=seed,
+                          image_size=image_size)
+
+
 def dataset_info(name: str) -> DatasetInfo:
     """Class names, palette and normalisation constants of dataset ``name``."""
     return _module(name).INFO

@@ -2,9 +2,9 @@
 
 A generated dataset module (synthetic, the planted tasks) defines ``INFO``, ``DEFAULTS`` and
 ``generate(rng, height, width) -> (uint8 image (H, W, 3), uint8 mask (H, W))``;
-``dataloaders.build_dataset`` builds its splits with ``build_generated``, and
-``python -m dataloaders.datasets.NAME`` writes a few of its images (``write_samples``). Augmentation (train) is applied afterwards with torch's
-RNG like any dataset.
+``dataloaders.build_dataset`` builds its splits with ``build_generated``, and write_samples.py
+writes a few of its images (``export_samples``). Augmentation (train) is applied afterwards
+with torch's RNG like any dataset.
 """
 
 from __future__ import annotations
@@ -94,14 +94,3 @@ def export_samples(module, out_dir, *, split: str = "val", count: int = 4, seed:
         image.save(paths[-1])
         mask.save(out / "labels" / f"{split}_{i:03d}.png")
     return paths
-
-
-def write_samples(module) -> None:
-    """`python -m dataloaders.datasets.NAME`: write generated images of `module` to try
-    predict.py on (flags in config_utils/synthetic_args.py)."""
-    from config_utils.synthetic_args import get_args_parser
-
-    args = get_args_parser().parse_args()
-    for path in export_samples(module, args.out_dir, split=args.split, count=args.count,
-                               seed=args.seed, image_size=args.image_size):
-        print(path)

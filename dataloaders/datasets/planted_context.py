@@ -3,11 +3,10 @@ See dataloaders/datasets/planted.py for the scenes and the reasoning."""
 
 from __future__ import annotations
 
-import sys
 from functools import partial
 
 from dataloaders.datasets import planted
-from dataloaders.datasets.generated import GeneratedDefaults, write_samples
+from dataloaders.datasets.generated import GeneratedDefaults
 
 INFO = planted.info("planted_context", planted.RING_CLASS_NAMES, planted.RING_PALETTE,
                     planted.RING_MEAN, planted.RING_STD)
@@ -34,7 +33,3 @@ def planted_answer_found(network_path, cell) -> bool:
     """Whether a decoded architecture (levels per layer; per block two (input, operation)
     pairs) holds the planted answer: a path that reaches level COARSE_LEVEL or coarser."""
     return max(network_path) >= COARSE_LEVEL
-
-
-if __name__ == "__main__":
-    write_samples(sys.modules[__name__])

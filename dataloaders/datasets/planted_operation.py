@@ -4,11 +4,10 @@ See dataloaders/datasets/planted.py for the scenes, the reasoning and its refuta
 
 from __future__ import annotations
 
-import sys
 from collections import Counter
 
 from dataloaders.datasets import planted
-from dataloaders.datasets.generated import GeneratedDefaults, write_samples
+from dataloaders.datasets.generated import GeneratedDefaults
 
 INFO = planted.info("planted_operation", planted.BLOB_CLASS_NAMES, planted.BLOB_PALETTE,
                     planted.BLOB_MEAN, planted.BLOB_STD)
@@ -36,7 +35,3 @@ def planted_answer_found(network_path, cell) -> bool:
     counts = Counter(op for block in cell for _, op in block)
     ours = counts.pop(PLANTED_OPERATION, 0)
     return ours > max(counts.values(), default=0)
-
-
-if __name__ == "__main__":
-    write_samples(sys.modules[__name__])

@@ -24,12 +24,11 @@ Generator; augmentation (train) is applied afterwards with torch's RNG like any 
 
 from __future__ import annotations
 
-import sys
 
 import numpy as np
 
 from dataloaders import DatasetInfo
-from dataloaders.datasets.generated import GeneratedDefaults, write_samples
+from dataloaders.datasets.generated import GeneratedDefaults
 
 BACKGROUND, FLAT_REGION, STRIPED_REGION, ORANGE_SQUARE, VIOLET_SQUARE, INNER_BLOB = range(6)
 
@@ -159,7 +158,3 @@ def generate(rng: np.random.Generator, height: int, width: int) -> tuple[np.ndar
 
     image = image + rng.normal(0, PIXEL_NOISE, image.shape)
     return np.clip(np.rint(image), 0, 255).astype(np.uint8), mask
-
-
-if __name__ == "__main__":
-    write_samples(sys.modules[__name__])

@@ -1,5 +1,4 @@
-"""Command line of `python -m dataloaders.datasets.NAME` for a generated dataset NAME (synthetic,
-planted_context, planted_operation): write generated images."""
+"""Command line of write_samples.py: images of a generated dataset as files."""
 from __future__ import annotations
 
 import argparse
@@ -9,9 +8,12 @@ from config_utils.common import HelpFormatter
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        description="Write images of a generated dataset (and their labels) as PNG files, "
-                    "e.g. to try predict.py on.",
+        description="Write images of a generated dataset (synthetic, planted_context, "
+                    "planted_operation) and their labels as PNG files, e.g. to try predict.py "
+                    "on.",
         formatter_class=HelpFormatter)
+    p.add_argument("--dataset", default="synthetic",
+                   help="a generated dataset: synthetic, planted_context or planted_operation")
     p.add_argument("--out-dir", required=True, help="folder to write the PNG files to")
     p.add_argument("--split", default="val", choices=("train", "val", "test"),
                    help="which split's images")
