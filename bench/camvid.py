@@ -47,7 +47,7 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 
 from bench.common import (append_row, cell_text, machine, read_rows,  # noqa: E402
-                          search_summary)
+                          resume_or_start, search_summary)
 from config_utils.search_args import SMALL_BUDGET_ARCH_LR  # noqa: E402
 from dataloaders import dataset_info  # noqa: E402
 from modeling.genotypes import GENOTYPES, Genotype, random_genotype  # noqa: E402
@@ -146,14 +146,6 @@ def run_stage(name: str, script: str, argv: list[str], log_path: Path) -> float:
         sys.exit(f"error: stage {name} failed (exit {done.returncode}); see {log_path}:\n"
                  + "\n".join(tail))
     return seconds
-
-
-def resume_or_start(run_dir: Path, argv: list[str]) -> list[str]:
-    """An interrupted stage continues from its checkpoint; a new one starts in `run_dir`."""
-    checkpoint = run_dir / "checkpoint.pth.tar"
-    if checkpoint.exists():
-        return ["--resume", str(checkpoint)]
-    return [*argv, "--out-dir", str(run_dir)]
 
 
 def flag_value(argv: list[str], flag: str) -> str:

@@ -44,6 +44,15 @@ def append_row(path: Path, row: dict, fields) -> None:
         writer.writerow(row)
 
 
+def resume_or_start(run_dir: Path, argv: list[str]) -> list[str]:
+    """The arguments of an entry script's run in `run_dir`: an interrupted run continues from
+    its checkpoint (with its own flags); a new one starts there with `argv`."""
+    checkpoint = run_dir / "checkpoint.pth.tar"
+    if checkpoint.exists():
+        return ["--resume", str(checkpoint)]
+    return [*argv, "--out-dir", str(run_dir)]
+
+
 def machine() -> str:
     """The machine a figure was taken on, as far as the row needs it."""
     device = (torch.cuda.get_device_name() if torch.cuda.is_available()

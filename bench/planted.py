@@ -39,7 +39,7 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 
 from bench.common import (append_row, cell_text, machine, read_rows,  # noqa: E402
-                          search_summary)
+                          resume_or_start, search_summary)
 from dataloaders import dataset_info  # noqa: E402
 from dataloaders.datasets import planted_context, planted_operation  # noqa: E402
 from modeling.genotypes import Genotype  # noqa: E402
@@ -83,50 +83,46 @@ def run_metrics(run: Path) -> tuple[float, float]:
     return (values[-1] if values else float("nan")), sum(float(r["seconds"]) for r in rows)
 
 
-def run_task(task: str, seed: int, extra: list[str], run_dir: Path) -> dict:
-    """Search planted task `task` with `seed`; the result row."""
-    module = TASKS[task]
-    run = run_dir / f"{task}-seed{seed}"
-    checkpoint = run / "checkpoint.pth.tar"
-    command = [sys.executable, str(REPO / "train_autodeeplab.py"),
-               "--dataset", module.INFO.name, "--seed", str(seed)]
-    command += ["--resume", str(checkpoint)] if checkpoint.exists() else ["--out-dir", str(run)]
-    command += extra
+def run_script(script: str, argv: list[str], run: Path, extra: list[str], log: str) -> None:
+    """Run entry script `script` into folder `run` (resuming its checkpoint if there is one),
+    quietly; a failure ends the benchmark with the script's last words."""
+    command = [sys.executable, str(REPO / script), *resume_or_start(run, argv), *extra]
     print(" ".join(command), flush=True)
     done = subprocess.run(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                           text=True)
     if done.returncode != 0:
-        sys.exit(f"search failed ({done.returncode}); see {run}/search.log:\n{done.stderr[-2000:]}")
+        sys.exit(f"{script} failed ({done.returncode}); see {run / log}:\n"
+                 f"{done.stderr[-2000:]}")
+
+
+def run_task(task: str, seed: int, extra: list[str], run_dir: Path) -> dict:
+    """Search planted task `task` with `seed`; the result row."""
+    module = TASKS[task]
+    run = run_dir / f"{task}-seed{seed}"
+    run_script("train_autodeeplab.py", ["--dataset", module.INFO.name, "--seed", str(seed)],
+               run, extra, "search.log")
     miou, seconds = run_metrics(run)
-    genotype, summary = search_summary(checkpoint)
+    genotype, summary = search_summary(run / "checkpoint.pth.tar")
     return {"task": task, "seed": seed, "flags": " ".join(extra),
             "found": module.planted_answer_found(genotype.network_path, genotype.cell),
             **summary, "val_miou": round(miou, 4), "seconds": round(seconds, 1),
             "torch": torch.__version__, "machine": machine()}
 
+
 def run_control(task: str, name: str, seed: int, extra: list[str], run_dir: Path) -> dict:
     """Retrain control architecture `name` of `task` with the dataset's retraining defaults;
     the result row (val mIoU of the last iteration)."""
     module = TASKS[task]
-    network_path, cell = module.CONTROLS[name]
+    genotype = Genotype(*module.CONTROLS[name])
     run = run_dir / "controls" / f"{task}-{name.replace(' ', '_')}-seed{seed}"
     run.mkdir(parents=True, exist_ok=True)
-    Genotype(network_path, cell).save(run / "control.json")
-    command = [sys.executable, str(REPO / "train.py"), "--dataset", module.INFO.name,
-               "--genotype", str(run / "control.json"), "--seed", str(seed)]
-    checkpoint = run / "checkpoint.pth.tar"
-    command += ["--resume", str(checkpoint)] if checkpoint.exists() else ["--out-dir", str(run)]
-    command += extra
-    print(" ".join(command), flush=True)
-    done = subprocess.run(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                          text=True)
-    if done.returncode != 0:
-        sys.exit(f"retraining failed ({done.returncode}); see {run}/train.log:\n"
-                 f"{done.stderr[-2000:]}")
+    genotype.save(run / "control.json")
+    run_script("train.py", ["--dataset", module.INFO.name, "--genotype", str(run / "control.json"),
+                            "--seed", str(seed)], run, extra, "train.log")
     miou, seconds = run_metrics(run)
     return {"task": task, "control": name, "seed": seed, "flags": " ".join(extra),
-            "network_path": " ".join(map(str, network_path)),
-            "cell": cell_text(Genotype(network_path, cell)), "val_miou": round(miou, 4),
+            "network_path": " ".join(map(str, genotype.network_path)),
+            "cell": cell_text(genotype), "val_miou": round(miou, 4),
             "seconds": round(seconds, 1), "torch": torch.__version__, "machine": machine()}
 
 

@@ -13,18 +13,25 @@ from utils.distributed import CUDA_BACKENDS, check_replicas_in_sync, init_distri
 from utils.run import rng_state, set_rng_state
 
 
-def test_a_cuda_run_joins_a_group_that_serves_cpu_tensors_too(monkeypatch):
-    # NCCL alone has no CPU backend: the replica checksum (a CPU tensor) failed there with "No
-    # backend type associated with device type cpu" at the first check of every multi-GPU run.
+def second_of_two_processes(monkeypatch, gpus: int) -> dict:
+    """Rank 1 of 2 under torchrun on a machine with `gpus` GPUs; what it joins is recorded in
+    the returned dict (the GPU it selects, the group's backend)."""
     joined = {}
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("LOCAL_RANK", "1")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
     monkeypatch.setattr(torch.cuda, "set_device", lambda index: joined.setdefault("gpu", index))
     monkeypatch.setattr(distributed.dist, "init_process_group",
                         lambda backend: joined.setdefault("backend", backend))
+    return joined
+
+
+def test_a_cuda_run_joins_a_group_that_serves_cpu_tensors_too(monkeypatch):
+    # NCCL alone has no CPU backend: the replica checksum (a CPU tensor) failed there with "No
+    # backend type associated with device type cpu" at the first check of every multi-GPU run.
+    joined = second_of_two_processes(monkeypatch, gpus=2)
     info, device = init_distributed(None, None)
     assert (info.rank, info.world_size, device) == (1, 2, torch.device("cuda", 1))
     assert joined["gpu"] == 1
@@ -34,15 +41,7 @@ def test_a_cuda_run_joins_a_group_that_serves_cpu_tensors_too(monkeypatch):
 
 def test_more_processes_than_gpus_is_one_line_unless_a_test_backend_shares_them(monkeypatch):
     from utils.errors import UserError
-    joined = {}
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setenv("RANK", "1")
-    monkeypatch.setenv("LOCAL_RANK", "1")
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    monkeypatch.setattr(torch.cuda, "set_device", lambda index: joined.setdefault("gpu", index))
-    monkeypatch.setattr(distributed.dist, "init_process_group",
-                        lambda backend: joined.setdefault("backend", backend))
+    joined = second_of_two_processes(monkeypatch, gpus=1)
     with pytest.raises(UserError, match="LOCAL_RANK 1 but this machine shows 1 GPU"):
         init_distributed(None, None)
     assert joined == {}
