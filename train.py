@@ -18,8 +18,8 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from config_utils.common import resume_args
-from config_utils.train_args import (ARCH_KEYS, CURRENT_KEYS, RESUME_SAFE_KEYS, explicit_keys,
-                                     get_args_parser, resolve_defaults)
+from config_utils.train_args import (ARCH_KEYS, CURRENT_KEYS, RESUME_SAFE_KEYS, check_args,
+                                     explicit_keys, get_args_parser, resolve_defaults)
 from dataloaders import build_dataset, build_loader, dataset_info, derive_seed
 from engine.retrain import (IntervalProgress, build_criterion, evaluate, export_onnx,
                             format_metrics, resolve_genotype, train_steps)
@@ -54,28 +54,6 @@ def num_classes_for_summary(dataset: str) -> int:
         if dataset in PAPER_NUM_CLASSES:
             return PAPER_NUM_CLASSES[dataset]
         raise
-
-
-def check_args(args) -> None:
-    """One-line errors for values that cannot work."""
-    for key in ("batch_size", "crop_size", "filter_multiplier", "eval_interval", "iters"):
-        if getattr(args, key) is not None and getattr(args, key) <= 0:
-            raise UserError(f"--{key.replace('_', '-')} must be positive, got {getattr(args, key)}")
-    if args.epochs is not None and args.epochs <= 0:
-        raise UserError(f"--epochs must be positive, got {args.epochs}")
-    if args.batch_size < 2 and not args.eval_only:
-        raise UserError("--batch-size must be at least 2: batch norm in the ASPP image pooling "
-                        "needs two values per channel")
-    if not 0 < args.drop_path_keep_prob <= 1:
-        raise UserError(f"--drop-path-keep-prob must be in (0, 1], got {args.drop_path_keep_prob}")
-    if args.warmup_iters < 0:
-        raise UserError(f"--warmup-iters must be >= 0, got {args.warmup_iters}")
-    if any(s <= 0 for s in args.eval_scales):
-        raise UserError(f"--eval-scales must be positive, got {list(args.eval_scales)}")
-    if args.eval_only and not args.resume:
-        raise UserError("--eval-only needs --resume CHECKPOINT, the model to evaluate")
-    if args.checkpoint_interval < 0:
-        raise UserError(f"--checkpoint-interval must be >= 0, got {args.checkpoint_interval}")
 
 
 def model_config(args, num_classes: int) -> RetrainConfig:

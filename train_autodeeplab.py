@@ -16,8 +16,8 @@ import torch.nn as nn
 from torch.utils.data import Subset
 
 from config_utils.common import resume_args
-from config_utils.search_args import (ARCH_KEYS, CURRENT_KEYS, RESUME_SAFE_KEYS, explicit_keys,
-                                      get_args_parser, resolve_defaults)
+from config_utils.search_args import (ARCH_KEYS, CURRENT_KEYS, RESUME_SAFE_KEYS, check_args,
+                                      explicit_keys, get_args_parser, resolve_defaults)
 from dataloaders import IGNORE_INDEX, build_dataset, build_loader, dataset_info, derive_seed
 from engine.divergence import NonFiniteLoss, check_finite, diverged_error
 from engine.search import (Architect, BStream, EpochProgress, evaluate, split_train_set,
@@ -43,28 +43,6 @@ from utils.run import (MetricsCSV, args_to_json, prepare_run_dir, release_run_di
 log = logging.getLogger("search")
 # Seed streams of the two loaders, so A and B never share shuffles or augmentations.
 STREAM_A, STREAM_B, STREAM_VAL = 1, 2, 3
-
-
-def check_args(args) -> None:
-    """One-line errors for values that cannot work."""
-    positive = ("epochs", "batch_size", "crop_size", "filter_multiplier", "block_multiplier",
-                "steps", "num_layers", "eval_interval", "partial_channels")
-    for key in positive:
-        if getattr(args, key) <= 0:
-            raise UserError(f"--{key.replace('_', '-')} must be positive, got {getattr(args, key)}")
-    if args.batch_size < 2:
-        raise UserError("--batch-size must be at least 2: batch norm in the ASPP image pooling "
-                        "needs two values per channel")
-    if args.block_multiplier > args.steps:
-        raise UserError(f"--block-multiplier {args.block_multiplier} exceeds --steps "
-                        f"{args.steps}; a cell concatenates at most all of its blocks")
-    if args.filter_multiplier % args.partial_channels:
-        raise UserError(f"--partial-channels {args.partial_channels} must divide "
-                        f"--filter-multiplier {args.filter_multiplier}")
-    if args.alpha_epoch < 0:
-        raise UserError(f"--alpha-epoch must be >= 0, got {args.alpha_epoch}")
-    if args.checkpoint_interval < 0:
-        raise UserError(f"--checkpoint-interval must be >= 0, got {args.checkpoint_interval}")
 
 
 def build_data(args, device, dist_info: DistInfo, split=None):

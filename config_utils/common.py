@@ -140,3 +140,28 @@ def dataset_help() -> str:
 
     return ("dataset name: " + ", ".join(dataset_names())
             + " (synthetic and the planted_* tasks are generated, no files)")
+
+
+def require_positive(args: argparse.Namespace, keys) -> None:
+    """One line for the first flag of `keys` that is given and not positive."""
+    for key in keys:
+        value = getattr(args, key)
+        if value is not None and value <= 0:
+            raise UserError(f"--{key.replace('_', '-')} must be positive, got {value}")
+
+
+def require_non_negative(args: argparse.Namespace, keys) -> None:
+    """One line for the first flag of `keys` that is negative."""
+    for key in keys:
+        value = getattr(args, key)
+        if value < 0:
+            raise UserError(f"--{key.replace('_', '-')} must be >= 0, got {value}")
+
+
+def require_two_images(batch_size: int) -> None:
+    """Training needs two images per batch: the ASPP image pooling's batch norm normalises one
+    value per image and channel."""
+    if batch_size < 2:
+        raise UserError("--batch-size must be at least 2: batch norm in the ASPP image pooling "
+                        "needs two values per channel")
+

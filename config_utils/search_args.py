@@ -7,6 +7,7 @@ from config_utils import common
 from config_utils.common import (HelpFormatter, dataset_default_help, dataset_help,
                                    fill_defaults)
 from utils.amp import AMP_DTYPE_CHOICES
+from utils.errors import UserError
 
 # Paper defaults (paper section 4.1) for real datasets; a CPU-sized search for synthetic data.
 PAPER_DEFAULTS = dict(
@@ -154,3 +155,19 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
 def explicit_keys(args: argparse.Namespace) -> set[str]:
     """The flags the user actually gave (before `resolve_defaults`)."""
     return common.explicit_keys(args, get_args_parser())
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """One-line errors for values that cannot work."""
+    common.require_positive(args, ("epochs", "batch_size", "crop_size", "filter_multiplier",
+                                   "block_multiplier", "steps", "num_layers", "eval_interval",
+                                   "partial_channels"))
+    common.require_two_images(args.batch_size)
+    if args.block_multiplier > args.steps:
+        raise UserError(f"--block-multiplier {args.block_multiplier} exceeds --steps "
+                        f"{args.steps}; a cell concatenates at most all of its blocks")
+    if args.filter_multiplier % args.partial_channels:
+        raise UserError(f"--partial-channels {args.partial_channels} must divide "
+                        f"--filter-multiplier {args.filter_multiplier}")
+    common.require_non_negative(args, ("alpha_epoch", "checkpoint_interval"))
+

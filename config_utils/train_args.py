@@ -6,8 +6,9 @@ import argparse
 from config_utils import common
 from config_utils.common import (HelpFormatter, dataset_default_help, dataset_help,
                                    fill_defaults)
-from utils.amp import AMP_DTYPE_CHOICES
 from modeling.retrain_net import PAPER_FILTER_MULTIPLIERS
+from utils.amp import AMP_DTYPE_CHOICES
+from utils.errors import UserError
 
 # Paper section 5.2: poly from 0.05, power 0.9, from scratch, crops 769 (Cityscapes) and 513
 # (VOC, ADE20K), 1.5M iterations on Cityscapes and on VOC, 4M on ADE20K. The paper gives no
@@ -182,3 +183,19 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
 def explicit_keys(args: argparse.Namespace) -> set[str]:
     """The flags the user actually gave (before `resolve_defaults`)."""
     return common.explicit_keys(args, get_args_parser())
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """One-line errors for values that cannot work."""
+    common.require_positive(args, ("batch_size", "crop_size", "filter_multiplier",
+                                   "eval_interval", "iters", "epochs"))
+    if not args.eval_only:
+        common.require_two_images(args.batch_size)
+    if not 0 < args.drop_path_keep_prob <= 1:
+        raise UserError(f"--drop-path-keep-prob must be in (0, 1], got {args.drop_path_keep_prob}")
+    common.require_non_negative(args, ("warmup_iters", "checkpoint_interval"))
+    if any(s <= 0 for s in args.eval_scales):
+        raise UserError(f"--eval-scales must be positive, got {list(args.eval_scales)}")
+    if args.eval_only and not args.resume:
+        raise UserError("--eval-only needs --resume CHECKPOINT, the model to evaluate")
+
