@@ -25,8 +25,6 @@ def test_search_step_reports_time_memory_and_flops_per_crop():
         for calls in r["operator_calls"].values():
             assert calls["all_events"] >= calls["top_level"] > calls["non_view"] > calls["to"]
     assert rows[1]["forward_gflop"] > rows[0]["forward_gflop"]  # more pixels, more work
-    # The same graph at any crop: the same calls.
-    assert rows[0]["operator_calls"] == rows[1]["operator_calls"]
 
 
 def test_retrain_step_reports_the_paper_network():
