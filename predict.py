@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dataloaders import dataset_info
+from dataloaders import DatasetInfo, dataset_info
 from engine.retrain import image_files, predict_probs
 from modeling.retrain_net import AutoDeepLab
 from utils.checkpoint import RETRAIN_KIND, atomic_write, load_checkpoint
@@ -68,7 +68,9 @@ def main(args):
     setup_logging()
     device = select_device(args.device)
     model, checkpoint = load_model(args.checkpoint, device, args.trust_checkpoint)
-    info = dataset_info(checkpoint["dataset"])
+    # The classes the model was trained with (older checkpoints: those of its dataset's name).
+    info = DatasetInfo.from_dict(checkpoint["dataset_info"]) if "dataset_info" in checkpoint \
+        else dataset_info(checkpoint["dataset"])
     crop = args.crop_size or checkpoint["args"].get("crop_size")
     files = image_files(args.input)
     out_dir = Path(args.out_dir)

@@ -46,10 +46,10 @@ STREAM_TRAIN, STREAM_VAL = 1, 3
 PAPER_NUM_CLASSES = {"cityscapes": 19, "pascal": 21, "ade20k": 150}
 
 
-def num_classes_for_summary(dataset: str) -> int:
+def num_classes_for_summary(dataset: str, data_root: str | None) -> int:
     """Classes of a registered dataset, else of one of the paper's datasets."""
     try:
-        return dataset_info(dataset).num_classes
+        return dataset_info(dataset, data_root).num_classes
     except UserError:
         if dataset in PAPER_NUM_CLASSES:
             return PAPER_NUM_CLASSES[dataset]
@@ -123,7 +123,7 @@ def run(args, dist_info, dist_device, stop):
     args = resolve_defaults(args)
     if args.summary or args.export_onnx:  # neither needs data
         config = RetrainConfig.from_dict(checkpoint["model_args"]) if checkpoint \
-            else model_config(args, num_classes_for_summary(args.dataset))
+            else model_config(args, num_classes_for_summary(args.dataset, args.data_root))
         if args.summary and dist_info.is_main:
             print(json.dumps(summary(config, args.summary_size, args.arch)))
         elif args.export_onnx and dist_info.is_main:
@@ -132,7 +132,7 @@ def run(args, dist_info, dist_device, stop):
                 model.load_state_dict(checkpoint["model"])
             export_onnx(model, args.export_onnx, args.crop_size)
         return None
-    info = dataset_info(args.dataset)
+    info = dataset_info(args.dataset, args.data_root)
     config = RetrainConfig.from_dict(checkpoint["model_args"]) if checkpoint \
         else model_config(args, info.num_classes)
     if config.num_classes != info.num_classes:
@@ -219,7 +219,8 @@ def run(args, dist_info, dist_device, stop):
                 "scaler": scaler.state_dict(), "epoch": step_now // len(train_loader),
                 "step": step_now, "position": position.state_dict() if position else None,
                 "args": args_to_json(args), "genotype": config.genotype.to_json(),
-                "dataset": args.dataset, "best_miou": best_miou, "metrics": metrics,
+                "dataset": args.dataset, "dataset_info": info.to_dict(),
+                "best_miou": best_miou, "metrics": metrics,
                 "rng": rng_state()}
 
     def after_step(step_now: int, position: IntervalProgress) -> None:

@@ -154,7 +154,7 @@ def run(args, dist_info: DistInfo, dist_device):
                         "(torchrun --nproc_per_node): the batches of an epoch depend on it")
     seed_everything(args.seed)
     device = dist_device or select_device(args.device)
-    dataset_info(args.dataset)  # an unknown name fails here, before anything is written
+    dataset_info(args.dataset, args.data_root)  # an unknown name fails here, before any writing
     # Data problems are found before the run folder is made, so a typo leaves no debris.
     info, split, loader_a, loader_b, val_loader = build_data(
         args, device, dist_info, checkpoint["split"] if checkpoint else None)

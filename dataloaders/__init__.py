@@ -48,6 +48,20 @@ class DatasetInfo:
     mean: tuple[float, float, float]  # per channel, images scaled to [0, 1]
     std: tuple[float, float, float]
 
+    def to_dict(self) -> dict:
+        """Plain values, for checkpoints: a run keeps the classes it was trained with."""
+        return {"name": self.name, "num_classes": self.num_classes,
+                "class_names": list(self.class_names),
+                "palette": [list(c) for c in self.palette], "mean": list(self.mean),
+                "std": list(self.std)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DatasetInfo":
+        return cls(name=d["name"], num_classes=int(d["num_classes"]),
+                   class_names=tuple(d["class_names"]),
+                   palette=tuple(tuple(int(v) for v in c) for c in d["palette"]),
+                   mean=tuple(d["mean"]), std=tuple(d["std"]))
+
 
 # Where each real dataset is found when --data-root is not given, and what that folder holds.
 ROOT_VARIABLES = {
@@ -55,6 +69,7 @@ ROOT_VARIABLES = {
     "camvid": "AUTODEEPLAB_CAMVID",
     "cityscapes": "AUTODEEPLAB_CITYSCAPES",
     "coco": "AUTODEEPLAB_COCO",
+    "folder": "AUTODEEPLAB_FOLDER",
     "pascal": "AUTODEEPLAB_PASCAL",
 }
 _ROOT_CONTENTS = {
@@ -62,6 +77,7 @@ _ROOT_CONTENTS = {
     "camvid": "train/ and trainannot/",
     "cityscapes": "leftImg8bit/ and gtFine/",
     "coco": "annotations/ and train2017/",
+    "folder": "images/ and masks/ (README, 'Your own data')",
     "pascal": "VOCdevkit/VOC2012/",
 }
 
@@ -69,8 +85,8 @@ _ROOT_CONTENTS = {
 def _registry() -> dict:
     # Imported here, not at the top: the dataset modules import IGNORE_INDEX and DatasetInfo
     # from this package, which must be fully defined first.
-    from dataloaders.datasets import (ade20k, camvid, cityscapes, coco, pascal, planted_context,
-                                      planted_operation, synthetic)
+    from dataloaders.datasets import (ade20k, camvid, cityscapes, coco, folder, pascal,
+                                      planted_context, planted_operation, synthetic)
 
     return {
         "synthetic": synthetic,
@@ -81,6 +97,7 @@ def _registry() -> dict:
         "pascal": pascal,
         "coco": coco,
         "ade20k": ade20k,
+        "folder": folder,
     }
 
 
@@ -119,9 +136,28 @@ def export_generated(name: str, out_dir, *, split: str = "val", count: int = 4, 
                           image_size=image_size)
 
 
-def dataset_info(name: str) -> DatasetInfo:
-    """Class names, palette and normalisation constants of dataset ``name``."""
-    return _module(name).INFO
+def dataset_info(name: str, data_root: str | None = None) -> DatasetInfo:
+    """Class names, palette and normalisation constants of dataset ``name``. A dataset whose
+    classes are read from its files (folder) needs ``data_root`` (or its environment
+    variable)."""
+    module = _module(name)
+    if hasattr(module, "INFO"):
+        return module.INFO
+    from pathlib import Path
+
+    return module.info(Path(_data_root(name, data_root)).expanduser())
+
+
+def _data_root(name: str, data_root: str | None) -> str:
+    """``data_root``, else the dataset's environment variable; a UserError naming both."""
+    if data_root is None:
+        data_root = os.environ.get(ROOT_VARIABLES[name]) or None
+    if data_root is None:
+        raise UserError(
+            f"dataset {name} needs its files: pass --data-root or set "
+            f"{ROOT_VARIABLES[name]} to the folder holding {_ROOT_CONTENTS[name]}"
+        )
+    return data_root
 
 
 def build_dataset(
@@ -179,14 +215,7 @@ def build_dataset(
         if num_samples is not None or image_size is not None:
             log.warning("%s ignores num_samples and image_size (they only shape "
                         "generated datasets)", name)
-        if data_root is None:
-            data_root = os.environ.get(ROOT_VARIABLES[name]) or None
-        if data_root is None:
-            raise UserError(
-                f"dataset {name} needs its files: pass --data-root or set "
-                f"{ROOT_VARIABLES[name]} to the folder holding {_ROOT_CONTENTS[name]}"
-            )
-        options["data_root"] = data_root
+        options["data_root"] = _data_root(name, data_root)
     return build(
         split,
         train=train,
