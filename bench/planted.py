@@ -67,6 +67,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "(CONTROLS: the planted choice made or not by hand) with train.py, to "
                         "measure how much the task needs it; rows to --controls-csv, and the "
                         "extra flags go to train.py")
+    p.add_argument("--control-names", nargs="+", default=None, metavar="NAME",
+                   help="with --controls: only these controls (names as in CONTROLS)")
     p.add_argument("--controls-csv",
                    default=str(REPO / "docs" / "search_learning" / "planted_controls.csv"),
                    help="results of --controls, one row per architecture and seed")
@@ -132,7 +134,11 @@ def controls(args) -> None:
     flags = " ".join(args.extra)
     done = {(r["task"], r["control"], int(r["seed"]), r["flags"]) for r in rows}
     for task in args.tasks:
-        for name in TASKS[task].CONTROLS:
+        unknown = set(args.control_names or ()) - set(TASKS[task].CONTROLS)
+        if unknown:
+            sys.exit(f"error: {task} has no control {', '.join(sorted(unknown))}; its controls "
+                     f"are: {', '.join(TASKS[task].CONTROLS)}")
+        for name in args.control_names or TASKS[task].CONTROLS:
             for seed in args.seeds:
                 if (task, name, seed, flags) not in done:
                     row = run_control(task, name, seed, args.extra, Path(args.run_dir))
