@@ -213,8 +213,9 @@ def retrain(protocol, data, out: Path, name: str, group: str, search_seed, genot
     run_dir = out / "retrain" / f"{name}-seed{seed}"
     log = out / "logs" / f"retrain-{name}-seed{seed}.log"
     genotype_path = run_dir.parent / f"{name}.json"
-    genotype_path.parent.mkdir(parents=True, exist_ok=True)
-    genotype.save(genotype_path)
+    if not genotype_path.exists():
+        genotype_path.parent.mkdir(parents=True, exist_ok=True)
+        genotype.save(genotype_path)
     if not (run_dir / "eval_val.json").exists():
         if not (run_dir / "train.done").exists():
             argv = [*data, *protocol["retrain"], "--genotype", str(genotype_path),

@@ -161,9 +161,10 @@ def classes(root: Path) -> dict:
             "ignore": IGNORE_INDEX, "ignore_colour": None}
 
 
-def info(root: Path) -> DatasetInfo:
-    """Class names, palette and normalisation of the folder dataset at ``root``."""
-    spec = classes(root)
+def info(root: Path, spec: dict | None = None) -> DatasetInfo:
+    """Class names, palette and normalisation of the folder dataset at ``root`` (its
+    `classes`, read again unless given)."""
+    spec = spec or classes(root)
     palette = spec["colours"] or voc_colormap(len(spec["names"]) + 1)[1:]
     return DatasetInfo(name=NAME, num_classes=len(spec["names"]),
                        class_names=tuple(spec["names"]), palette=tuple(palette),
@@ -225,6 +226,6 @@ def build(split, *, data_root, train, crop_size, resize, scale_range, max_sample
         raise UserError(f"folder dataset root {root} does not exist; give --data-root the "
                         f"folder holding {_LAYOUT}")
     spec = classes(root)
-    return pairs_dataset(info(root), find_pairs(root, split), MaskReader(spec), train=train,
+    return pairs_dataset(info(root, spec), find_pairs(root, split), MaskReader(spec), train=train,
                          crop_size=crop_size, resize=resize, scale_range=scale_range,
                          max_samples=max_samples)
