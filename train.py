@@ -36,6 +36,7 @@ from utils.errors import UserError, exit_on_user_error
 from utils.interrupt import Interrupted, StopSignals
 from utils.flops import count_parameters, multi_adds
 from utils.lr_scheduler import poly_schedule
+from utils.sync_batchnorm import convert_sync_batchnorm
 from utils.run import (MetricsCSV, args_to_json, prepare_run_dir, release_run_dir, rng_state,
                        seed_everything, select_device, set_rng_state, setup_logging,
                        summary_writer)
@@ -127,10 +128,11 @@ def run(args, dist_info, dist_device, stop):
         if args.summary and dist_info.is_main:
             print(json.dumps(summary(config, args.summary_size, args.arch)))
         elif args.export_onnx and dist_info.is_main:
+            setup_logging()
             model = AutoDeepLab(config)
             if checkpoint:
                 model.load_state_dict(checkpoint["model"])
-            export_onnx(model, args.export_onnx, args.crop_size)
+            export_onnx(model, args.export_onnx, args.export_size or (args.crop_size,) * 2)
         return None
     info = dataset_info(args.dataset, args.data_root)
     config = RetrainConfig.from_dict(checkpoint["model_args"]) if checkpoint \
@@ -139,7 +141,7 @@ def run(args, dist_info, dist_device, stop):
         raise UserError(f"checkpoint {args.resume} was trained with {config.num_classes} "
                         f"classes but dataset {args.dataset} now has {info.num_classes}; "
                         "start a new run")
-    check_args(args)
+    check_args(args, dist_info.world_size)
     seed_everything(args.seed)
     device = dist_device or select_device(args.device)
     show = dist_info.is_main
@@ -160,9 +162,7 @@ def run(args, dist_info, dist_device, stop):
     model_without_ddp = AutoDeepLab(config).to(device)
     model = model_without_ddp
     if dist_info.distributed:
-        if device.type == "cuda":
-            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-            model_without_ddp = model
+        model = model_without_ddp = convert_sync_batchnorm(model, device)
         model = DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
     autocast, scaler = amp_context(args.amp, args.amp_dtype, device)

@@ -158,10 +158,11 @@ def require_non_negative(args: argparse.Namespace, keys) -> None:
             raise UserError(f"--{key.replace('_', '-')} must be >= 0, got {value}")
 
 
-def require_two_images(batch_size: int) -> None:
-    """Training needs two images per batch: the ASPP image pooling's batch norm normalises one
-    value per image and channel."""
-    if batch_size < 2:
-        raise UserError("--batch-size must be at least 2: batch norm in the ASPP image pooling "
-                        "needs two values per channel")
+def require_two_images(batch_size: int, processes: int = 1, alternative: str = "") -> None:
+    """Training needs two images per batch norm: the ASPP image pooling's batch norm
+    normalises one value per image and channel. `processes` whose batch norm is synchronised
+    pool their batches; `alternative` says in the message how else to meet the rule."""
+    if batch_size * processes < 2:
+        raise UserError(f"--batch-size must be at least 2{alternative}: batch norm in the ASPP "
+                        "image pooling needs two values per channel")
 

@@ -46,7 +46,7 @@ RESUME_SAFE_KEYS = ("iters", "epochs", "workers", "device", "out_dir", "eval_int
 # unless --out-dir names another.
 # split: what --eval-only evaluates now, whatever the checkpoint was trained with.
 CURRENT_KEYS = ("resume", "eval_only", "split", "stop_after_iters", "local_rank", "summary",
-                "export_onnx", "out_dir") + common.RUN_SAFETY_CURRENT_KEYS
+                "export_onnx", "export_size", "out_dir") + common.RUN_SAFETY_CURRENT_KEYS
 # Mid-interval checkpoints every 500 iterations: a retrain step of the paper's models takes
 # about 0.5-1 s on a current GPU, so a kill loses minutes instead of up to an evaluation
 # interval (5000 iterations, about an hour); writing the S-L checkpoints (weights and momentum,
@@ -164,7 +164,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                    metavar=("H", "W"), help="input size that --summary counts Multi-Adds at")
     g.add_argument("--export-onnx", default=None, metavar="PATH",
                    help="write the model (of --resume, else freshly built) as ONNX for "
-                        "--crop-size images and exit (needs the onnx package)")
+                        "--export-size images, any batch size, and exit (needs onnx)")
+    g.add_argument("--export-size", type=int, nargs=2, default=None, metavar=("H", "W"),
+                   help="image size --export-onnx traces the network at (default: "
+                        "--crop-size square); export at the size you deploy")
     common.add_run_safety_args(g, CHECKPOINT_INTERVAL, "an evaluation interval")
     # torch.distributed.launch passes --local-rank (new) or --local_rank (old); torchrun
     # sets the LOCAL_RANK environment variable instead, which wins when present.
@@ -185,12 +188,15 @@ def explicit_keys(args: argparse.Namespace) -> set[str]:
     return common.explicit_keys(args, get_args_parser())
 
 
-def check_args(args: argparse.Namespace) -> None:
-    """One-line errors for values that cannot work."""
+def check_args(args: argparse.Namespace, processes: int = 1) -> None:
+    """One-line errors for values that cannot work; `processes`: the torchrun world size, whose
+    synchronised batch norm pools the statistics of all processes' batches."""
     common.require_positive(args, ("batch_size", "crop_size", "filter_multiplier",
                                    "eval_interval", "iters", "epochs"))
     if not args.eval_only:
-        common.require_two_images(args.batch_size)
+        common.require_two_images(args.batch_size, processes,
+                                  " (or 1 per process under torchrun with 2 or more processes, "
+                                  "whose batch norm is synchronised)")
     if not 0 < args.drop_path_keep_prob <= 1:
         raise UserError(f"--drop-path-keep-prob must be in (0, 1], got {args.drop_path_keep_prob}")
     common.require_non_negative(args, ("warmup_iters", "checkpoint_interval"))

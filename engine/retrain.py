@@ -6,6 +6,7 @@ import logging
 import math
 import os
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -275,8 +276,12 @@ def format_metrics(metrics: dict, class_names) -> dict:
                                                              metrics["per_class_iou"])}}
 
 
-def export_onnx(model: nn.Module, path: str | os.PathLike, size: int) -> None:
-    """Write `model` (eval mode) as ONNX for size x size images, any batch size.
+# ONNX operator set of --export-onnx: 17 is read by onnxruntime 1.12 and newer.
+ONNX_OPSET = 17
+
+
+def export_onnx(model: nn.Module, path: str | os.PathLike, size: tuple[int, int]) -> None:
+    """Write `model` (eval mode) as ONNX for images of `size` (height, width), any batch size.
 
     The TorchScript exporter (needs only `onnx`) traces the network at this size: the
     resize decisions between levels are shape-dependent, so export at the size you deploy.
@@ -285,11 +290,18 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, size: int) -> None:
         import onnx  # noqa: F401  (torch.onnx.export needs it)
     except ImportError as err:
         raise UserError("--export-onnx needs the onnx package: pip install onnx") from err
-    images = torch.zeros(1, 3, size, size)
-    torch.onnx.export(model.eval(), (images,), str(path), input_names=["images"],
-                      output_names=["logits"], dynamo=False,
-                      dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
-    log.info("wrote %s", path)
+    height, width = size
+    if height <= 0 or width <= 0:
+        raise UserError(f"--export-size must be positive, got {height} {width}")
+    images = torch.zeros(1, 3, height, width)
+    with warnings.catch_warnings():
+        # The tracer warns at each shape comparison; the docstring says what that means.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        torch.onnx.export(model.eval(), (images,), str(path), input_names=["images"],
+                          output_names=["logits"], dynamo=False, opset_version=ONNX_OPSET,
+                          dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
+    log.info("wrote %s (ONNX opset %d, images of %d x %d, any batch size)", path, ONNX_OPSET,
+             height, width)
 
 
 def image_files(spec: str | os.PathLike) -> list[Path]:

@@ -146,24 +146,52 @@ def test_network_path_array_takes_the_papers_cell(tmp_path):
 
 
 def test_torchrun_two_processes_stay_in_sync(tmp_path, genotype_file):
+    # One image per process: the synchronised batch norm pools the two (one alone cannot be
+    # batch-normalised in the ASPP image pooling).
     res = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-         "--standalone", "train.py", *TINY, "--genotype", str(genotype_file), "--iters",
-         "3", "--eval-interval", "3", "--out-dir", str(tmp_path / "ddp"), "--device", "cpu"],
+         "--standalone", "train.py", *TINY, "--batch-size", "1", "--genotype",
+         str(genotype_file), "--iters", "3", "--eval-interval", "3", "--out-dir",
+         str(tmp_path / "ddp"), "--device", "cpu"],
         cwd=REPO, env=ENV,
         capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     state = torch.load(tmp_path / "ddp/checkpoint.pth.tar", weights_only=True)
-    assert state["step"] == 3 and state["args"]["batch_size"] == 2
+    assert state["step"] == 3 and state["args"]["batch_size"] == 1
     # Every rank all-gathers a checksum of its weights and buffers and fails on a mismatch.
     log = (tmp_path / "ddp/train.log").read_text()
     assert "weights identical on all 2 processes" in log
     assert len(list((tmp_path / "ddp").glob("events.out.tfevents*"))) == 1  # rank 0 only
 
 
-def test_export_onnx(tmp_path, genotype_file):
-    pytest.importorskip("onnx")
-    res = cli("train.py", "--genotype", genotype_file, "--filter-multiplier", "2",
-              "--crop-size", "32", "--export-onnx", tmp_path / "model.onnx")
+def test_one_image_needs_several_processes(tmp_path, genotype_file):
+    res = cli("train.py", *TINY, "--batch-size", "1", "--genotype", genotype_file,
+              "--out-dir", tmp_path / "run")
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert lines == ["error: --batch-size must be at least 2 (or 1 per process under torchrun "
+                     "with 2 or more processes, whose batch norm is synchronised): batch norm "
+                     "in the ASPP image pooling needs two values per channel"]
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("size", [(32, 32), (40, 56)])
+def test_export_onnx_runs_in_onnxruntime_like_pytorch(tmp_path, genotype_file, size):
+    ort = pytest.importorskip("onnxruntime")
+    run_train("--genotype", genotype_file, "--iters", "2", "--eval-interval", "2",
+              "--out-dir", tmp_path / "run")
+    checkpoint = tmp_path / "run/checkpoint.pth.tar"
+    res = cli("train.py", "--resume", checkpoint, "--export-onnx", tmp_path / "model.onnx",
+              "--export-size", *size)
     assert res.returncode == 0, res.stderr
-    assert (tmp_path / "model.onnx").stat().st_size > 0
+    assert f"opset 17, images of {size[0]} x {size[1]}" in res.stderr
+    model, _ = predict.load_model(checkpoint, torch.device("cpu"))
+    session = ort.InferenceSession(str(tmp_path / "model.onnx"),
+                                   providers=["CPUExecutionProvider"])
+    for batch in (1, 3):  # the batch axis is dynamic
+        images = torch.randn(batch, 3, *size, generator=torch.Generator().manual_seed(batch))
+        (logits,) = session.run(None, {"images": images.numpy()})
+        with torch.no_grad():
+            expected = model(images)
+        assert logits.shape == tuple(expected.shape) == (batch, 6, *size)
+        np.testing.assert_allclose(logits, expected.numpy(), rtol=1e-4, atol=1e-4)

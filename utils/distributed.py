@@ -142,9 +142,10 @@ def check_replicas_in_sync(model: nn.Module) -> float:
 
     DDP (retraining) and `average_gradients` (search) keep parameters identical by
     construction; this catches what would silently break it (a rank-dependent op, a parameter
-    left out of the gradient all-reduce). BN running statistics are left out: without
-    SyncBatchNorm each process updates them from its own batches; rank 0's are the ones
-    saved, and given to all (DDP before every forward, the search by `broadcast_buffers`).
+    left out of the gradient all-reduce). BN running statistics are left out: the search's
+    batch norm is not synchronised, so each process updates them from its own batches; rank
+    0's are the ones saved, and given to all (`broadcast_buffers`). The retraining's batch
+    norm is synchronised (`utils.sync_batchnorm`).
     """
     with torch.no_grad():
         local = torch.stack([p.detach().double().sum() for p in model.parameters()]).cpu()
