@@ -67,8 +67,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     dflt = dataset_default_help(d, DATASET_DEFAULTS)
 
     g = p.add_argument_group("architecture (give exactly one source)")
-    g.add_argument("--genotype", default=None, metavar="JSON",
-                   help="genotype.json written by decode_autodeeplab.py")
+    g.add_argument("--genotype", default=None, metavar="JSON|NAME",
+                   help="genotype.json written by decode_autodeeplab.py, or the name of one "
+                        "in genotypes/ (autodeeplab, planted-context, ...)")
     g.add_argument("--net-arch", default=None, metavar="NPY",
                    help="network_path_space.npy (L, 4, 3); with --cell-arch")
     g.add_argument("--network-path", default=None, metavar="NPY",

@@ -2,6 +2,7 @@
 training steps, inference (sliding window, scales, flip) and evaluation."""
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -57,6 +58,30 @@ def path_from_space(space: np.ndarray) -> tuple[int, ...]:
     return tuple(path)
 
 
+# Architectures shipped with the project, each with a "found" line saying how it was found:
+# --genotype takes their names (the file names without .json) as well as paths.
+SHIPPED_GENOTYPES = Path(__file__).resolve().parents[1] / "genotypes"
+
+
+def shipped_genotypes() -> dict[str, Path]:
+    """Name -> file of the genotypes in genotypes/."""
+    return {path.stem: path for path in sorted(SHIPPED_GENOTYPES.glob("*.json"))}
+
+
+def load_genotype(spec: str | os.PathLike) -> Genotype:
+    """The genotype in file `spec`, or the shipped genotype of that name (a file wins)."""
+    path = Path(spec)
+    shipped = shipped_genotypes()
+    if not path.exists() and str(spec) in shipped:
+        path = shipped[str(spec)]
+        found = json.loads(path.read_text()).get("found", "")
+        log.info("genotype %s (%s): %s", spec, path, found)
+    elif not path.exists():
+        raise UserError(f"genotype file {spec} does not exist; pass a genotype.json (from "
+                        f"decode_autodeeplab.py) or a shipped name: {', '.join(shipped)}")
+    return Genotype.load(path)
+
+
 def resolve_genotype(args) -> Genotype:
     """The Genotype named by exactly one of --genotype, --net-arch, --network-path, --arch.
 
@@ -75,7 +100,7 @@ def resolve_genotype(args) -> Genotype:
     if args.cell_arch is not None and sources[0] in ("--genotype", "--arch"):
         raise UserError(f"--cell-arch goes with --net-arch or --network-path, not {sources[0]}")
     if args.genotype is not None:
-        return Genotype.load(args.genotype)
+        return load_genotype(args.genotype)
     paper = GENOTYPES[PAPER_GENOTYPE]
     if args.arch is not None:
         return paper

@@ -77,7 +77,7 @@ def test_resume_equals_uninterrupted(tmp_path, genotype_file):
         assert torch.allclose(value.float(), b["model"][key].float(), atol=1e-6), key
 
 
-def test_eval_only_and_predict(tmp_path, genotype_file):
+def test_eval_only_and_predict(tmp_path, genotype_file, capsys):
     out = run_train("--genotype", genotype_file, "--iters", "2", "--eval-interval", "2",
                     "--out-dir", tmp_path / "run")
     metrics = train.main(get_args_parser().parse_args(
@@ -102,6 +102,19 @@ def test_eval_only_and_predict(tmp_path, genotype_file):
     assert mask.size == (71, 45) and mask.mode == "P"
     assert Image.open(tmp_path / "pred/a_overlay.png").size == (71, 45)
     assert Image.open(tmp_path / "pred/b_mask.png").size == (30, 20)
+    speed = [line.split(" INFO ", 1)[1] for line in capsys.readouterr().err.splitlines()
+             if " INFO speed on " in line]
+    assert len(speed) == 1 and speed[0].startswith(
+        "speed on CPU, 1 threads, input 2 sizes, 20 x 30 to 45 x 71: ")
+    assert speed[0].endswith("ms (p90), 2 image(s) after 2 warm-up pass(es)")
+
+
+def test_speed_report_summarises_the_timed_passes():
+    seconds = [0.010, 0.020, 0.030, 0.040, 0.100]
+    line = predict.speed_report(seconds, [(360, 480)] * 5, torch.device("cpu"), 1)
+    # 5 images in 0.2 s; mean 40 ms; p90 between the two slowest (numpy's linear rule).
+    assert ": 25.00 images/s, 40.0 ms per image (mean), 76.0 ms (p90), 5 image(s) after 1 " \
+           "warm-up pass(es)" in line and "input 360 x 480" in line
 
 
 def test_summary_prints_one_json_line():
@@ -195,3 +208,16 @@ def test_export_onnx_runs_in_onnxruntime_like_pytorch(tmp_path, genotype_file, s
             expected = model(images)
         assert logits.shape == tuple(expected.shape) == (batch, 6, *size)
         np.testing.assert_allclose(logits, expected.numpy(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--warmup", "-1"], "--warmup must be >= 0, got -1"),
+    (["--scales", "1.0", "0"], "--scales must be positive, got [1.0, 0.0]"),
+    (["--crop-size", "0"], "--crop-size must be positive, got 0"),
+])
+def test_predict_user_errors_are_one_line(tmp_path, flags, message):
+    res = cli("predict.py", "--checkpoint", tmp_path / "none.pth.tar", "--input", tmp_path,
+              "--out-dir", tmp_path / "pred", *flags)
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.strip().splitlines() == [f"error: {message}"]
+    assert not (tmp_path / "pred").exists()
