@@ -6,10 +6,11 @@ on the val split.
     .venv/bin/python bench/camvid.py --protocol gpu --device cuda
     .venv/bin/python bench/camvid.py --protocol smoke        # a few iterations (the test suite)
 
-Stages, in this order: retrain the paper's architecture; retrain `--num-random` random
-architectures; then for each of `--search-seeds`, search, decode and retrain the searched
-network. The stages that need no search come first, so a change to the search leaves their
-results valid.
+Stages: retrain the paper's architecture; then `--num-random` random architectures and, for
+each of `--search-seeds`, a search, its decode and the retraining of the searched network,
+alternating (6 random and 3 seeds: r1 r2 s0 r3 r4 s1 r5 r6 s2), so that a series stopped
+part-way compares both groups. Random and paper rows do not depend on the search, so a change
+to the search leaves them valid.
 
 Every stage is the public command line (train_autodeeplab.py, decode_autodeeplab.py, train.py),
 run in a subprocess with its log in its run folder under --out-dir; an interrupted stage
@@ -435,11 +436,18 @@ def main(args) -> Path:
             print(f"{name} seed {seed}: val mIoU {100 * row['miou']:.1f}", flush=True)
 
     stage("paper", "paper", "", GENOTYPES["autodeeplab"])
-    for name, genotype in random_architectures(args.num_random, protocol, results).items():
-        stage(name, "random", "", genotype)
-    for seed in args.search_seeds:
-        stage(f"searched-s{seed}", "searched", seed,
-              search(protocol, data, out, results, seed))
+    # Random and searched stages alternate (r1 r2 s0 r3 r4 s1 ...), so that a series stopped
+    # part-way compares both groups.
+    randoms = list(random_architectures(args.num_random, protocol, results).items())
+    per_search = max(1, math.ceil(len(randoms) / max(1, len(args.search_seeds))))
+    chunks = [randoms[i:i + per_search] for i in range(0, len(randoms), per_search)]
+    for turn in range(max(len(chunks), len(args.search_seeds))):
+        for name, genotype in chunks[turn] if turn < len(chunks) else ():
+            stage(name, "random", "", genotype)
+        if turn < len(args.search_seeds):
+            seed = args.search_seeds[turn]
+            stage(f"searched-s{seed}", "searched", seed,
+                  search(protocol, data, out, results, seed))
     summarise(results, command)
     print((results / "results.md").read_text())
     print(f"results in {results}")

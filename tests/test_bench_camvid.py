@@ -25,7 +25,7 @@ def test_smoke_protocol_records_rows_table_plots_and_continues(tmp_path, camvid_
     first = bench(*argv)
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
     rows = list(csv.DictReader(open(results / "results.csv")))
-    # The stages that need no search come first.
+    # The paper first, then random and searched stages alternate.
     assert [r["arch"] for r in rows] == ["paper", "random-1", "searched-s0"]
     assert [r["group"] for r in rows] == ["paper", "random", "searched"]
     class_columns = [k for k in rows[0] if k.startswith("iou_")]
