@@ -13,25 +13,15 @@ from PIL import Image
 
 from config_utils.predict_args import check_args, get_args_parser
 from dataloaders import DatasetInfo, dataset_info
-from engine.retrain import image_files, predict_probs
-from modeling.retrain_net import AutoDeepLab
+from engine.retrain import image_files, load_model, predict_probs
 from utils.amp import amp_context
-from utils.checkpoint import RETRAIN_KIND, atomic_write, load_checkpoint
+from utils.checkpoint import atomic_write
 from utils.errors import UserError, exit_on_user_error
 from utils.latency import describe_device, summarise, timed
 from utils.run import select_device, setup_logging
 
 log = logging.getLogger("predict")
 OVERLAY_ALPHA = 0.5  # weight of the mask colours over the image
-
-
-def load_model(path, device, trust: bool = False) -> tuple[AutoDeepLab, dict]:
-    """The model of a retrain checkpoint, rebuilt from the file alone, and the checkpoint
-    (`trust` as in `load_checkpoint`)."""
-    checkpoint = load_checkpoint(path, kind=RETRAIN_KIND, trust=trust)
-    model = AutoDeepLab.from_model_args(checkpoint["model_args"])
-    model.load_state_dict(checkpoint["model"])
-    return model.to(device).eval(), checkpoint
 
 
 def colourise(labels: np.ndarray, palette) -> Image.Image:

@@ -22,6 +22,8 @@ from dataloaders import IGNORE_INDEX
 from engine.divergence import NonFiniteLoss
 from modeling.genotypes import GENOTYPES, Genotype
 from modeling.search_space import DIRECTIONS, NUM_LEVELS
+from modeling.retrain_net import AutoDeepLab
+from utils.checkpoint import RETRAIN_KIND, load_checkpoint
 from utils.errors import UserError
 from utils.metrics import ConfusionMatrix
 
@@ -320,13 +322,25 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, size: tuple[int, int]
         raise UserError(f"--export-size must be positive, got {height} {width}")
     images = torch.zeros(1, 3, height, width)
     with warnings.catch_warnings():
-        # The tracer warns at each shape comparison; the docstring says what that means.
+        # The tracer warns at each shape comparison; the docstring says what that means. The
+        # TorchScript exporter is chosen on purpose (torch's newer one needs onnxscript too),
+        # so its deprecation notice is left out as well.
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(model.eval(), (images,), str(path), input_names=["images"],
                           output_names=["logits"], dynamo=False, opset_version=ONNX_OPSET,
                           dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
     log.info("wrote %s (ONNX opset %d, images of %d x %d, any batch size)", path, ONNX_OPSET,
              height, width)
+
+
+def load_model(path, device, trust: bool = False) -> tuple[AutoDeepLab, dict]:
+    """The model of a retrain checkpoint, rebuilt from the file alone (eval mode, on `device`),
+    and the checkpoint (`trust` as in `load_checkpoint`)."""
+    checkpoint = load_checkpoint(path, kind=RETRAIN_KIND, trust=trust)
+    model = AutoDeepLab.from_model_args(checkpoint["model_args"])
+    model.load_state_dict(checkpoint["model"])
+    return model.to(device).eval(), checkpoint
 
 
 def image_files(spec: str | os.PathLike) -> list[Path]:

@@ -13,6 +13,7 @@ from PIL import Image
 import predict
 import train
 from config_utils.train_args import get_args_parser
+from engine.retrain import load_model
 from modeling.genotypes import GENOTYPES, Genotype
 from modeling.retrain_net import AutoDeepLab
 
@@ -198,7 +199,7 @@ def test_export_onnx_runs_in_onnxruntime_like_pytorch(tmp_path, genotype_file, s
               "--export-size", *size)
     assert res.returncode == 0, res.stderr
     assert f"opset 17, images of {size[0]} x {size[1]}" in res.stderr
-    model, _ = predict.load_model(checkpoint, torch.device("cpu"))
+    model, _ = load_model(checkpoint, torch.device("cpu"))
     session = ort.InferenceSession(str(tmp_path / "model.onnx"),
                                    providers=["CPUExecutionProvider"])
     for batch in (1, 3):  # the batch axis is dynamic
