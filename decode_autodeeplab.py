@@ -38,7 +38,7 @@ def main(args) -> None:
     write_json(record, written[0])
     written += genotype.save_arrays(out_dir)
     if args.plot:
-        from utils.visualize import plot_architecture  # matplotlib only when drawing
+        from engine.visualize import plot_architecture  # matplotlib only when drawing
 
         written.append(out_dir / PICTURE)
         plot_architecture(genotype, probs, written[-1], path_prob=path_prob,

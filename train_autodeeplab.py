@@ -96,7 +96,7 @@ def report_epoch(model, epoch: int, epochs: int, result, metrics: dict | None, l
     """The epoch's line in the log, its row in metrics.csv, its scalars and figures.
 
     `arch_stats`: the epoch's architecture-gradient summary (`ArchStats.summary`)."""
-    from utils.visualize_arch import alpha_figure, beta_figure
+    from engine.visualize_arch import alpha_figure, beta_figure
 
     weights, probs = arch_probabilities(model.alphas, model.betas, model.edge_logits)
     genotype = genotype_from_probabilities(weights, probs)
