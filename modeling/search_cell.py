@@ -33,6 +33,7 @@ Channel layout of a state read by `k` edges with `G` groups: (N, G*C) in, (N, G,
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -91,12 +92,44 @@ def _conv_weight(num_edges: int, channels: int, in_per_group: int, k: int) -> nn
 
 SEP_CONVS = ("sep_conv_3x3", "sep_conv_5x5")
 SEP_KERNEL = 5  # the larger depthwise kernel of SEP_CONVS
-# Levels up to this many pixels run both separable types as one tensor (fewer calls); larger
-# ones the separable pipeline one type at a time (fewer taps on oneDNN's slow 5x5 kernels) and
-# compute their depthwise outputs again in the backward pass instead of storing them.
-MERGED_DEPTHWISE_MAX_PIXELS = 16 * 16
 ATROUS_CONVS = ("atrous_conv_3x3", "atrous_conv_5x5")
 PARAMETER_FREE = ("max_pool_3x3", "avg_pool_3x3", "skip_connect")  # the order of `stacked`
+
+
+@dataclass(frozen=True)
+class FastPaths:
+    """The fast paths' size thresholds, and whether the oneDNN workarounds run. They change
+    speed only: every setting computes the same (the reference equality is tested at both
+    extremes of each). `for_device` gives each device's defaults.
+
+    merged_depthwise_max_pixels: levels up to this many pixels run both separable types as one
+        tensor (fewer calls); larger ones one type at a time (fewer taps on oneDNN's slow 5x5
+        kernels), their depthwise outputs computed again in the backward pass, not stored.
+    block_diagonal_max_channels: up to this many channels per edge, the edges of a (type,
+        group) are one block-diagonal matrix in the pointwise bmm: k times the multiply-adds,
+        but MKL is slow on 8 x 8 matrices.
+    strided_output_min_rows: from this many rows (N*H*W) on, the pointwise bmm writes its
+        strided output directly, one batch entry at a time: faster than a copy after it on
+        large levels (1.2 against 1.5 ms at 4608 rows), 3-4x slower on small ones (CPU).
+    onednn_weight_grads: the depthwise weight gradient in slices of at most 3 filter columns,
+        each copied to channels-last first (`_depthwise_weight_grad`): works around oneDNN's
+        slow generic kernels. Other devices take the gradient in one call.
+    """
+
+    merged_depthwise_max_pixels: int = 16 * 16
+    block_diagonal_max_channels: int = 8
+    strided_output_min_rows: int = 1024
+    onednn_weight_grads: bool = True
+
+    @staticmethod
+    def for_device(device: torch.device | str) -> "FastPaths":
+        """The defaults of `device`: the CPU's were measured there; elsewhere the oneDNN
+        workarounds are off and the thresholds are the CPU's until measured on a GPU."""
+        return CPU_FAST_PATHS if torch.device(device).type == "cpu" else OTHER_FAST_PATHS
+
+
+CPU_FAST_PATHS = FastPaths()
+OTHER_FAST_PATHS = FastPaths(onednn_weight_grads=False)
 
 
 class SharedSourceOps(nn.Module):
@@ -104,11 +137,14 @@ class SharedSourceOps(nn.Module):
 
     Edge e of this state goes to block `first_block + e`. Parameters are stacked per edge
     along dim 0 in blocks of `channels` rows: rows [e*C, (e+1)*C) belong to edge e.
+    `fast_paths`: None takes the defaults of the device the input is on.
     """
 
-    def __init__(self, channels: int, num_edges: int, groups: int):
+    def __init__(self, channels: int, num_edges: int, groups: int,
+                 fast_paths: FastPaths | None = None):
         super().__init__()
         self.channels, self.num_edges, self.groups = channels, num_edges, groups
+        self.fast_paths = fast_paths
         c, k, wide = channels, num_edges, groups * num_edges * channels
         for name, size in (("sep_conv_3x3", 3), ("sep_conv_5x5", 5)):
             setattr(self, f"{name}_dw1", _conv_weight(k, c, 1, size))
@@ -135,7 +171,8 @@ class SharedSourceOps(nn.Module):
                         [state_dict.pop(key) for key in old])
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def _separable(self, x: torch.Tensor, stage: int, names, recompute: bool) -> torch.Tensor:
+    def _separable(self, x: torch.Tensor, stage: int, names, recompute: bool,
+                   paths: FastPaths) -> torch.Tensor:
         """Stage `stage` (1 or 2) of the separable types `names`, every edge, in one call
         (`SeparableConv`; several types: the smaller depthwise filters zero-padded to
         SEP_KERNEL, exact, the padded taps multiply by zero and their gradient is dropped by
@@ -157,7 +194,7 @@ class SharedSourceOps(nn.Module):
         pointwise = torch.stack([getattr(self, f"{name}_pw{stage}").view(k, c, c)
                                  for name in names])  # (types, k, C_out, C_in)
         return SeparableConv.apply(x, reachable_taps(depthwise, 1, x.shape[-2:]), pointwise,
-                                   (t, g, k) if stage == 1 else (1, 1, 1), g, recompute)
+                                   (t, g, k) if stage == 1 else (1, 1, 1), g, recompute, paths)
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """x: (N, G*C, H, W) channels-last; weights: (k, len(PRIMITIVES)) normalised alphas.
@@ -168,6 +205,7 @@ class SharedSourceOps(nn.Module):
         """
         n, _, h, w = x.shape
         g, k, c = self.groups, self.num_edges, self.channels
+        paths = self.fast_paths or FastPaths.for_device(x.device)
 
         def edge_scale(names):  # the ops' weights for every (op, group, edge, channel)
             ops = weights[:, op_columns(names)].t()  # (ops, k), a view
@@ -181,17 +219,17 @@ class SharedSourceOps(nn.Module):
         # one type at a time, so the 3x3 work does not run on oneDNN's slower 5x5 kernels.
         # Large levels also compute the depthwise outputs again in the backward pass instead
         # of keeping them (`SeparableConv`): they hold most of the search's memory.
-        large = h * w > MERGED_DEPTHWISE_MAX_PIXELS
+        large = h * w > paths.merged_depthwise_max_pixels
         calls = [(name,) for name in SEP_CONVS] if large else [SEP_CONVS]
         out, first = None, 0
         for names in calls:
             t = len(names)
             channels = slice(first * g * k * c, (first + t) * g * k * c)  # of the shared BNs
-            y = self._separable(r, 1, names, recompute=large)
+            y = self._separable(r, 1, names, large, paths)
             # Stage 2: per-edge BN, ReLU and depthwise conv, then the pointwise convs again.
             # In place: batch norm's backward needs its input, not its output.
             y = F.relu(self.sep_conv_bn1(y, channels=channels), inplace=True)
-            y = self._separable(y, 2, names, recompute=large)
+            y = self._separable(y, 2, names, large, paths)
             y = self.sep_conv_bn2(y, edge_scale(names), channels=channels)
             y = nhwc(y).view(n, h, w, t, g, k, c)
             y = y.sum(dim=3) if t > 1 else y.squeeze(3)  # (N, H, W, G, k, C)
@@ -291,15 +329,15 @@ class SeparableConv(torch.autograd.Function):
     C_out, C_in); returns (N, T*G*K*C_out, H, W) channels-last. With `recompute`, only the
     inputs are kept for the backward pass and the depthwise output, as wide as all edges
     together, is computed again there: one depthwise convolution more, for the largest
-    tensors of the search that would otherwise be stored.
+    tensors of the search that would otherwise be stored. `paths`: the `FastPaths` to take.
     """
 
     @staticmethod
-    def forward(ctx, x, dw_weight, pw_weight, repeat, groups, recompute):
-        ctx.repeat, ctx.groups = repeat, groups
+    def forward(ctx, x, dw_weight, pw_weight, repeat, groups, recompute, paths: FastPaths):
+        ctx.repeat, ctx.groups, ctx.paths = repeat, groups, paths
         depthwise = depthwise_conv(x, dw_weight, repeat)
         ctx.save_for_backward(x, dw_weight, pw_weight, *(() if recompute else (depthwise,)))
-        return grouped_pointwise(depthwise, pw_weight, groups)
+        return grouped_pointwise(depthwise, pw_weight, groups, paths)
 
     @staticmethod
     def backward(ctx, grad):
@@ -309,12 +347,13 @@ class SeparableConv(torch.autograd.Function):
         depthwise = kept[0] if kept else depthwise_conv(x.to(grad.dtype),
                                                         dw_weight.to(grad.dtype), ctx.repeat)
         grad_depthwise, grad_pw = pointwise_grads(depthwise, pw_weight, ctx.groups, grad,
-                                                  needs_x or needs_dw, needs_pw)
+                                                  needs_x or needs_dw, needs_pw, ctx.paths)
         grad_x = grad_dw = None
         if needs_x or needs_dw:
             grad_x, grad_dw = depthwise_grads(x, dw_weight, ctx.repeat, grad_depthwise,
-                                              needs_x, needs_dw)
-        return grad_x, grad_dw, grad_pw, None, None, None
+                                              needs_x, needs_dw,
+                                              ctx.paths.onednn_weight_grads)
+        return grad_x, grad_dw, grad_pw, None, None, None, None
 
 
 def depthwise_conv(x: torch.Tensor, weight: torch.Tensor, repeat) -> torch.Tensor:
@@ -324,7 +363,8 @@ def depthwise_conv(x: torch.Tensor, weight: torch.Tensor, repeat) -> torch.Tenso
     return F.conv2d(x, weight, padding=same_padding(weight), groups=x.shape[1])
 
 
-def depthwise_grads(x, weight, repeat, grad, needs_x: bool, needs_w: bool):
+def depthwise_grads(x, weight, repeat, grad, needs_x: bool, needs_w: bool,
+                    onednn_weight_grads: bool):
     """The gradients (input, weight) of `depthwise_conv`, on oneDNN's fast kernels.
 
     The repeated input is never stored: the weight gradient makes it, the input gradient is
@@ -334,8 +374,9 @@ def depthwise_grads(x, weight, repeat, grad, needs_x: bool, needs_w: bool):
     for filters at most 3 wide on inputs larger than the filter's reach; otherwise oneDNN
     falls back to generic paths 3-10x slower (measured: 5x5 at 48 x 48 x 120 channels 2.2 ms
     against 0.95 ms here; 3x3 at 2 x 2 x 1920 channels 1.6 ms against 0.2 ms). So it is taken
-    from an explicitly padded input, the filter's columns in slices of at most 3. Exact: the
-    same sums, split by tap. Under autocast (grad in a lower dtype) the gradients go back in
+    from an explicitly padded input, the filter's columns in slices of at most 3 (with
+    `onednn_weight_grads`; off the CPU in one call). Exact: the same sums, split by tap.
+    Under autocast (grad in a lower dtype) the gradients go back in
     the inputs' own dtypes, as for torch's convolution.
     """
     outer, groups, inner = repeat
@@ -358,7 +399,8 @@ def depthwise_grads(x, weight, repeat, grad, needs_x: bool, needs_w: bool):
                              .sum(dim=(3, 5)).view(n, h, w, channels))
         grad_x = grad_x.to(x_dtype)
     if needs_w:
-        grad_w = _depthwise_weight_grad(x, grad, weight, repeat).to(w_dtype)
+        grad_w = _depthwise_weight_grad(x, grad, weight, repeat,
+                                        onednn_weight_grads).to(w_dtype)
     return grad_x, grad_w
 
 
@@ -370,14 +412,15 @@ def _depthwise_backward(grad, x, weight, padding, wrt: str) -> torch.Tensor:
     return grads[mask.index(True)]
 
 
-def _depthwise_weight_grad(x, grad, weight, repeat):
+def _depthwise_weight_grad(x, grad, weight, repeat, sliced: bool):
     """The weight gradient of `depthwise_conv` (input x repeated by `repeat`), by oneDNN's fast
-    kernel: directly where it applies, else one slice of at most 3 filter columns at a time,
-    each the weight gradient of an unpadded convolution over the columns its taps read."""
+    kernel: directly where it applies (or `sliced` is off), else one slice of at most 3 filter
+    columns at a time, each the weight gradient of an unpadded convolution over the columns
+    its taps read."""
     kh, kw = weight.shape[-2:]
     ph, pw = same_padding(weight)
     height, width = x.shape[-2:]
-    if kw <= 3 and min(height, width) > kh - 1:
+    if not sliced or (kw <= 3 and min(height, width) > kh - 1):
         return _depthwise_backward(grad, repeat_channels(x, repeat), weight, (ph, pw), "weight")
     # Padded once, before the repeat (the smaller tensor); the gradient is used as it is.
     x = repeat_channels(F.pad(x, (pw, pw, ph, ph)).contiguous(memory_format=torch.channels_last),
@@ -395,31 +438,34 @@ def _depthwise_weight_grad(x, grad, weight, repeat):
     return torch.cat(parts, dim=-1)
 
 
-def grouped_pointwise(x: torch.Tensor, weight: torch.Tensor, groups: int) -> torch.Tensor:
+def grouped_pointwise(x: torch.Tensor, weight: torch.Tensor, groups: int,
+                      paths: FastPaths) -> torch.Tensor:
     """The 1x1 convolutions of every (type, group, edge) block of C channels, as one `bmm`.
 
     x: (N, T*G*K*C, H, W) channels-last, channels (type, group, edge, channel); weight: (T, K,
     C_out, C_in), the same for every group. oneDNN has no fast path for grouped 1x1
     convolutions (torch loops over the groups in its slow kernel), so the blocks become the
     batch of a `bmm` that reads the channels-last memory through strided views and writes it
-    likewise (below STRIDED_OUTPUT_MIN_ROWS rows through one copy, which is faster there); at
-    up to BLOCK_DIAGONAL_MAX_CHANNELS channels the K edges of a (type, group) are one
-    block-diagonal block (`_per_block`). Returns the same layout with C_out, in x's dtype
+    likewise (below `paths.strided_output_min_rows` rows through one copy, which is faster
+    there); at up to `paths.block_diagonal_max_channels` channels the K edges of a (type,
+    group) are one block-diagonal block (`_per_block`). Returns the same layout with C_out, in x's dtype
     (autocast off: the caller's dtype, as given).
     """
     with torch.autocast(x.device.type, enabled=False):
-        return _blockwise_matmul(x, _per_block(weight.to(x.dtype), groups).transpose(1, 2))
+        per_block = _per_block(weight.to(x.dtype), groups, paths.block_diagonal_max_channels)
+        return _blockwise_matmul(x, per_block.transpose(1, 2), paths.strided_output_min_rows)
 
 
-def pointwise_grads(x, weight, groups: int, grad, needs_x: bool, needs_w: bool):
+def pointwise_grads(x, weight, groups: int, grad, needs_x: bool, needs_w: bool,
+                    paths: FastPaths):
     """The gradients (input, weight) of `grouped_pointwise`, each in its input's dtype."""
     x_dtype, w_dtype = x.dtype, weight.dtype
     grad = grad.contiguous(memory_format=torch.channels_last)
     t, k, c_out, c_in = weight.shape
     grad_x = grad_w = None
-    per_block = _per_block(weight.to(grad.dtype), groups)
+    per_block = _per_block(weight.to(grad.dtype), groups, paths.block_diagonal_max_channels)
     if needs_x:
-        grad_x = _blockwise_matmul(grad, per_block).to(x_dtype)
+        grad_x = _blockwise_matmul(grad, per_block, paths.strided_output_min_rows).to(x_dtype)
     if needs_w:
         x = x.to(grad.dtype).contiguous(memory_format=torch.channels_last)
         block_out, block_in = per_block.shape[1:]
@@ -433,17 +479,12 @@ def pointwise_grads(x, weight, groups: int, grad, needs_x: bool, needs_w: bool):
     return grad_x, grad_w
 
 
-# Up to this many channels per edge, the edges of a (type, group) are one block-diagonal matrix
-# in the bmm: k times the multiply-adds, but MKL is slow on 8 x 8 matrices.
-BLOCK_DIAGONAL_MAX_CHANNELS = 8
-
-
-def _per_block(weight: torch.Tensor, groups: int) -> torch.Tensor:
+def _per_block(weight: torch.Tensor, groups: int, block_diagonal_max_channels: int) -> torch.Tensor:
     """(T, K, C_out, C_in) -> the bmm's weights, (T*G*K, C_out, C_in): block (t, g, k) uses
-    weight[t, k]; for C_in <= BLOCK_DIAGONAL_MAX_CHANNELS (T*G, K*C_out, K*C_in), block (t, g)
+    weight[t, k]; for C_in <= block_diagonal_max_channels (T*G, K*C_out, K*C_in), block (t, g)
     block-diagonal with weight[t, 0..K-1]."""
     t, k, c_out, c_in = weight.shape
-    if c_in <= BLOCK_DIAGONAL_MAX_CHANNELS and k > 1:
+    if c_in <= block_diagonal_max_channels and k > 1:
         eye = torch.eye(k, dtype=weight.dtype, device=weight.device)
         weight = torch.einsum("kl,tkoi->tkoli", eye, weight).reshape(t, 1, k * c_out, k * c_in)
         return weight.expand(t, groups, k * c_out, k * c_in).reshape(-1, k * c_out, k * c_in)
@@ -456,18 +497,15 @@ def _blocks(x: torch.Tensor, c: int) -> torch.Tensor:
     return nhwc(x).reshape(n * h * w, channels // c, c).transpose(0, 1)
 
 
-# torch's bmm writes a strided output one batch entry at a time: faster than a copy after it
-# on large levels (measured 1.2 against 1.5 ms at 4608 rows), 3-4x slower on small ones.
-STRIDED_OUTPUT_MIN_ROWS = 1024
-
-
-def _blockwise_matmul(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def _blockwise_matmul(x: torch.Tensor, weight: torch.Tensor,
+                      strided_output_min_rows: int) -> torch.Tensor:
     """Block b of x's channels times weight[b], (B, C_in, C_out), into a new channels-last
-    (N, B*C_out, H, W) tensor."""
+    (N, B*C_out, H, W) tensor (written in place by the bmm from `strided_output_min_rows`
+    rows on, else through one copy)."""
     n, _, h, w = x.shape
     blocks, c_in, c_out = weight.shape
     x = _blocks(x.contiguous(memory_format=torch.channels_last), c_in)
-    if n * h * w < STRIDED_OUTPUT_MIN_ROWS:
+    if n * h * w < strided_output_min_rows:
         return to_nchw(torch.bmm(x, weight).transpose(0, 1).reshape(n, h, w, -1))
     out = torch.empty(n, h, w, blocks * c_out, dtype=x.dtype, device=x.device)
     torch.bmm(x, weight, out=_blocks(to_nchw(out), c_out))
@@ -498,11 +536,12 @@ class SearchCell(nn.Module):
             With K > 1 the operations of every edge see only the first C/K channels of their
             input, the other channels pass unchanged, the two are concatenated and
             channel-shuffled, and each block sums its edges with edge-normalisation weights.
+        fast_paths: the `FastPaths` of the operations; None: those of the input's device.
     """
 
     def __init__(self, steps: int, block_multiplier: int, channels: int,
                  incoming: list[tuple[int, int]], prev_prev_channels: int,
-                 partial_channels: int = 1):
+                 partial_channels: int = 1, fast_paths: FastPaths | None = None):
         super().__init__()
         if channels % partial_channels:
             raise ValueError(f"channels {channels} not divisible by partial_channels "
@@ -522,9 +561,9 @@ class SearchCell(nn.Module):
         self.preprocess_prev_prev = ResizeReLUConvBN(prev_prev_channels, channels, affine=False)
         # State j (0 = H(l-2), 1 = H(l-1), k+1 = block k) is read by blocks max(0, j-1)..steps-1.
         op_channels = channels // partial_channels
-        self.prev_prev_ops = SharedSourceOps(op_channels, steps, 1)
+        self.prev_prev_ops = SharedSourceOps(op_channels, steps, 1, fast_paths)
         self.source_ops = nn.ModuleList(
-            SharedSourceOps(op_channels, steps - max(0, j - 1), groups)
+            SharedSourceOps(op_channels, steps - max(0, j - 1), groups, fast_paths)
             for j in range(1, steps + 1))
         for j in range(steps + 1):
             first = max(0, j - 1)

@@ -16,7 +16,7 @@ import torch.utils.checkpoint
 
 from modeling.aspp import ASPPHead
 from modeling.operations import SEARCH_STEM, Stem
-from modeling.search_cell import SearchCell
+from modeling.search_cell import FastPaths, SearchCell
 from modeling.search_space import (DIRECTIONS, NUM_LEVELS, PRIMITIVES, STEM_LEVELS,
                                    layer_levels, level_exists, level_sizes, level_stride,
                                    normalize_alphas, normalize_betas, normalize_edge_weights,
@@ -72,10 +72,12 @@ class AutoDeepLabSearch(nn.Module):
 
     `forward(images)` returns logits at the input size: the sum of one ASPP head per level
     of the last layer, upsampled. `checkpoint_cells=True` recomputes each cell's activations
-    in the backward pass instead of storing them (less memory, same gradients).
+    in the backward pass instead of storing them (less memory, same gradients). `fast_paths`
+    sets the cells' `FastPaths` (speed only); None takes the defaults of the input's device.
     """
 
-    def __init__(self, config: SupernetConfig, checkpoint_cells: bool = False):
+    def __init__(self, config: SupernetConfig, checkpoint_cells: bool = False,
+                 fast_paths: FastPaths | None = None):
         super().__init__()
         self.config = config
         self.checkpoint_cells = checkpoint_cells
@@ -112,7 +114,7 @@ class AutoDeepLabSearch(nn.Module):
                             for s, d in sources]
                 self.cells[self._key(layer, target)] = SearchCell(
                     cfg.steps, cfg.block_multiplier, cfg.level_channels(target), incoming,
-                    cfg.output_channels(layer - 2, source), cfg.partial_channels)
+                    cfg.output_channels(layer - 2, source), cfg.partial_channels, fast_paths)
         # Where each node's incoming transitions sit in betas.view(-1), built once: the forward
         # gathers all of them in one call and gives each cell a slice.
         index: list[int] = []

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from modeling import search_cell
+from modeling.search_cell import CPU_FAST_PATHS, FastPaths
 from modeling.search_space import (NUM_LEVELS, PRIMITIVES, normalize_betas, num_edges,
                                    transition_mask)
 from modeling.supernet import AutoDeepLabSearch, SupernetConfig, arch_entropy
@@ -16,9 +17,9 @@ TINY = dict(num_classes=3, num_layers=4, filter_multiplier=2, block_multiplier=3
             stem_widths=(4, 8), aspp_channels=4)
 
 
-def tiny_model(seed=0, **overrides):
+def tiny_model(seed=0, fast_paths=None, **overrides):
     torch.manual_seed(seed)
-    return AutoDeepLabSearch(SupernetConfig(**{**TINY, **overrides}))
+    return AutoDeepLabSearch(SupernetConfig(**{**TINY, **overrides}), fast_paths=fast_paths)
 
 
 def test_output_shape_and_every_level_shape():
@@ -93,24 +94,19 @@ def test_beta_normalisation_per_source_node():
 # runs at these tiny sizes: which levels run both depthwise kernels as one call, which
 # pointwise blocks are block-diagonal, which matmuls write a strided output.
 THRESHOLDS = {
-    "defaults": {},
-    "small levels merged": {"MERGED_DEPTHWISE_MAX_PIXELS": 30},
-    "every branch low": {"MERGED_DEPTHWISE_MAX_PIXELS": 0, "BLOCK_DIAGONAL_MAX_CHANNELS": 0,
-                         "STRIDED_OUTPUT_MIN_ROWS": 0},
-    "every branch high": {"MERGED_DEPTHWISE_MAX_PIXELS": 10 ** 9,
-                          "BLOCK_DIAGONAL_MAX_CHANNELS": 10 ** 9,
-                          "STRIDED_OUTPUT_MIN_ROWS": 10 ** 9},
+    "defaults": None,  # those of the test's device
+    "small levels merged": FastPaths(merged_depthwise_max_pixels=30),
+    "every branch low, no oneDNN workarounds": FastPaths(0, 0, 0, onednn_weight_grads=False),
+    "every branch high": FastPaths(10 ** 9, 10 ** 9, 10 ** 9, onednn_weight_grads=True),
 }
 
 
 @pytest.mark.parametrize("partial_channels", [1, 2])
 @pytest.mark.parametrize("thresholds", THRESHOLDS.values(), ids=THRESHOLDS.keys())
-def test_fast_supernet_equals_per_edge_reference(partial_channels, thresholds, monkeypatch,
-                                                 device):
-    for name, value in thresholds.items():
-        monkeypatch.setattr(search_cell, name, value)
+def test_fast_supernet_equals_per_edge_reference(partial_channels, thresholds, device):
     model = tiny_model(seed=3, filter_multiplier=2 * partial_channels,
-                       partial_channels=partial_channels).double().to(device)
+                       partial_channels=partial_channels,
+                       fast_paths=thresholds).double().to(device)
     with torch.no_grad():  # non-trivial architecture weights
         for p in model.arch_parameters():
             p.normal_(0, 1)
@@ -138,13 +134,12 @@ def repeated(x, repeat):
             .reshape(n, outer * groups * inner * c, h, w))
 
 
-def test_separable_running_statistics_same_whether_types_run_together_or_apart(monkeypatch):
+def test_separable_running_statistics_same_whether_types_run_together_or_apart():
     # Apart (large levels), each type's batch norms update a slice of the shared buffers.
     x = torch.randn(2, 3, 48, 40)
     stats = []
     for merged_max_pixels in (10 ** 6, 0):
-        monkeypatch.setattr(search_cell, "MERGED_DEPTHWISE_MAX_PIXELS", merged_max_pixels)
-        model = tiny_model(seed=3)
+        model = tiny_model(seed=3, fast_paths=FastPaths(merged_max_pixels))
         model(x)
         stats.append({k: v for k, v in model.state_dict().items() if "sep_conv_bn" in k})
     assert stats[0].keys() == stats[1].keys() and stats[0]
@@ -200,7 +195,8 @@ def test_separable_conv_equals_torchs_depthwise_then_einsum(size, kernel, types,
     torch.manual_seed(0)
     x, depthwise, pointwise, repeat = separable_inputs(stage, types, groups, edges, channels,
                                                        size, kernel, torch.float64, device)
-    y = search_cell.SeparableConv.apply(x, depthwise, pointwise, repeat, groups, recompute)
+    y = search_cell.SeparableConv.apply(x, depthwise, pointwise, repeat, groups, recompute,
+                                        FastPaths.for_device(device))
     ref = separable_reference(x, depthwise, pointwise, stage, groups)
     assert y.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(y, ref)
@@ -211,13 +207,28 @@ def test_separable_conv_equals_torchs_depthwise_then_einsum(size, kernel, types,
         torch.testing.assert_close(mine, theirs)
 
 
+@pytest.mark.parametrize("size,kernel", [((4, 4), 5), ((9, 7), 5), ((2, 2), 3), ((6, 5), 3)])
+def test_depthwise_weight_grad_in_slices_equals_one_call(size, kernel, device):
+    # The oneDNN workaround (filter columns in slices of at most 3) against the plain call
+    # that other devices take: the same sums, split by tap.
+    torch.manual_seed(0)
+    x = torch.randn(2, 4 * 3, *size, dtype=torch.float64).to(device)
+    weight = torch.randn(2 * 4 * 3, 1, kernel, kernel, dtype=torch.float64).to(device)
+    grad = torch.randn(2, 2 * 4 * 3, *size, dtype=torch.float64).to(device)
+    repeat = (2, 1, 1)
+    sliced = search_cell._depthwise_weight_grad(x, grad, weight, repeat, sliced=True)
+    plain = search_cell._depthwise_weight_grad(x, grad, weight, repeat, sliced=False)
+    torch.testing.assert_close(sliced, plain)
+
+
 def test_separable_conv_recomputing_keeps_only_its_inputs():
     x, depthwise, pointwise, repeat = separable_inputs(1, 2, 2, 3, 4, (6, 6), 5, torch.float32)
     for recompute, kept in ((True, 3), (False, 4)):
         saved = []
         with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t,
                                                       lambda t: t):
-            search_cell.SeparableConv.apply(x, depthwise, pointwise, repeat, 2, recompute)
+            search_cell.SeparableConv.apply(x, depthwise, pointwise, repeat, 2, recompute,
+                                            CPU_FAST_PATHS)
         assert len(saved) == kept
         assert [t.data_ptr() for t in saved[:3]] == [
             x.data_ptr(), depthwise.data_ptr(), pointwise.data_ptr()]
@@ -233,7 +244,8 @@ def test_separable_conv_under_autocast_matches_torchs(stage, recompute, dtype, d
     x, depthwise, pointwise, repeat = separable_inputs(stage, 2, 2, 2, 4, (6, 6), 5,
                                                        torch.float32, device)
     with torch.autocast(device.type, dtype=dtype):
-        y = search_cell.SeparableConv.apply(x, depthwise, pointwise, repeat, 2, recompute)
+        y = search_cell.SeparableConv.apply(x, depthwise, pointwise, repeat, 2, recompute,
+                                            FastPaths.for_device(device))
     assert y.dtype == dtype
     grad = torch.randn(y.shape).to(device)
     inputs = (x, depthwise, pointwise)
@@ -254,12 +266,13 @@ def test_grouped_pointwise_and_its_gradients_equal_einsum(types, groups, edges, 
     x = torch.randn(2, types * groups * edges * c_in, 5, 3, dtype=torch.float64).to(
         device).contiguous(memory_format=torch.channels_last).requires_grad_()
     w = torch.randn(types, edges, c_out, c_in, dtype=torch.float64).to(device).requires_grad_()
-    y = search_cell.grouped_pointwise(x, w, groups)
+    paths = FastPaths.for_device(device)
+    y = search_cell.grouped_pointwise(x, w, groups, paths)
     ref = pointwise_reference(x, w, groups)
     assert y.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(y, ref)
     grad = torch.randn_like(ref)
-    mine = search_cell.pointwise_grads(x, w, groups, grad, True, True)
+    mine = search_cell.pointwise_grads(x, w, groups, grad, True, True, paths)
     for a, b in zip(mine, torch.autograd.grad(ref, (x, w), grad)):
         torch.testing.assert_close(a, b)
 
@@ -296,12 +309,11 @@ def test_partial_channels_operate_on_a_kth_of_the_channels():
 
 
 @pytest.mark.parametrize("merged_max_pixels", [None, 0])  # 0: every level is a large one
-def test_checkpoint_cells_gives_identical_gradients(merged_max_pixels, monkeypatch, device):
+def test_checkpoint_cells_gives_identical_gradients(merged_max_pixels, device):
     # Large levels compute their depthwise outputs again in the backward pass, also inside
     # the checkpoint's recomputation.
-    if merged_max_pixels is not None:
-        monkeypatch.setattr(search_cell, "MERGED_DEPTHWISE_MAX_PIXELS", merged_max_pixels)
-    model = tiny_model(seed=4).double().to(device)
+    paths = None if merged_max_pixels is None else FastPaths(merged_max_pixels)
+    model = tiny_model(seed=4, fast_paths=paths).double().to(device)
     other = copy.deepcopy(model)
     other.checkpoint_cells = True
     x = torch.randn(2, 3, 32, 32, dtype=torch.float64).to(device)
