@@ -11,8 +11,9 @@ import json
 from pathlib import Path
 
 from config_utils.decode_args import get_args_parser
+from engine.search_checkpoint import load_search_architecture
 from modeling.decoding import (arch_probabilities, format_summary, genotype_from_probabilities,
-                               load_search_architecture, path_probability, top_k_paths)
+                               path_probability, top_k_paths)
 from modeling.genotypes import GENOTYPE_JSON
 from utils.checkpoint import write_json
 from utils.errors import exit_on_user_error

@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from engine.search_checkpoint import load_search_architecture
 from modeling.decoding import (arch_probabilities, decode_margins, genotype_from_probabilities,
-                               level_distribution, load_search_architecture, mean_entropies)
+                               level_distribution, mean_entropies)
 from modeling.genotypes import Genotype
 from modeling.search_space import NUM_LEVELS
 
