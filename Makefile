@@ -33,7 +33,7 @@ test: install
 test-gpu: install
 	AUTODEEPLAB_TEST_DEVICE=cuda $(PY) -m pytest -q -m device
 
-# All the GPU checks in one call, with the machine's own python3 and torch (README, "GPUs").
+# All the GPU checks in one call, with the machine's own python3 and torch (docs/gpus.md).
 gpu-check:
 	python3 bench/gpu_check.py $(GPU_CHECK_FLAGS)
 

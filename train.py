@@ -22,7 +22,7 @@ from config_utils.train_args import (ARCH_KEYS, CURRENT_KEYS, RESUME_SAFE_KEYS, 
                                      explicit_keys, get_args_parser, resolve_defaults)
 from dataloaders import build_dataset, build_loader, dataset_info, derive_seed
 from engine.retrain import (IntervalProgress, build_criterion, evaluate, export_onnx,
-                            format_metrics, resolve_genotype, train_steps)
+                            format_metrics, place, resolve_genotype, train_steps)
 from engine.divergence import NonFiniteLoss, check_finite, diverged_error
 from modeling.retrain_net import AutoDeepLab, RetrainConfig
 from utils.allocator import allocator_in_use, preload_fast_allocator
@@ -159,7 +159,7 @@ def run(args, dist_info, dist_device, stop):
     log.info("memory allocator: %s; oneDNN primitive cache: %s", allocator_in_use(),
              size_primitive_cache())
 
-    model_without_ddp = AutoDeepLab(config).to(device)
+    model_without_ddp = place(AutoDeepLab(config), device)
     model = model_without_ddp
     if dist_info.distributed:
         model = model_without_ddp = convert_sync_batchnorm(model, device)

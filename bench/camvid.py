@@ -69,7 +69,7 @@ PROTOCOLS = {
     # of 45 steps (~45 min), the small-budget architecture learning rate (180 architecture
     # steps; at the paper's 3e-3 the alphas move by thousandths). Retraining: F = 8, 1200
     # iterations (~16 min per network), val evaluated every 300 to show where the ranking
-    # settles (README, "Evidence on CamVid").
+    # settles (docs/camvid/README.md).
     "cpu": dict(
         search=["--resize", "120", "--crop-size", "96", "--batch-size", "4",
                 "--filter-multiplier", "4", "--block-multiplier", "5", "--steps", "5",

@@ -7,7 +7,8 @@ on CUDA, each beside the paper's Auto-DeepLab-S measured in the same run.
         --filter-multiplier 20 --sizes 360x480 --onnx
     .venv/bin/python bench/latency.py --checkpoints run/camvid/retrain-X/best.pth.tar
 
-A pass is one forward of one image in eval mode under `torch.inference_mode`, timed as
+A pass is one forward of one image in eval mode under `torch.inference_mode`, with the
+weights channels-last as train.py and predict.py run them, timed as
 predict.py times it (utils/latency.py: warm-up passes first; on CUDA the clock waits for the
 device). The CPU runs in float32 with the stated threads; CUDA in float32 (TF32 as torch's
 defaults) and under autocast in bf16 and fp16. `--onnx` also times the exported network in
@@ -31,7 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.retrain import export_onnx, load_genotype, load_model  # noqa: E402
+from engine.retrain import export_onnx, load_genotype, load_model, place  # noqa: E402
 from modeling.genotypes import GENOTYPES  # noqa: E402
 from modeling.retrain_net import (PAPER_FILTER_MULTIPLIERS, AutoDeepLab,  # noqa: E402
                                   RetrainConfig)
@@ -151,7 +152,7 @@ def main(args) -> list[dict]:
                 if runtime == "onnxruntime":
                     seconds = onnx_seconds(model, size, args)
                 else:
-                    seconds = eager_seconds(model.to(device), size, device, dtype, args)
+                    seconds = eager_seconds(place(model, device), size, device, dtype, args)
                     model.to("cpu")
                 rows.append({"network": name, "size": f"{size[0]}x{size[1]}",
                              "device": describe_device(device), "precision": dtype,

@@ -33,6 +33,9 @@ def get_args_parser():
                    help="the paper's network (its filter multiplier F)")
     p.add_argument("--genotype", default="autodeeplab", choices=sorted(GENOTYPES),
                    help="architecture (cell and path)")
+    p.add_argument("--memory-format", default="channels_last",
+                   choices=("channels_last", "contiguous"),
+                   help="layout of the weights and images (train.py: channels_last)")
     return p
 
 
@@ -43,11 +46,14 @@ def build(args, crop: int):
     torch.manual_seed(0)
     config = RetrainConfig(num_classes=args.num_classes, genotype=GENOTYPES[args.genotype],
                            filter_multiplier=PAPER_FILTER_MULTIPLIERS[args.model])
-    model = AutoDeepLab(config).to(device).train()
+    layout = getattr(torch, f"{args.memory_format}_format" if args.memory_format ==
+                     "contiguous" else args.memory_format)
+    model = AutoDeepLab(config).to(device, memory_format=layout).train()
     criterion = torch.nn.CrossEntropyLoss(ignore_index=255)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4,
                                 fused=True)  # as train.py
-    images = torch.randn(args.batch_size, 3, crop, crop, device=device)
+    images = torch.randn(args.batch_size, 3, crop, crop, device=device).contiguous(
+        memory_format=layout)
     targets = torch.randint(0, args.num_classes, (args.batch_size, crop, crop), device=device)
     autocast, new_scaler = precision(args, device)
     scaler = new_scaler()
@@ -73,6 +79,7 @@ def measure(args, crop: int) -> dict:
     return {
         "model": args.model, "genotype": args.genotype, "crop": crop, "batch": args.batch_size,
         "device": str(device), "amp": args.amp, "tf32": args.tf32,
+        "memory_format": args.memory_format,
         "threads": torch.get_num_threads(),
         "step_s": {"median": round(med, 3), "min": round(low, 3)},
         "images_per_s": round(args.batch_size / med, 2),

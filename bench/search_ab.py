@@ -68,6 +68,7 @@ def load_revision(rev: str):
         path.write_text(source)
         spec = importlib.util.spec_from_file_location("search_cell_a", path)
         module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses look their module up while it loads
         spec.loader.exec_module(module)
     return module
 

@@ -17,8 +17,8 @@ PAPER_DEFAULTS = dict(
     grad_clip=5.0, workers=4, seed=0, partial_channels=1,
 )
 # Ten times the paper's architecture learning rate, for searches of a few hundred steps: at
-# the paper's 3e-3 the alphas and betas move by hundredths in such a search (README, "How the
-# search learns").
+# the paper's 3e-3 the alphas and betas move by hundredths in such a search (docs/search_learning/
+# README.md).
 SMALL_BUDGET_ARCH_LR = 3e-2
 DATASET_DEFAULTS = {
     "synthetic": dict(PAPER_DEFAULTS, epochs=4, batch_size=4, crop_size=64, alpha_epoch=2,

@@ -200,7 +200,8 @@ def train_steps(model, criterion, optimizer, scheduler, scaler, loader, *, step:
         loader.set_epoch(epoch, start_batch=skip)
         for images, targets in loader:
             model_without_ddp.set_drop_path_prob((1.0 - drop_path_keep_prob) * step / total_steps)
-            images = images.to(device, non_blocking=True)
+            images = images.to(device, non_blocking=True).contiguous(
+                memory_format=MEMORY_FORMAT)
             targets = targets.to(device, non_blocking=True)
             with autocast():
                 loss = criterion(model(images).float(), targets)
@@ -334,13 +335,24 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, size: tuple[int, int]
              height, width)
 
 
+# The retrained network runs channels-last: oneDNN's (and cuDNN's) convolutions are faster on
+# it. Measured on a 2-core CPU, Auto-DeepLab-S: a training step at crop 321, batch 2, 1.3-1.4x
+# faster (bench/retrain_step.py --memory-format), inference at 360 x 480 1.5x.
+MEMORY_FORMAT = torch.channels_last
+
+
+def place(model: nn.Module, device) -> nn.Module:
+    """`model` on `device`, its weights in the layout the retrained network runs in."""
+    return model.to(device, memory_format=MEMORY_FORMAT)
+
+
 def load_model(path, device, trust: bool = False) -> tuple[AutoDeepLab, dict]:
     """The model of a retrain checkpoint, rebuilt from the file alone (eval mode, on `device`),
     and the checkpoint (`trust` as in `load_checkpoint`)."""
     checkpoint = load_checkpoint(path, kind=RETRAIN_KIND, trust=trust)
     model = AutoDeepLab.from_model_args(checkpoint["model_args"])
     model.load_state_dict(checkpoint["model"])
-    return model.to(device).eval(), checkpoint
+    return place(model, device).eval(), checkpoint
 
 
 def image_files(spec: str | os.PathLike) -> list[Path]:

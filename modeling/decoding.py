@@ -337,5 +337,5 @@ def format_summary(genotype: Genotype, weights: np.ndarray, probs: np.ndarray,
                      f"{UNDECIDED_PATH_MARGIN:g}x the next, or operations under "
                      f"{UNDECIDED_OP_GAP:g} ahead): the search learned too little for this "
                      "decode to be trusted, and another seed may decode differently; search "
-                     "longer (see README, 'How the search learns')")
+                     "longer (see docs/search_learning/README.md)")
     return "\n".join(lines)

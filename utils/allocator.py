@@ -2,8 +2,7 @@
 
 A search step is tens of thousands of tensor allocations of very different sizes. glibc's
 malloc serves them slowly and, as its mmap threshold adapts, its heap grows step after step;
-tcmalloc makes a CPU search step 1.2-1.5x faster and its peak memory lower (README, "How the
-search is made fast"). The library cannot be switched in a running process, so an entry
+tcmalloc makes a CPU search step 1.2-1.5x faster and its peak memory lower (docs/performance.md). The library cannot be switched in a running process, so an entry
 script calls `preload_fast_allocator()` under `__main__`: if tcmalloc or jemalloc is installed
 (`apt install libtcmalloc-minimal4` or `libjemalloc2`) and not loaded yet, the process
 re-executes itself once, same PID and arguments, with it in LD_PRELOAD. Set

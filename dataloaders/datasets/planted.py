@@ -33,7 +33,7 @@ pixels), which is exactly avg_pool_3x3. A convolution can learn to average too, 
 learn it; skip_connect and max_pool_3x3 pass the noise on. The answer planted is a cell whose
 most frequent operation is avg_pool_3x3.
 
-That reasoning was refuted by retraining fixed architectures (README, "Controls"): the stem's
+That reasoning was refuted by retraining fixed architectures (docs/search_learning/README.md, "Controls"): the stem's
 two 3x3 convolutions already average over 7 x 7 pixels, and a cell of skip_connect beats one of
 avg_pool_3x3 by 0.3 val mIoU. The task plants nothing a cell search should find; it is kept,
 with its original answer rule, as the context task's control.
