@@ -18,12 +18,15 @@ recorded and the next check runs:
   on the device against the float64 per-edge reference on the CPU (relative errors).
 - `search step`: bench/search_step.py at the paper's setting (F = 8, B = 5, L = 12, batch 2,
   crop 321): float32 with TF32 off and on, bf16 and fp16 autocast; time and peak memory.
-- `retrain step`: bench/retrain_step.py, Auto-DeepLab-S at crop 769, batch 2, float32 and
-  bf16.
+- `retrain step`: bench/retrain_step.py, Auto-DeepLab-S at crop 769, batch 2, float32
+  channels-last (as train.py runs) and contiguous, and bf16.
+- `latency`: bench/latency.py, batch-1 inference of S, M and L at 512 x 1024 and 1024 x 2048
+  in float32, bf16 and fp16.
 - `end to end`: a tiny search -> decode -> retrain (interrupted, resumed) -> predict on the
   device, through the command lines.
-- `ddp`: two processes of train.py under torchrun on the one device, with gloo standing in for
-  NCCL (AUTODEEPLAB_DIST_BACKEND) and SyncBatchNorm on CUDA. One GPU cannot check NCCL itself.
+- `ddp`: two processes of train.py under torchrun on the one device, one image each, with
+  gloo standing in for NCCL (AUTODEEPLAB_DIST_BACKEND) and torch's SyncBatchNorm on CUDA
+  (utils/sync_batchnorm.py elsewhere). One GPU cannot check NCCL itself.
 
 Writes `gpu_check.json` (after every check, so a cut-off run keeps what finished) and
 `gpu_check.md` to --out-dir.
@@ -185,7 +188,8 @@ def retrain_step(args) -> dict:
     sizes = (["--crops", "64", "--repeats", "1", "--warmup", "1"] if args.tiny
              else ["--crops", "769", "--repeats", "5", "--warmup", "3"])
     rows, ok = {}, True
-    variants = {"fp32": [], "bf16": ["--amp", "bf16"]}
+    variants = {"fp32": [], "fp32, contiguous": ["--memory-format", "contiguous"],
+                "bf16": ["--amp", "bf16"]}
     for name, flags in list(variants.items())[:1 if args.tiny else None]:
         result = run([sys.executable, "bench/retrain_step.py", "--device", args.device,
                       "--model", "autodeeplab-s", "--batch-size", "2", *sizes, *flags], 300)
@@ -193,6 +197,15 @@ def retrain_step(args) -> dict:
         rows[name] = lines[0] if lines else result
         ok &= bool(lines)
     return {"ok": ok, **rows}
+
+
+def latency(args) -> dict:
+    sizes = (["--sizes", "32x48", "--repeats", "1", "--warmup", "1", "--num-classes", "3"]
+             if args.tiny else ["--archs", "autodeeplab-m", "autodeeplab-l", "--sizes",
+                                "512x1024", "1024x2048", "--repeats", "10"])
+    result = run([sys.executable, "bench/latency.py", "--devices", args.device, *sizes], 300)
+    rows = [line for line in result["output_tail"].splitlines() if line.startswith("|")]
+    return {**result, "ok": result["ok"] and len(rows) > 2, "table": rows}  # header, rule, rows
 
 
 def end_to_end(args, out: Path) -> dict:
@@ -234,13 +247,14 @@ def ddp(args, out: Path) -> dict:
     genotype = out / "autodeeplab.json"
     GENOTYPES["autodeeplab"].save(genotype)
     result = run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                  "--standalone", "train.py", *TINY_RETRAIN, "--device", args.device,
-                  "--genotype", str(genotype), "--out-dir", str(out / "ddp")], 300,
+                  "--standalone", "train.py", *TINY_RETRAIN, "--batch-size", "1",
+                  "--device", args.device, "--genotype", str(genotype), "--out-dir",
+                  str(out / "ddp")], 300,
                  env={"AUTODEEPLAB_DIST_BACKEND": "gloo", "OMP_NUM_THREADS": "1"})
     log = out / "ddp" / "train.log"
     in_sync = log.exists() and "weights identical on all 2 processes" in log.read_text()
     return {**result, "ok": result["ok"] and in_sync, "replicas_in_sync": in_sync,
-            "sync_batchnorm": args.device.startswith("cuda")}
+            "images_per_process": 1}
 
 
 def report(results: dict, out: Path) -> None:
@@ -263,6 +277,8 @@ def report(results: dict, out: Path) -> None:
             limit = f" (limit {row['limit']:.2g})" if "limit" in row else ""
             lines.append(f"- parity {variant}: loss {row['loss_rel_error']:.2e}, gradients "
                          f"{row['grad_rel_error']:.2e}{limit}")
+    if results.get("latency", {}).get("table"):
+        lines += ["", "Latency at batch 1:", "", *results["latency"]["table"]]
     (out / "gpu_check.md").write_text("\n".join(lines) + "\n")
 
 
@@ -271,7 +287,7 @@ def main(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     checks = {"environment": lambda: environment(args), "device tests": lambda: device_tests(args),
               "parity": lambda: parity(args), "search step": lambda: search_step(args),
-              "retrain step": lambda: retrain_step(args),
+              "retrain step": lambda: retrain_step(args), "latency": lambda: latency(args),
               "end to end": lambda: end_to_end(args, out), "ddp": lambda: ddp(args, out)}
     unknown = set(args.only or ()) - set(checks)
     if unknown:

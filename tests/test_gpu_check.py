@@ -19,12 +19,14 @@ def test_gpu_check_rehearsal_on_the_cpu(tmp_path):
     failed = {k: v for k, v in results.items() if not v["ok"]}
     assert done.returncode == 0 and not failed, json.dumps(failed, indent=1)[-4000:]
     assert list(results) == ["environment", "device tests", "parity", "search step",
-                             "retrain step", "end to end", "ddp"]
+                             "retrain step", "latency", "end to end", "ddp"]
     assert results["parity"]["fp32"] == {**results["parity"]["cpu fp32"],
                                          "limit": results["parity"]["fp32"]["limit"]}
     assert results["search step"]["bf16"]["amp"] == "bf16"
     assert results["end to end"]["resumed to"] == 4
-    assert results["ddp"]["replicas_in_sync"]
+    assert results["ddp"]["replicas_in_sync"] and results["ddp"]["images_per_process"] == 1
+    assert results["retrain step"]["fp32"]["memory_format"] == "channels_last"
+    assert any("| autodeeplab-s | 32x48 | CPU" in row for row in results["latency"]["table"])
     assert "| ddp | ok |" in (tmp_path / "gpu_check.md").read_text()
 
 
