@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import logging
 
+from utils.amp import AMP_DTYPE_CHOICES
 from utils.checkpoint import load_checkpoint
 from utils.errors import UserError
 
@@ -86,6 +87,18 @@ def resume_args(args: argparse.Namespace, explicit: set[str], *, kind: str, fixe
                              safe_keys=safe_keys, current_keys=current_keys,
                              override=args.override)
     return args, checkpoint
+
+
+def add_amp_args(group, scaled: str) -> None:
+    """--amp and --amp-dtype (utils/amp.py), shared by the three scripts that run a network;
+    `scaled`: what fp16's loss scaling applies to, for the help ("" where nothing trains)."""
+    group.add_argument("--amp", action="store_true",
+                       help="mixed precision on CUDA (torch.amp autocast; ignored with a "
+                            "warning on the CPU)")
+    group.add_argument("--amp-dtype", default="auto", choices=AMP_DTYPE_CHOICES,
+                       help="autocast dtype of --amp" + (f"; fp16 adds loss scaling to {scaled}"
+                                                         if scaled else "")
+                       + "; auto: bf16 where the GPU has it natively, else fp16")
 
 
 def add_run_safety_args(group, checkpoint_interval: int, unit: str) -> None:

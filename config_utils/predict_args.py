@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from config_utils.common import HelpFormatter
+from config_utils.common import HelpFormatter, add_amp_args
 from utils.latency import WARMUP_PASSES
-from utils.amp import AMP_DTYPE_CHOICES
 from utils.errors import UserError
 
 
@@ -26,11 +25,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--flip", action="store_true", help="also average flipped predictions")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if "
                                                   "available)")
-    p.add_argument("--amp", action="store_true",
-                   help="mixed precision on CUDA (see --amp-dtype); ignored on the CPU")
-    p.add_argument("--amp-dtype", default="auto", choices=AMP_DTYPE_CHOICES,
-                   help="autocast dtype of --amp: auto is bf16 where the GPU has it natively, "
-                        "else fp16")
+    add_amp_args(p, "")
     p.add_argument("--warmup", type=int, default=WARMUP_PASSES,
                    help="untimed passes on the first image before the speed is measured")
     p.add_argument("--trust-checkpoint", action="store_true",

@@ -6,7 +6,6 @@ import argparse
 from config_utils import common
 from config_utils.common import (HelpFormatter, dataset_default_help, dataset_help,
                                    fill_defaults)
-from utils.amp import AMP_DTYPE_CHOICES
 from utils.errors import UserError
 
 # Paper defaults (paper section 4.1) for real datasets; a CPU-sized search for synthetic data.
@@ -121,12 +120,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="Adam weight decay of alphas and betas " + dflt("arch_weight_decay"))
     g.add_argument("--alpha-epoch", type=int, default=None,
                    help="epoch from which architecture steps run " + dflt("alpha_epoch"))
-    g.add_argument("--amp", action="store_true",
-                   help="mixed precision on CUDA (torch.amp autocast; ignored with a warning on "
-                        "the CPU)")
-    g.add_argument("--amp-dtype", default="auto", choices=AMP_DTYPE_CHOICES,
-                   help="autocast dtype; fp16 adds loss scaling to the weight and the "
-                        "architecture step; auto: bf16 where the GPU has it natively, else fp16")
+    common.add_amp_args(g, "the weight and the architecture step")
 
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=int, default=None, help="seed of everything, the A/B split too "

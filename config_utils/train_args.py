@@ -7,7 +7,6 @@ from config_utils import common
 from config_utils.common import (HelpFormatter, dataset_default_help, dataset_help,
                                    fill_defaults)
 from modeling.retrain_net import PAPER_FILTER_MULTIPLIERS
-from utils.amp import AMP_DTYPE_CHOICES
 from utils.errors import UserError
 
 # Paper section 5.2: poly from 0.05, power 0.9, from scratch, crops 769 (Cityscapes) and 513
@@ -127,11 +126,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--ohem-min-kept", type=int, default=100000,
                    help="OHEM keeps at least this many pixels per 8 images (scaled linearly "
                         "to the batch per process)")
-    g.add_argument("--amp", action="store_true",
-                   help="mixed precision on CUDA (torch.amp; ignored with a warning on CPU)")
-    g.add_argument("--amp-dtype", default="auto", choices=AMP_DTYPE_CHOICES,
-                   help="autocast dtype; fp16 adds loss scaling; auto: bf16 where the GPU has "
-                        "it natively, else fp16")
+    common.add_amp_args(g, "the training step")
 
     g = p.add_argument_group("evaluation")
     g.add_argument("--eval-interval", type=int, default=None,
