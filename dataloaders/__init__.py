@@ -16,6 +16,7 @@ samples does not shift the draws of the others).
 
 from __future__ import annotations
 
+import atexit
 import functools
 import itertools
 import logging
@@ -251,6 +252,21 @@ def seed_worker(worker_id: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
+def _kill_workers_at_exit() -> None:
+    """atexit, in the main process: kill the DataLoader workers still alive (daemonic children).
+
+    Workers ignore SIGTERM (`seed_worker`), so multiprocessing's own exit handler, which
+    terminates daemonic children with SIGTERM and then joins them, would wait forever when the
+    main process ends with an iterator still open: after an exception, say. Registered after
+    multiprocessing's handler, this one runs first. Workers hold nothing to save."""
+    import multiprocessing
+
+    for child in multiprocessing.active_children():
+        if child.daemon:
+            child.kill()
+            child.join()
+
+
 def _segmentation_datasets(dataset) -> Iterator:
     """The SegmentationDatasets underneath Subset / ConcatDataset wrappers."""
     from dataloaders.datasets import SegmentationDataset
@@ -342,6 +358,9 @@ def build_loader(
             f"{n} samples cannot fill one batch of {batch_size}; "
             "lower --batch-size or raise --max-samples"
         )
+    if workers > 0:
+        atexit.unregister(_kill_workers_at_exit)  # once, and after multiprocessing's handler
+        atexit.register(_kill_workers_at_exit)
     generator = torch.Generator()
     generator.manual_seed(seed)
     order_generator = None

@@ -1,3 +1,6 @@
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -346,3 +349,26 @@ def test_loader_rejects_a_batch_that_cannot_fill():
             drop_last=True,
             seed=0,
         )
+
+
+@pytest.mark.parametrize("ending, code", [("raise RuntimeError('boom')", 1),
+                                          ("raise SystemExit(2)", 2)])
+def test_a_run_ending_with_a_worker_iterator_open_exits(tmp_path, ending, code):
+    # Workers ignore SIGTERM (a stop signal is the main process's to handle), so
+    # multiprocessing's exit handler, which terminates and joins them, used to wait forever
+    # after an exception left an iterator open; the process hung instead of exiting.
+    script = tmp_path / "crash.py"
+    script.write_text(
+        "import torch\n"
+        "from dataloaders import build_loader\n"
+        "data = torch.utils.data.TensorDataset(torch.arange(16.0))\n"
+        "loader = build_loader(data, batch_size=2, shuffle=True, workers=1, device='cpu',\n"
+        "                      seed=0, drop_last=True)\n"
+        "batches = iter(loader)\n"
+        "next(batches)\n"
+        f"{ending}\n")
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, str(script)], cwd=repo,
+                          env={**os.environ, "PYTHONPATH": str(repo)}, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == code, done.stderr[-2000:]
