@@ -39,7 +39,7 @@ from utils.lr_scheduler import poly_schedule
 from utils.sync_batchnorm import convert_sync_batchnorm
 from utils.run import (MetricsCSV, args_to_json, prepare_run_dir, release_run_dir, rng_state,
                        seed_everything, select_device, set_rng_state, setup_logging,
-                       summary_writer)
+                       summary_writer, tune_for_fixed_shapes)
 
 log = logging.getLogger("retrain")
 STREAM_TRAIN, STREAM_VAL = 1, 3
@@ -144,6 +144,7 @@ def run(args, dist_info, dist_device, stop):
     check_args(args, dist_info.world_size)
     seed_everything(args.seed)
     device = dist_device or select_device(args.device)
+    tune_for_fixed_shapes(device)
     show = dist_info.is_main
     train_loader, val_loader = build_data(args, device, dist_info)
     if args.epochs is not None and not args.eval_only:

@@ -38,7 +38,7 @@ from utils.interrupt import Interrupted, StopSignals
 from utils.lr_scheduler import cosine_schedule
 from utils.run import (MetricsCSV, args_to_json, prepare_run_dir, release_run_dir, rng_state,
                        seed_everything, select_device, set_rng_state, setup_logging,
-                       summary_writer)
+                       summary_writer, tune_for_fixed_shapes)
 
 log = logging.getLogger("search")
 # Seed streams of the two loaders, so A and B never share shuffles or augmentations.
@@ -154,6 +154,7 @@ def run(args, dist_info: DistInfo, dist_device):
                         "(torchrun --nproc_per_node): the batches of an epoch depend on it")
     seed_everything(args.seed)
     device = dist_device or select_device(args.device)
+    tune_for_fixed_shapes(device)
     dataset_info(args.dataset, args.data_root)  # an unknown name fails here, before any writing
     # Data problems are found before the run folder is made, so a typo leaves no debris.
     info, split, loader_a, loader_b, val_loader = build_data(
