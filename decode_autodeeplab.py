@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from config_utils.decode_args import get_args_parser
+from engine.genotype_io import save_genotype_arrays
 from engine.search_checkpoint import load_search_architecture
 from modeling.decoding import (arch_probabilities, format_summary, genotype_from_probabilities,
                                path_probability, top_k_paths)
@@ -37,7 +38,7 @@ def main(args) -> None:
     record["source"] = json.loads(json.dumps(source, default=str))  # any odd value as text
     written = [out_dir / GENOTYPE_JSON]
     write_json(record, written[0])
-    written += genotype.save_arrays(out_dir)
+    written += save_genotype_arrays(genotype, out_dir)
     if args.plot:
         from engine.visualize import plot_architecture  # matplotlib only when drawing
 

@@ -51,6 +51,7 @@ from bench.common import (append_row, cell_text, machine, read_rows,  # noqa: E4
                           resume_or_start, search_summary)
 from config_utils.search_args import SMALL_BUDGET_ARCH_LR  # noqa: E402
 from dataloaders import dataset_info  # noqa: E402
+from engine.genotype_io import read_genotype, save_genotype  # noqa: E402
 from modeling.genotypes import GENOTYPES, Genotype, random_genotype  # noqa: E402
 from modeling.retrain_net import AutoDeepLab, RetrainConfig  # noqa: E402
 from utils.flops import count_parameters, multi_adds  # noqa: E402
@@ -164,8 +165,8 @@ def random_architectures(count: int, protocol: dict, results: Path) -> dict[str,
         path = results / "genotypes" / f"random-{i}.json"
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
-            drawn.save(path)
-        archs[f"random-{i}"] = Genotype.load(path)
+            save_genotype(drawn, path)
+        archs[f"random-{i}"] = read_genotype(path)
     return archs
 
 
@@ -174,7 +175,7 @@ def search(protocol, data, out: Path, results: Path, seed: int) -> Genotype:
     summary row in search.csv. A recorded genotype is used as it is."""
     genotype_path = results / "genotypes" / f"searched-s{seed}.json"
     if genotype_path.exists():
-        return Genotype.load(genotype_path)
+        return read_genotype(genotype_path)
     run_dir = out / f"search-s{seed}"
     log = out / "logs" / f"search-s{seed}.log"
     if not (run_dir / "search.done").exists():
@@ -194,7 +195,7 @@ def search(protocol, data, out: Path, results: Path, seed: int) -> Genotype:
         "search_seed": seed, **summary, "val_miou": round(miou[-1], 4) if miou else "",
         "seconds": round(sum(float(r["seconds"]) for r in epochs), 1),
         "search_flags": " ".join(protocol["search"]), "machine": machine()}, SEARCH_FIELDS)
-    genotype.save(genotype_path)  # last: its presence marks the search as recorded
+    save_genotype(genotype, genotype_path)  # last: its presence marks the search as recorded
     return genotype
 
 
@@ -216,7 +217,7 @@ def retrain(protocol, data, out: Path, name: str, group: str, search_seed, genot
     genotype_path = run_dir.parent / f"{name}.json"
     if not genotype_path.exists():
         genotype_path.parent.mkdir(parents=True, exist_ok=True)
-        genotype.save(genotype_path)
+        save_genotype(genotype, genotype_path)
     if not (run_dir / "eval_val.json").exists():
         if not (run_dir / "train.done").exists():
             argv = [*data, *protocol["retrain"], "--genotype", str(genotype_path),
@@ -328,7 +329,7 @@ def summarise(results: Path, command: str) -> None:
         lines.append(f"| {r['arch']} | {r['seed']} | " + " | ".join(cells) + " |")
     lines += ["", "Cells (operation(input) per block):", ""]
     for name in dict.fromkeys(r["arch"] for r in rows):
-        blocks = Genotype.load(results / "genotypes" / f"{name}.json").cell
+        blocks = read_genotype(results / "genotypes" / f"{name}.json").cell
         lines.append(f"- {name}: " + "; ".join(" + ".join(f"{op}({i})" for i, op in block)
                                              for block in blocks))
     if searches:
@@ -425,7 +426,7 @@ def main(args) -> Path:
     def stage(name: str, group: str, search_seed, genotype: Genotype) -> None:
         path = results / "genotypes" / f"{name}.json"
         if not path.exists():
-            genotype.save(path)
+            save_genotype(genotype, path)
         for seed in args.seeds:
             if (name, seed) in done:
                 continue

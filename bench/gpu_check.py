@@ -243,9 +243,10 @@ def end_to_end(args, out: Path) -> dict:
 
 
 def ddp(args, out: Path) -> dict:
+    from engine.genotype_io import save_genotype
     from modeling.genotypes import GENOTYPES
     genotype = out / "autodeeplab.json"
-    GENOTYPES["autodeeplab"].save(genotype)
+    save_genotype(GENOTYPES["autodeeplab"], genotype)
     result = run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
                   "--standalone", "train.py", *TINY_RETRAIN, "--batch-size", "1",
                   "--device", args.device, "--genotype", str(genotype), "--out-dir",

@@ -32,7 +32,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.retrain import export_onnx, load_genotype, load_model, place  # noqa: E402
+from engine.genotype_io import load_genotype  # noqa: E402
+from engine.retrain import export_onnx, load_model, place  # noqa: E402
 from modeling.genotypes import GENOTYPES  # noqa: E402
 from modeling.retrain_net import (PAPER_FILTER_MULTIPLIERS, AutoDeepLab,  # noqa: E402
                                   RetrainConfig)

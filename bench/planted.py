@@ -42,6 +42,7 @@ from bench.common import (append_row, cell_text, machine, read_rows,  # noqa: E4
                           resume_or_start, search_summary)
 from dataloaders import dataset_info  # noqa: E402
 from dataloaders.datasets import planted_context, planted_operation  # noqa: E402
+from engine.genotype_io import save_genotype  # noqa: E402
 from modeling.genotypes import Genotype  # noqa: E402
 
 TASKS = {"context": planted_context, "operation": planted_operation}
@@ -118,7 +119,7 @@ def run_control(task: str, name: str, seed: int, extra: list[str], run_dir: Path
     genotype = Genotype(*module.CONTROLS[name])
     run = run_dir / "controls" / f"{task}-{name.replace(' ', '_')}-seed{seed}"
     run.mkdir(parents=True, exist_ok=True)
-    genotype.save(run / "control.json")
+    save_genotype(genotype, run / "control.json")
     run_script("train.py", ["--dataset", module.INFO.name, "--genotype", str(run / "control.json"),
                             "--seed", str(seed)], run, extra, "train.log")
     miou, seconds = run_metrics(run)

@@ -2,7 +2,6 @@
 training steps, inference (sliding window, scales, flip) and evaluation."""
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -20,6 +19,7 @@ from tqdm import tqdm
 
 from dataloaders import IGNORE_INDEX
 from engine.divergence import NonFiniteLoss
+from engine.genotype_io import load_genotype
 from modeling.genotypes import GENOTYPES, Genotype
 from modeling.search_space import DIRECTIONS, NUM_LEVELS
 from modeling.retrain_net import AutoDeepLab
@@ -58,30 +58,6 @@ def path_from_space(space: np.ndarray) -> tuple[int, ...]:
         level, direction = hits[0]
         path.append(int(level + DIRECTIONS[direction]))
     return tuple(path)
-
-
-# Architectures shipped with the project, each with a "found" line saying how it was found:
-# --genotype takes their names (the file names without .json) as well as paths.
-SHIPPED_GENOTYPES = Path(__file__).resolve().parents[1] / "genotypes"
-
-
-def shipped_genotypes() -> dict[str, Path]:
-    """Name -> file of the genotypes in genotypes/."""
-    return {path.stem: path for path in sorted(SHIPPED_GENOTYPES.glob("*.json"))}
-
-
-def load_genotype(spec: str | os.PathLike) -> Genotype:
-    """The genotype in file `spec`, or the shipped genotype of that name (a file wins)."""
-    path = Path(spec)
-    shipped = shipped_genotypes()
-    if not path.exists() and str(spec) in shipped:
-        path = shipped[str(spec)]
-        found = json.loads(path.read_text()).get("found", "")
-        log.info("genotype %s (%s): %s", spec, path, found)
-    elif not path.exists():
-        raise UserError(f"genotype file {spec} does not exist; pass a genotype.json (from "
-                        f"decode_autodeeplab.py) or a shipped name: {', '.join(shipped)}")
-    return Genotype.load(path)
 
 
 def resolve_genotype(args) -> Genotype:

@@ -4,9 +4,10 @@ A `Genotype` is the contract between search and retraining: the level of every l
 network path and, per cell block, the two `(input_index, operation)` pairs it keeps. Input
 indices follow paper section 3: 0 = H(l-2), 1 = H(l-1), k + 1 = block k (1-based).
 
-On disk it lives in two forms, both written by `decode_autodeeplab.py`:
-- `genotype.json` (`to_json` / `from_json`, `save` / `load`), the one retraining reads;
-- the seed's arrays (`to_arrays` / `from_arrays`, `save_arrays` / `load_arrays`):
+On disk it lives in two forms, both written by `decode_autodeeplab.py` (the files are read and
+written by engine/genotype_io.py; this module only converts):
+- `genotype.json` (`to_json` / `from_json`), the one retraining reads;
+- the seed's arrays (`to_arrays` / `from_arrays`):
   `network_path.npy` (L,) levels, `network_path_space.npy` (L, 4, 3) one-hot transitions in
   the `probs` convention of `modeling/decoding.py`, and `genotype.npy` (2 * steps, 2) rows of
   `[global edge index, operation index]`, rows 2k and 2k + 1 being block k's two inputs in the
@@ -14,18 +15,13 @@ On disk it lives in two forms, both written by `decode_autodeeplab.py`:
 """
 from __future__ import annotations
 
-import json
 import numbers
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from modeling.search_space import (DIRECTIONS, NUM_LEVELS, PRIMITIVES, cell_edges, edge_offset,
                                    level_stride, num_edges)
-from utils.checkpoint import atomic_write, write_json
-from utils.errors import UserError
 
 GENOTYPE_FORMAT = "autodeeplab-genotype"
 GENOTYPE_VERSION = 1
@@ -41,6 +37,11 @@ MAX_FIRST_LEVEL = 1
 NONE_OP = "none"
 
 
+class GenotypeError(ValueError):
+    """A genotype that is not a network of the search space, or cannot be read as one. The
+    message is one line naming what is wrong; the entry scripts print it as a user error."""
+
+
 def input_name(index: int) -> str:
     """Readable name of a cell input index: H(l-2), H(l-1) or block k."""
     return {0: "H(l-2)", 1: "H(l-1)"}.get(index, f"block {index - 1}")
@@ -49,7 +50,7 @@ def input_name(index: int) -> str:
 def _as_int(value, what: str) -> int:
     # JSON gives int, numpy gives np.integer; bool is an int subclass but never a level or index.
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise UserError(f"{what} must be an integer, got {value!r}")
+        raise GenotypeError(f"{what} must be an integer, got {value!r}")
     return int(value)
 
 
@@ -60,7 +61,7 @@ class Genotype:
     network_path: level (0..3, stride 4 * 2^level) of every layer, layer 0 first.
     cell: one pair per block of `(input_index, operation_name)`.
     Lists are accepted and stored as tuples, so records are hashable and compare by value.
-    Invalid contents raise `UserError` with a one-line message.
+    Invalid contents raise `GenotypeError` with a one-line message.
     """
 
     network_path: tuple[int, ...]
@@ -72,9 +73,9 @@ class Genotype:
             cell = tuple(tuple((_as_int(inp, "genotype cell input index"), op)
                                for inp, op in block) for block in self.cell)
         except (TypeError, ValueError) as err:
-            raise UserError(f"genotype is malformed: network_path must be a list of levels "
-                            f"and cell a list of [[input, operation], [input, operation]] "
-                            f"pairs ({err})") from err
+            raise GenotypeError(f"genotype is malformed: network_path must be a list of levels "
+                                f"and cell a list of [[input, operation], [input, operation]] "
+                                f"pairs ({err})") from err
         object.__setattr__(self, "network_path", path)
         object.__setattr__(self, "cell", cell)
         self.validate()
@@ -95,44 +96,44 @@ class Genotype:
         return tuple(level_stride(level) for level in self.network_path)
 
     def validate(self) -> None:
-        """Raise UserError (one line) unless path and cell describe a network of the space."""
+        """Raise GenotypeError (one line) unless path and cell describe a network of the space."""
         path = self.network_path
         if not path:
-            raise UserError("genotype network path is empty; it needs one level per layer")
+            raise GenotypeError("genotype network path is empty; it needs one level per layer")
         for layer, level in enumerate(path):
             if not 0 <= level < NUM_LEVELS:
-                raise UserError(f"genotype network path has level {level} at layer {layer}; "
-                                f"levels are 0..{NUM_LEVELS - 1} (stride 4..32)")
+                raise GenotypeError(f"genotype network path has level {level} at layer {layer}; "
+                                    f"levels are 0..{NUM_LEVELS - 1} (stride 4..32)")
         if path[0] > MAX_FIRST_LEVEL:
-            raise UserError(f"genotype network path starts at level {path[0]}; the first layer "
-                            f"must be at level 0 or {MAX_FIRST_LEVEL} (stride 4 or 8)")
+            raise GenotypeError(f"genotype network path starts at level {path[0]}; the first layer "
+                                f"must be at level 0 or {MAX_FIRST_LEVEL} (stride 4 or 8)")
         for layer in range(1, len(path)):
             if abs(path[layer] - path[layer - 1]) > 1:
-                raise UserError(f"genotype network path jumps from level {path[layer - 1]} to "
-                                f"{path[layer]} between layers {layer - 1} and {layer}; a path "
-                                f"moves at most one level per layer")
+                raise GenotypeError(f"genotype network path jumps from level {path[layer - 1]} to "
+                                    f"{path[layer]} between layers {layer - 1} and {layer}; a path "
+                                    f"moves at most one level per layer")
         if not self.cell:
-            raise UserError("genotype cell has no blocks; it needs at least one")
+            raise GenotypeError("genotype cell has no blocks; it needs at least one")
         for block, pairs in enumerate(self.cell):
             name = f"genotype cell block {block + 1}"
             if len(pairs) != INPUTS_PER_BLOCK:
-                raise UserError(f"{name} has {len(pairs)} inputs; every block has exactly "
-                                f"{INPUTS_PER_BLOCK}")
+                raise GenotypeError(f"{name} has {len(pairs)} inputs; every block has exactly "
+                                    f"{INPUTS_PER_BLOCK}")
             available = 2 + block  # H(l-2), H(l-1) and the blocks before this one
             for inp, op in pairs:
                 if not 0 <= inp < available:
                     readable = ", ".join(f"{i} = {input_name(i)}" for i in range(available))
-                    raise UserError(f"{name} reads input {inp}, which does not exist yet; "
-                                    f"block {block + 1} can read {readable}")
+                    raise GenotypeError(f"{name} reads input {inp}, which does not exist yet; "
+                                        f"block {block + 1} can read {readable}")
                 if op == NONE_OP:
-                    raise UserError(f"{name} uses '{NONE_OP}' on input {inp}; a cell keeps "
-                                    f"only real operations")
+                    raise GenotypeError(f"{name} uses '{NONE_OP}' on input {inp}; a cell keeps "
+                                        f"only real operations")
                 if op not in PRIMITIVES:
-                    raise UserError(f"{name} uses unknown operation {op!r}; known: "
-                                    f"{', '.join(p for p in PRIMITIVES if p != NONE_OP)}")
+                    raise GenotypeError(f"{name} uses unknown operation {op!r}; known: "
+                                        f"{', '.join(p for p in PRIMITIVES if p != NONE_OP)}")
             if pairs[0][0] == pairs[1][0]:
-                raise UserError(f"{name} reads input {pairs[0][0]} twice; its two inputs must "
-                                f"be different states")
+                raise GenotypeError(f"{name} reads input {pairs[0][0]} twice; its two inputs must "
+                                    f"be different states")
 
     # --- JSON form ------------------------------------------------------------------------
 
@@ -151,50 +152,30 @@ class Genotype:
 
     @classmethod
     def from_json(cls, obj) -> "Genotype":
-        """Rebuild from a `to_json` dict; extra keys are ignored. Raises UserError (one line)."""
+        """Rebuild from a `to_json` dict; extra keys are ignored. Raises GenotypeError."""
         if not isinstance(obj, dict):
-            raise UserError(f"genotype must be a JSON object, got {type(obj).__name__}")
+            raise GenotypeError(f"genotype must be a JSON object, got {type(obj).__name__}")
         if obj.get("format") != GENOTYPE_FORMAT:
-            raise UserError(f"genotype has format {obj.get('format')!r}, expected "
-                            f"{GENOTYPE_FORMAT!r}; write it with decode_autodeeplab.py")
+            raise GenotypeError(f"genotype has format {obj.get('format')!r}, expected "
+                                f"{GENOTYPE_FORMAT!r}; write it with decode_autodeeplab.py")
         if obj.get("version") != GENOTYPE_VERSION:
-            raise UserError(f"genotype has version {obj.get('version')!r}; this code reads "
-                            f"version {GENOTYPE_VERSION}")
+            raise GenotypeError(f"genotype has version {obj.get('version')!r}; this code reads "
+                                f"version {GENOTYPE_VERSION}")
         missing = [key for key in ("network_path", "cell") if key not in obj]
         if missing:
-            raise UserError(f"genotype has no {' or '.join(missing)} entry")
+            raise GenotypeError(f"genotype has no {' or '.join(missing)} entry")
         # Operations are stored by name, but a different list means a different search space.
         if "primitives" in obj and list(obj["primitives"]) != list(PRIMITIVES):
-            raise UserError(f"genotype was searched over operations {obj['primitives']}, "
-                            f"not this project's {list(PRIMITIVES)}")
+            raise GenotypeError(f"genotype was searched over operations {obj['primitives']}, "
+                                f"not this project's {list(PRIMITIVES)}")
         if not isinstance(obj["network_path"], list) or not isinstance(obj["cell"], list):
-            raise UserError("genotype network_path and cell must be JSON lists")
+            raise GenotypeError("genotype network_path and cell must be JSON lists")
         genotype = cls(network_path=obj["network_path"], cell=obj["cell"])
         for key, actual, field in (("num_layers", genotype.num_layers, "network_path"),
                                    ("steps", genotype.steps, "cell")):
             if key in obj and obj[key] != actual:
-                raise UserError(f"genotype says {key}={obj[key]!r} but len({field}) = {actual}")
+                raise GenotypeError(f"genotype says {key}={obj[key]!r} but len({field}) = {actual}")
         return genotype
-
-    def save(self, path: str | os.PathLike) -> None:
-        """Write `genotype.json` atomically."""
-        write_json(self.to_json(), path)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> "Genotype":
-        """Read a `genotype.json`; any problem is a UserError naming the file."""
-        path = Path(path)
-        if not path.is_file():
-            raise UserError(f"genotype file {path} does not exist; write one with "
-                            f"decode_autodeeplab.py --resume RUN/checkpoint.pth.tar")
-        try:
-            obj = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise UserError(f"genotype file {path} is not valid JSON ({err})") from err
-        try:
-            return cls.from_json(obj)
-        except UserError as err:
-            raise UserError(f"genotype file {path} is invalid: {err}") from err
 
     # --- array form (the seed's .npy files) -----------------------------------------------
 
@@ -211,18 +192,18 @@ class Genotype:
     def from_arrays(cls, network_path, network_path_space, genotype_array) -> "Genotype":
         """Rebuild from the arrays of `to_arrays`; `network_path_space` may be None.
 
-        Raises UserError if the arrays have the wrong shape or disagree with each other.
+        Raises GenotypeError if the arrays have the wrong shape or disagree with each other.
         """
         network_path = np.asarray(network_path)
         genotype_array = np.asarray(genotype_array)
         if network_path.ndim != 1 or not np.issubdtype(network_path.dtype, np.integer):
-            raise UserError(f"network_path array must be 1-D integer levels, got shape "
-                            f"{network_path.shape} of {network_path.dtype}")
+            raise GenotypeError(f"network_path array must be 1-D integer levels, got shape "
+                                f"{network_path.shape} of {network_path.dtype}")
         if (genotype_array.ndim != 2 or genotype_array.shape[1] != 2
                 or genotype_array.shape[0] % INPUTS_PER_BLOCK
                 or not np.issubdtype(genotype_array.dtype, np.integer)):
-            raise UserError(f"genotype array must be integer (2 * steps, 2), got shape "
-                            f"{genotype_array.shape} of {genotype_array.dtype}")
+            raise GenotypeError(f"genotype array must be integer (2 * steps, 2), got shape "
+                                f"{genotype_array.shape} of {genotype_array.dtype}")
         steps = genotype_array.shape[0] // INPUTS_PER_BLOCK
         edges = cell_edges(steps)
         cell = []
@@ -230,12 +211,12 @@ class Genotype:
             pairs = []
             for edge, op in genotype_array[INPUTS_PER_BLOCK * block:INPUTS_PER_BLOCK * (block + 1)]:
                 if not 0 <= edge < num_edges(steps) or edges[edge][0] != block:
-                    raise UserError(f"genotype array row for block {block + 1} names edge "
-                                    f"{edge}, which does not enter block {block + 1} (edges "
-                                    f"{edge_offset(block)}..{edge_offset(block + 1) - 1})")
+                    raise GenotypeError(f"genotype array row for block {block + 1} names edge "
+                                        f"{edge}, which does not enter block {block + 1} (edges "
+                                        f"{edge_offset(block)}..{edge_offset(block + 1) - 1})")
                 if not 0 <= op < len(PRIMITIVES):
-                    raise UserError(f"genotype array names operation index {op}; indices are "
-                                    f"0..{len(PRIMITIVES) - 1}")
+                    raise GenotypeError(f"genotype array names operation index {op}; indices are "
+                                        f"0..{len(PRIMITIVES) - 1}")
                 pairs.append((int(edges[edge][1]), PRIMITIVES[op]))
             cell.append(tuple(pairs))
         genotype = cls(network_path=tuple(int(v) for v in network_path), cell=tuple(cell))
@@ -243,42 +224,9 @@ class Genotype:
             space = np.asarray(network_path_space)
             expected = path_space(genotype.network_path)
             if space.shape != expected.shape or not np.array_equal(space != 0, expected != 0):
-                raise UserError(f"network_path_space array (shape {space.shape}) is not the "
-                                f"one-hot of network_path {list(genotype.network_path)}")
+                raise GenotypeError(f"network_path_space array (shape {space.shape}) is not the "
+                                    f"one-hot of network_path {list(genotype.network_path)}")
         return genotype
-
-    def save_arrays(self, directory: str | os.PathLike) -> list[Path]:
-        """Write the three .npy files into `directory` atomically; return their paths."""
-        directory = Path(directory)
-        written = []
-        for name, array in zip((NETWORK_PATH_NPY, NETWORK_PATH_SPACE_NPY, GENOTYPE_NPY),
-                               self.to_arrays()):
-            written.append(directory / name)
-            atomic_write(written[-1], lambda tmp, a=array: _save_npy(tmp, a))
-        return written
-
-    @classmethod
-    def load_arrays(cls, directory: str | os.PathLike) -> "Genotype":
-        """Read the three .npy files of `save_arrays`; problems are UserErrors naming a file."""
-        directory = Path(directory)
-        arrays = []
-        for name in (NETWORK_PATH_NPY, NETWORK_PATH_SPACE_NPY, GENOTYPE_NPY):
-            file = directory / name
-            try:
-                arrays.append(np.load(file, allow_pickle=False))
-            except (OSError, ValueError, EOFError) as err:
-                raise UserError(f"cannot read {file} ({err}); write it with "
-                                f"decode_autodeeplab.py") from err
-        try:
-            return cls.from_arrays(*arrays)
-        except UserError as err:
-            raise UserError(f"arrays in {directory} are invalid: {err}") from err
-
-
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    # np.save(path) would append ".npy" to the temporary name; a file handle keeps it.
-    with open(path, "wb") as f:
-        np.save(f, array)
 
 
 def path_space(network_path) -> np.ndarray:
@@ -342,7 +290,7 @@ def random_genotype(num_layers: int, steps: int, rng: np.random.Generator) -> Ge
 
 
 def get_genotype(name: str) -> Genotype:
-    """A named genotype from `GENOTYPES`; an unknown name is a UserError listing the known."""
+    """A named genotype from `GENOTYPES`; an unknown name is a GenotypeError listing the known."""
     if name not in GENOTYPES:
-        raise UserError(f"unknown genotype {name!r}; known: {', '.join(sorted(GENOTYPES))}")
+        raise GenotypeError(f"unknown genotype {name!r}; known: {', '.join(sorted(GENOTYPES))}")
     return GENOTYPES[name]

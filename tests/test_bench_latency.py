@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from bench import latency
-from engine.retrain import load_genotype
+from engine.genotype_io import load_genotype
 
 
 @pytest.fixture(autouse=True)

@@ -19,6 +19,7 @@ from config_utils import search_args, train_args
 from dataloaders import IGNORE_INDEX, ROOT_VARIABLES, build_dataset, dataset_info
 from dataloaders.datasets import coco
 from dataloaders.transforms import ResizeShorter
+from engine.genotype_io import save_genotype
 from modeling.genotypes import GENOTYPES, Genotype
 from tests import fixtures_layouts as layouts
 from utils.errors import UserError
@@ -273,7 +274,7 @@ def test_one_iteration_search_and_retrain(tmp_path, trees, name):
     assert len(rows) == 1 and 0.0 <= float(rows[0]["val_miou"]) <= 1.0
 
     genotype = tmp_path / "genotype.json"
-    Genotype((0, 1, 1), GENOTYPES["autodeeplab"].cell).save(genotype)
+    save_genotype(Genotype((0, 1, 1), GENOTYPES["autodeeplab"].cell), genotype)
     train.main(train_args.get_args_parser().parse_args(
         [*root, *RETRAIN_TINY, "--genotype", str(genotype), "--out-dir",
          str(tmp_path / "retrain")]))

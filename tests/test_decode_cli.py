@@ -16,6 +16,7 @@ import torch
 
 from config_utils.decode_args import get_args_parser
 from decode_autodeeplab import main
+from engine.genotype_io import load_genotype_arrays, read_genotype
 from modeling.decoding import arch_probabilities, genotype_from_arch, top_k_paths
 from modeling.genotypes import Genotype
 from modeling.search_space import DIRECTIONS, NUM_LEVELS, PRIMITIVES, level_stride, num_edges
@@ -78,8 +79,8 @@ def test_decode_writes_every_output_next_to_the_checkpoint(runs):
     folder = files["search"].parent
     expected = expected_genotype(files["search"])
 
-    assert Genotype.load(folder / "genotype.json") == expected
-    assert Genotype.load_arrays(folder) == expected
+    assert read_genotype(folder / "genotype.json") == expected
+    assert load_genotype_arrays(folder) == expected
     network_path = np.load(folder / "network_path.npy")
     assert network_path.tolist() == list(expected.network_path)
     assert np.load(folder / "network_path_space.npy").shape == (NUM_LAYERS, NUM_LEVELS, 3)
@@ -126,8 +127,8 @@ def test_best_checkpoint_into_another_folder(tmp_path, capsys):
     out = tmp_path / "elsewhere"
     decode_in_process("--resume", checkpoint, "--out-dir", out, "--no-plot", "--top-k", 3)
     expected = expected_genotype(checkpoint)
-    assert Genotype.load(out / "genotype.json") == expected
-    assert Genotype.load_arrays(out) == expected
+    assert read_genotype(out / "genotype.json") == expected
+    assert load_genotype_arrays(out) == expected
     assert not (out / "architecture.png").exists()  # --no-plot
     assert not (checkpoint.parent / "genotype.json").exists()
     stdout = capsys.readouterr().out

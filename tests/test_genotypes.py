@@ -7,9 +7,11 @@ import json
 import numpy as np
 import pytest
 
+from engine.genotype_io import (load_genotype_arrays, read_genotype, save_genotype,
+                                save_genotype_arrays)
 from modeling.genotypes import (GENOTYPE_NPY, GENOTYPES, NETWORK_PATH_NPY,
-                                NETWORK_PATH_SPACE_NPY, Genotype, count_paths, get_genotype,
-                                random_genotype)
+                                NETWORK_PATH_SPACE_NPY, Genotype, GenotypeError, count_paths,
+                                get_genotype, random_genotype)
 from modeling.search_space import PRIMITIVES, edge_offset
 from utils.errors import UserError
 
@@ -23,7 +25,7 @@ def test_paper_architecture_is_spec_section_5():
     assert (PAPER.num_layers, PAPER.steps) == (12, 5)
     assert PAPER.cell[2] == ((3, "sep_conv_3x3"), (0, "sep_conv_3x3"))
     assert get_genotype("autodeeplab") is PAPER
-    with pytest.raises(UserError, match="unknown genotype 'nasnet'; known: autodeeplab"):
+    with pytest.raises(GenotypeError, match="unknown genotype 'nasnet'; known: autodeeplab"):
         get_genotype("nasnet")
 
 
@@ -44,8 +46,8 @@ def test_json_has_the_contract_shape():
 def test_json_round_trips_through_dict_and_file(tmp_path):
     for genotype in (PAPER, SMALL):
         assert Genotype.from_json(genotype.to_json()) == genotype
-        genotype.save(tmp_path / "genotype.json")
-        assert Genotype.load(tmp_path / "genotype.json") == genotype
+        save_genotype(genotype, tmp_path / "genotype.json")
+        assert read_genotype(tmp_path / "genotype.json") == genotype
     extra = PAPER.to_json() | {"source": {"epoch": 3}, "path_probability": 0.1}
     assert Genotype.from_json(extra) == PAPER  # more keys are allowed
 
@@ -77,9 +79,9 @@ def test_arrays_of_the_paper_architecture():
 
 
 def test_array_files_round_trip(tmp_path):
-    written = PAPER.save_arrays(tmp_path)
+    written = save_genotype_arrays(PAPER, tmp_path)
     assert [p.name for p in written] == [NETWORK_PATH_NPY, NETWORK_PATH_SPACE_NPY, GENOTYPE_NPY]
-    assert Genotype.load_arrays(tmp_path) == PAPER
+    assert load_genotype_arrays(tmp_path) == PAPER
     np.testing.assert_array_equal(np.load(tmp_path / NETWORK_PATH_NPY), PAPER.network_path)
     assert not list(tmp_path.glob("*.tmp*"))  # atomic writes leave no temporaries
 
@@ -88,18 +90,18 @@ def test_inconsistent_arrays_are_rejected(tmp_path):
     network_path, space, genotype = PAPER.to_arrays()
     bad = genotype.copy()
     bad[2, 0] = 0  # edge 0 enters block 1, not block 2
-    with pytest.raises(UserError, match="does not enter block 2"):
+    with pytest.raises(GenotypeError, match="does not enter block 2"):
         Genotype.from_arrays(network_path, space, bad)
     bad = genotype.copy()
     bad[0, 1] = len(PRIMITIVES)
-    with pytest.raises(UserError, match="operation index 8"):
+    with pytest.raises(GenotypeError, match="operation index 8"):
         Genotype.from_arrays(network_path, space, bad)
-    with pytest.raises(UserError, match="one-hot"):
+    with pytest.raises(GenotypeError, match="one-hot"):
         Genotype.from_arrays(network_path, np.roll(space, 1, axis=0), genotype)
-    with pytest.raises(UserError, match=r"\(2 \* steps, 2\)"):
+    with pytest.raises(GenotypeError, match=r"\(2 \* steps, 2\)"):
         Genotype.from_arrays(network_path, space, genotype[:3])
     with pytest.raises(UserError, match=str(tmp_path / NETWORK_PATH_NPY)):
-        Genotype.load_arrays(tmp_path)
+        load_genotype_arrays(tmp_path)
 
 
 def _json(**changes):
@@ -141,7 +143,7 @@ INVALID = {
 @pytest.mark.parametrize("name", list(INVALID))
 def test_invalid_genotypes_give_one_line_errors(name):
     record, message = INVALID[name]
-    with pytest.raises(UserError) as info:
+    with pytest.raises(GenotypeError) as info:
         Genotype.from_json(record)
     assert message in str(info.value)
     assert "\n" not in str(info.value)
@@ -150,15 +152,15 @@ def test_invalid_genotypes_give_one_line_errors(name):
 def test_load_errors_name_the_file(tmp_path):
     missing = tmp_path / "nope.json"
     with pytest.raises(UserError, match=f"{missing} does not exist"):
-        Genotype.load(missing)
+        read_genotype(missing)
     broken = tmp_path / "broken.json"
     broken.write_text('{"format": "autodeeplab-genotype", ')
     with pytest.raises(UserError, match=f"{broken} is not valid JSON"):
-        Genotype.load(broken)
+        read_genotype(broken)
     invalid = tmp_path / "invalid.json"
     invalid.write_text(json.dumps(_json(network_path=[3])))
     with pytest.raises(UserError) as info:
-        Genotype.load(invalid)
+        read_genotype(invalid)
     assert str(invalid) in str(info.value) and "starts at level 3" in str(info.value)
     assert "\n" not in str(info.value)
 
@@ -169,7 +171,7 @@ def all_paths(num_layers):
     for path in itertools.product(range(4), repeat=num_layers):
         try:
             Genotype(path, SMALL.cell)
-        except UserError:
+        except GenotypeError:
             continue
         yield path
 

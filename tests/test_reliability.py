@@ -17,6 +17,7 @@ from PIL import Image
 import train
 import train_autodeeplab
 from config_utils import search_args, train_args
+from engine.genotype_io import read_genotype, save_genotype
 from modeling.genotypes import GENOTYPES, Genotype
 from utils.interrupt import Interrupted, exit_after_stop
 
@@ -166,7 +167,7 @@ def test_search_signal_writes_checkpoint_and_exits(tmp_path, search_reference, s
 @pytest.fixture
 def genotype_file(tmp_path):
     path = tmp_path / "genotype.json"
-    Genotype((0, 1, 1), GENOTYPES["autodeeplab"].cell).save(path)
+    save_genotype(Genotype((0, 1, 1), GENOTYPES["autodeeplab"].cell), path)
     return path
 
 
@@ -175,7 +176,7 @@ def retrain_reference(tmp_path_factory):
     """An uninterrupted retraining, with the genotype file it used."""
     folder = tmp_path_factory.mktemp("retrain_ref")
     genotype = folder / "genotype.json"
-    Genotype((0, 1, 1), GENOTYPES["autodeeplab"].cell).save(genotype)
+    save_genotype(Genotype((0, 1, 1), GENOTYPES["autodeeplab"].cell), genotype)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     out = retrain(*RETRAIN_RUN, "--genotype", genotype, "--out-dir", folder / "full")
@@ -381,8 +382,8 @@ def test_version_1_search_checkpoint_decodes_but_does_not_resume(tmp_path, capsy
     # Its alphas and betas mean what today's do: decoding it gives the same genotype.
     decode_autodeeplab.main(decode_parser().parse_args(["--resume", str(old)]))
     decode_autodeeplab.main(decode_parser().parse_args(["--resume", str(finished_search)]))
-    assert (Genotype.load(old.parent / "genotype.json")
-            == Genotype.load(finished_search.parent / "genotype.json"))
+    assert (read_genotype(old.parent / "genotype.json")
+            == read_genotype(finished_search.parent / "genotype.json"))
 
 
 @pytest.mark.parametrize("entry", ["resume", "eval", "predict"])

@@ -13,6 +13,7 @@ from PIL import Image
 import predict
 import train
 from config_utils.train_args import get_args_parser
+from engine.genotype_io import save_genotype
 from engine.retrain import load_model
 from modeling.genotypes import GENOTYPES, Genotype
 from modeling.retrain_net import AutoDeepLab
@@ -35,7 +36,7 @@ def one_thread():
 @pytest.fixture
 def genotype_file(tmp_path):
     path = tmp_path / "genotype.json"
-    Genotype(SHORT_PATH, GENOTYPES["autodeeplab"].cell).save(path)
+    save_genotype(Genotype(SHORT_PATH, GENOTYPES["autodeeplab"].cell), path)
     return path
 
 

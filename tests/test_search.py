@@ -156,7 +156,7 @@ def test_decode_of_a_real_search_checkpoint(tmp_path):
     """Search, then decode_autodeeplab.py on its checkpoint: files agree with the supernet."""
     import numpy as np
 
-    from modeling.genotypes import Genotype
+    from engine.genotype_io import read_genotype
 
     out = run_search(tmp_path, "--epochs", "2", "--alpha-epoch", "0", "--max-samples", "8",
                      "--no-val")
@@ -165,7 +165,7 @@ def test_decode_of_a_real_search_checkpoint(tmp_path):
                          text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     state = torch.load(out / "checkpoint.pth.tar", weights_only=True)
-    decoded = Genotype.load(out / "genotype.json")
+    decoded = read_genotype(out / "genotype.json")
     assert decoded.to_json()["network_path"] == state["genotype"]["network_path"]
     assert decoded.to_json()["cell"] == state["genotype"]["cell"]
     assert decoded.num_layers == 3 and decoded.steps == 2
@@ -222,11 +222,11 @@ def test_partial_channel_search_resumes_exactly_and_decodes(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     from modeling.decoding import genotype_from_arch
-    from modeling.genotypes import Genotype
+    from engine.genotype_io import read_genotype
 
     expected = genotype_from_arch(a["model"]["alphas"], a["model"]["betas"],
                                   a["model"]["edge_logits"])
-    assert Genotype.load(full / "genotype.json").to_json() == expected.to_json()
+    assert read_genotype(full / "genotype.json").to_json() == expected.to_json()
 
 
 def _tiny_supernet():

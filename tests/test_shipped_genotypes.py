@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.retrain import load_genotype, shipped_genotypes
+from engine.genotype_io import load_genotype, read_genotype, save_genotype, shipped_genotypes
 from modeling.genotypes import GENOTYPES, Genotype
 from utils.errors import UserError
 
@@ -20,7 +20,7 @@ def test_every_shipped_genotype_loads_and_says_how_it_was_found():
     for name, path in shipped.items():
         found = json.loads(path.read_text())["found"]
         assert isinstance(found, str) and len(found) > 40, name
-        assert load_genotype(name) == Genotype.load(path)
+        assert load_genotype(name) == read_genotype(path)
 
 
 def test_the_papers_file_is_the_papers_architecture():
@@ -29,7 +29,7 @@ def test_the_papers_file_is_the_papers_architecture():
 
 def test_a_file_wins_over_a_name_and_an_unknown_name_lists_the_shipped(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    Genotype((0, 1), GENOTYPES["autodeeplab"].cell).save(tmp_path / "autodeeplab")
+    save_genotype(Genotype((0, 1), GENOTYPES["autodeeplab"].cell), tmp_path / "autodeeplab")
     assert load_genotype("autodeeplab").network_path == (0, 1)
     with pytest.raises(UserError, match="does not exist; .* shipped name: autodeeplab, "):
         load_genotype("no-such-genotype")

@@ -1,7 +1,5 @@
 """Synchronised batch norm on the CPU: two gloo processes with one image each normalise,
 back-propagate and update running statistics exactly as one batch norm over both images."""
-import os
-
 import pytest
 import torch
 import torch.distributed as dist

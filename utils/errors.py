@@ -12,16 +12,27 @@ class UserError(Exception):
 
 
 EXIT_USER_ERROR = 2
+# Exception types of other layers that mean what UserError means, printed and exited alike;
+# modeling/ cannot import this module, so its GenotypeError is added by engine/__init__.py.
+_USER_ERRORS: list[type[Exception]] = [UserError]
+
+
+def treat_as_user_error(error_type: type[Exception]) -> type[Exception]:
+    """Have `exit_on_user_error` print `error_type` as a user error (one line, exit 2)."""
+    if error_type not in _USER_ERRORS:
+        _USER_ERRORS.append(error_type)
+    return error_type
 
 
 def exit_on_user_error(main):
-    """Wrap an entry point: a UserError prints `error: <message>` to stderr and exits 2."""
+    """Wrap an entry point: a UserError (or a type given to `treat_as_user_error`) prints
+    `error: <message>` to stderr and exits 2."""
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
         try:
             return main(*args, **kwargs)
-        except UserError as err:
+        except tuple(_USER_ERRORS) as err:
             logging.getLogger(__name__).debug("user error", exc_info=True)
             message = one_line(err)
             err.__traceback__ = None
