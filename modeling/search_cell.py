@@ -527,9 +527,10 @@ class SearchCell(nn.Module):
         steps: blocks per cell (B in the paper's cell, 5).
         block_multiplier: how many of the last blocks are concatenated into the output.
         channels: C = F * 2^level, the width of every block.
-        incoming: for each incoming state, (direction, input channels); direction -1 means the
-            state comes from one level finer (stride-2 reduction, paper section 5.1), 0 the
-            same level, +1 one level coarser (bilinear upsampling, then a 1x1 conv).
+        incoming: for each incoming state, (direction, input channels); direction is this
+            node's level minus the state's, as `DIRECTIONS` and the retrained cell count it:
+            +1, the state comes from one level finer (stride-2 reduction, paper section 5.1),
+            0 the same level, -1 one level coarser (bilinear upsampling, then a 1x1 conv).
         prev_prev_channels: channels of H(l-2), the node that `prev_prev_level` picks at
             layer l-2; resized to this level first where it sits at another.
         partial_channels: K of PC-DARTS' partial channel connections; 1 is the paper's cell.
@@ -552,7 +553,7 @@ class SearchCell(nn.Module):
         groups = len(incoming)
         self.preprocess = nn.ModuleList()
         for direction, c_in in incoming:
-            if direction < 0:
+            if direction > 0:
                 self.preprocess.append(FactorizedReduce(c_in, channels, affine=False))
             elif direction == 0:
                 self.preprocess.append(ReLUConvBN(c_in, channels, 1, affine=False))
@@ -581,7 +582,7 @@ class SearchCell(nn.Module):
         c, groups, parts = self.channels, len(inputs), self.partial_channels
         states = []
         for pre, direction, h in zip(self.preprocess, self.directions, inputs):
-            states.append(nhwc(pre(h, size) if direction > 0 else pre(h)))
+            states.append(nhwc(pre(h, size) if direction < 0 else pre(h)))
         n = states[0].shape[0]
         x = torch.stack(states, dim=3)  # (N, H, W, G, C)
 

@@ -108,9 +108,7 @@ class AutoDeepLabSearch(nn.Module):
                 self.incoming[(layer, target)] = sources
                 source = prev_prev_level(target, layer_levels(layer - 2))
                 self.prev_prev_levels[(layer, target)] = source
-                # A move to a coarser level is direction +1 in DIRECTIONS, which the cell
-                # sees as an input from one level finer (-1): it reduces.
-                incoming = [(-DIRECTIONS[d], cfg.output_channels(layer - 1, s))
+                incoming = [(DIRECTIONS[d], cfg.output_channels(layer - 1, s))
                             for s, d in sources]
                 self.cells[self._key(layer, target)] = SearchCell(
                     cfg.steps, cfg.block_multiplier, cfg.level_channels(target), incoming,

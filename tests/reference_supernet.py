@@ -65,7 +65,7 @@ def cell(cell_module, inputs, prev_prev, alphas, betas, size, edge_weights=None)
     parts = cell_module.partial_channels
     outs = []
     for pre, direction, h in zip(cell_module.preprocess, cell_module.directions, inputs):
-        s1 = pre(h, size) if direction > 0 else pre(h)
+        s1 = pre(h, size) if direction < 0 else pre(h)
         states = [cell_module.preprocess_prev_prev(prev_prev, size), s1]
         for b in range(steps):
             terms = []
