@@ -146,17 +146,24 @@ class SharedSourceOps(nn.Module):
         self.channels, self.num_edges, self.groups = channels, num_edges, groups
         self.fast_paths = fast_paths
         c, k, wide = channels, num_edges, groups * num_edges * channels
-        for name, size in (("sep_conv_3x3", 3), ("sep_conv_5x5", 5)):
-            setattr(self, f"{name}_dw1", _conv_weight(k, c, 1, size))
-            setattr(self, f"{name}_pw1", _conv_weight(k, c, c, 1))
-            setattr(self, f"{name}_dw2", _conv_weight(k, c, 1, size))
-            setattr(self, f"{name}_pw2", _conv_weight(k, c, c, 1))
+        # Separable convolutions, twice depthwise then pointwise (`_separable` reads them by
+        # name: <type>_dw<stage>, <type>_pw<stage>).
+        self.sep_conv_3x3_dw1 = _conv_weight(k, c, 1, 3)
+        self.sep_conv_3x3_pw1 = _conv_weight(k, c, c, 1)
+        self.sep_conv_3x3_dw2 = _conv_weight(k, c, 1, 3)
+        self.sep_conv_3x3_pw2 = _conv_weight(k, c, c, 1)
+        self.sep_conv_5x5_dw1 = _conv_weight(k, c, 1, 5)
+        self.sep_conv_5x5_pw1 = _conv_weight(k, c, c, 1)
+        self.sep_conv_5x5_dw2 = _conv_weight(k, c, 1, 5)
+        self.sep_conv_5x5_pw2 = _conv_weight(k, c, c, 1)
         # Both separable types run as one tensor, channels (type, group, edge, channel).
         self.sep_conv_bn1 = AffineFreeBN(len(SEP_CONVS) * wide)
         self.sep_conv_bn2 = AffineFreeBN(len(SEP_CONVS) * wide)
-        for name, size in (("atrous_conv_3x3", 3), ("atrous_conv_5x5", 5)):
-            setattr(self, name, _conv_weight(k, c, c, size))
-            setattr(self, f"{name}_bn", AffineFreeBN(wide))
+        # Dilated convolutions (read by name in `forward`: <type>, <type>_bn).
+        self.atrous_conv_3x3 = _conv_weight(k, c, c, 3)
+        self.atrous_conv_3x3_bn = AffineFreeBN(wide)
+        self.atrous_conv_5x5 = _conv_weight(k, c, c, 5)
+        self.atrous_conv_5x5_bn = AffineFreeBN(wide)
         self.max_pool_bn = AffineFreeBN(groups * c)
         self.avg_pool_bn = AffineFreeBN(groups * c)
 
