@@ -17,6 +17,7 @@ from modeling.decoding import (arch_probabilities, decode_margins, genotype_from
                                level_distribution, mean_entropies)
 from modeling.genotypes import Genotype
 from modeling.search_space import NUM_LEVELS
+from utils.latency import describe_device
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -56,9 +57,8 @@ def resume_or_start(run_dir: Path, argv: list[str]) -> list[str]:
 
 def machine() -> str:
     """The machine a figure was taken on, as far as the row needs it."""
-    device = (torch.cuda.get_device_name() if torch.cuda.is_available()
-              else f"CPU, {torch.get_num_threads()} threads")
-    return f"{platform.machine()}, {device}"
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return f"{platform.machine()}, {describe_device(device)}"
 
 
 def cell_text(genotype: Genotype) -> str:
