@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -53,10 +52,17 @@ def retrain(*argv):
     return train.main(train_args.get_args_parser().parse_args(list(map(str, argv))))
 
 
-def spawn(script, *argv, session=False):
+def spawn(script, *argv, session=False, signal_at=None):
     """A training subprocess; `session=True` gives it its own process group (a terminal's
-    Ctrl-C reaches the whole group, DataLoader workers included)."""
-    return subprocess.Popen([sys.executable, script, *map(str, argv)], cwd=REPO, env=ENV,
+    Ctrl-C reaches the whole group, DataLoader workers included). `signal_at=(count, signum)`
+    makes it send itself `signum` (to its whole group with `session`) after `count`
+    optimizer steps."""
+    command = [sys.executable, script]
+    if signal_at is not None:  # tests/signal_at_step.py
+        count, signum = signal_at
+        command = [sys.executable, "tests/signal_at_step.py", str(count), str(int(signum)),
+                   "group" if session else "self", script]
+    return subprocess.Popen([*command, *map(str, argv)], cwd=REPO, env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             start_new_session=session)
 
@@ -68,25 +74,6 @@ def cli(script, *argv, timeout=180):
 
 def load(path):
     return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def wait_for_checkpoint(proc, path, ready, timeout=120):
-    """Poll `path` until `ready(state)`; the checkpoint is replaced atomically, so every read
-    sees a whole file."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"the run ended (code {proc.returncode}) before the checkpoint "
-                        f"wanted appeared: {proc.stderr.read()[-2000:]}")
-        if path.exists():
-            try:
-                if ready(load(path)):
-                    return
-            except (RuntimeError, EOFError):
-                pass  # replaced while being read on a slow file system: try again
-        time.sleep(0.02)
-    proc.kill()
-    pytest.fail("no checkpoint in time")
 
 
 def metrics_rows(run, drop):
@@ -110,25 +97,19 @@ def search_reference(tmp_path_factory):
     return dict(load(out / "checkpoint.pth.tar"), out=out)
 
 
-def mid_second_epoch(state):
-    """A checkpoint inside the second epoch, where A and B both advance."""
-    position = state.get("position")
-    return state["epoch"] == 1 and position is not None and 1 <= position["batch"] <= 5
-
-
 # ---------------------------------------------------------------- interruption and resume
 
 
 @pytest.mark.slow
 def test_search_killed_mid_epoch_resumes_bit_identical(tmp_path, search_reference):
     out = tmp_path / "killed"
+    # Killed in the fourth batch of the second epoch: 8 weight steps, then 3 batches of a
+    # weight and an architecture step, then one more step.
     proc = spawn("train_autodeeplab.py", *SEARCH_RUN, "--checkpoint-interval", "1",
-                 "--out-dir", out)
-    wait_for_checkpoint(proc, out / "checkpoint.pth.tar", mid_second_epoch)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
+                 "--out-dir", out, signal_at=(8 + 2 * 3 + 1, signal.SIGKILL))
+    assert proc.wait(timeout=120) == -signal.SIGKILL
     killed = load(out / "checkpoint.pth.tar")
-    assert killed["position"] is not None and killed["epoch"] == 1  # killed mid-epoch
+    assert killed["epoch"] == 1 and killed["position"]["batch"] == 3  # killed mid-epoch
     assert killed["b_consumed"] == killed["position"]["batch"]
     search("--resume", out / "checkpoint.pth.tar")
     resumed = load(out / "checkpoint.pth.tar")
@@ -151,14 +132,14 @@ def test_search_signal_writes_checkpoint_and_exits(tmp_path, search_reference, s
     out = tmp_path / "signalled"
     # No periodic checkpoints: the only mid-epoch one is the signal's. SIGINT goes to the
     # whole process group, as Ctrl-C does, workers included.
+    # whole process group, as Ctrl-C does, workers included. The signal lands inside the
+    # third batch of the second epoch, which finishes before the run stops.
     proc = spawn("train_autodeeplab.py", *SEARCH_RUN, "--checkpoint-interval", "0",
-                 "--workers", workers, "--out-dir", out, session=True)
-    wait_for_checkpoint(proc, out / "checkpoint.pth.tar", lambda s: s["epoch"] == 1)
-    os.killpg(proc.pid, signum) if signum == signal.SIGINT else proc.send_signal(signum)
-    assert proc.wait(timeout=60) == code, proc.stderr.read()[-2000:]
+                 "--workers", workers, "--out-dir", out, session=True,
+                 signal_at=(8 + 2 * 2 + 1, signum))
+    assert proc.wait(timeout=120) == code, proc.stderr.read()[-2000:]
     stopped = load(out / "checkpoint.pth.tar")
-    assert stopped["epoch"] == 1 and stopped["position"] is not None
-    assert 0 < stopped["position"]["batch"] <= 8
+    assert stopped["epoch"] == 1 and stopped["position"]["batch"] == 3
     assert "--resume" in proc.stderr.read()
     search("--resume", out / "checkpoint.pth.tar", "--workers", "0")
     assert_same_model(search_reference["model"], load(out / "checkpoint.pth.tar")["model"])
@@ -189,15 +170,14 @@ def test_retrain_killed_mid_interval_resumes_bit_identical(tmp_path, retrain_ref
     reference, full = retrain_reference, retrain_reference["out"]
     genotype_file = retrain_reference["genotype"]
     out = tmp_path / "killed"
+    # Killed in step 10: inside the second interval and the second epoch (steps 7..13,
+    # epochs of 6 steps); the last checkpoint is step 9's.
     proc = spawn("train.py", *RETRAIN_RUN, "--genotype", genotype_file,
-                 "--checkpoint-interval", "1", "--out-dir", out)
-    # Inside the second interval and the second epoch (steps 7..13, epochs of 6 steps).
-    wait_for_checkpoint(proc, out / "checkpoint.pth.tar",
-                        lambda s: s["position"] is not None and 8 <= s["step"] <= 11)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
+                 "--checkpoint-interval", "1", "--out-dir", out,
+                 signal_at=(10, signal.SIGKILL))
+    assert proc.wait(timeout=120) == -signal.SIGKILL
     killed = load(out / "checkpoint.pth.tar")
-    assert killed["position"] is not None and 8 <= killed["step"] < 14
+    assert killed["position"] is not None and killed["step"] == 9
     retrain("--resume", out / "checkpoint.pth.tar")
     resumed = load(out / "checkpoint.pth.tar")
     assert resumed["step"] == reference["step"] == 14
@@ -212,14 +192,13 @@ def test_retrain_killed_mid_interval_resumes_bit_identical(tmp_path, retrain_ref
 def test_retrain_sigterm_writes_checkpoint_and_exits_143(tmp_path, retrain_reference):
     out = tmp_path / "signalled"
     proc = spawn("train.py", *RETRAIN_RUN, "--genotype", retrain_reference["genotype"],
-                 "--checkpoint-interval", "0", "--out-dir", out)
-    wait_for_checkpoint(proc, out / "checkpoint.pth.tar", lambda s: s["step"] == 7)
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=60) == 143, proc.stderr.read()[-2000:]
+                 "--checkpoint-interval", "0", "--out-dir", out,
+                 signal_at=(10, signal.SIGTERM))
+    assert proc.wait(timeout=120) == 143, proc.stderr.read()[-2000:]
     checkpoint = out / "checkpoint.pth.tar"
     assert f"continue with: python train.py --resume {checkpoint}" in proc.stderr.read()
     stopped = load(checkpoint)
-    assert 7 < stopped["step"] < 14 and stopped["position"] is not None
+    assert stopped["step"] == 10 and stopped["position"] is not None
     retrain("--resume", out / "checkpoint.pth.tar")
     assert_same_model(retrain_reference["model"], load(out / "checkpoint.pth.tar")["model"])
 

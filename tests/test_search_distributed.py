@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -26,9 +25,16 @@ TINY = ["--dataset", "synthetic", "--filter-multiplier", "2", "--num-layers", "3
 RUN = [*TINY, "--epochs", "2", "--alpha-epoch", "1", "--max-samples", "32"]
 
 
-def torchrun(*argv, **popen):
+def torchrun(*argv, signal_rank=None, **popen):
+    """Two gloo processes; `signal_rank=(rank, count, signum)` makes that rank send itself
+    `signum` after `count` optimizer steps (tests/signal_at_step.py)."""
+    script = ["train_autodeeplab.py"]
+    if signal_rank is not None:
+        rank, count, signum = signal_rank
+        script = ["tests/signal_at_step.py", str(count), str(int(signum)), f"rank={rank}",
+                  *script]
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               "--nproc_per_node=2", "train_autodeeplab.py", *map(str, argv)]
+               "--nproc_per_node=2", *script, *map(str, argv)]
     if popen:
         return subprocess.Popen(command, cwd=REPO, env=ENV, text=True, **popen)
     return subprocess.run(command, cwd=REPO, env=ENV, capture_output=True, text=True,
@@ -96,41 +102,20 @@ def test_two_processes_search_in_sync_and_rank_0_writes(reference):
         assert not torch.equal(state["model"][name], init[name]), name
 
 
-def rank_pid(parent: int, rank: int) -> int:
-    """The pid of torchrun's worker `rank`, a child of `parent`."""
-    for entry in Path("/proc").iterdir():
-        try:
-            if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) != parent:
-                continue
-            if f"RANK={rank}".encode() in (entry / "environ").read_bytes().split(b"\0"):
-                return int(entry.name)
-        except (OSError, ValueError, IndexError):
-            continue
-    raise LookupError(f"no worker of rank {rank} under pid {parent}")
-
-
 @pytest.mark.slow
 def test_sigterm_to_one_rank_stops_all_and_resume_is_bit_identical(tmp_path, reference):
     out = tmp_path / "stopped"
+    # Rank 1 only, inside the second batch of the second epoch (4 weight steps, a weight and
+    # an architecture step, one more): rank 0 must stop too.
     proc = torchrun(*RUN, "--checkpoint-interval", "1", "--out-dir", out,
+                    signal_rank=(1, 4 + 2 + 1, signal.SIGTERM),
                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    checkpoint = out / "checkpoint.pth.tar"
-    deadline = time.time() + 120
-    while time.time() < deadline:  # wait for the first step of the second epoch
-        assert proc.poll() is None, proc.stderr.read()[-3000:]
-        try:
-            state = load(checkpoint) if checkpoint.exists() else None
-        except (RuntimeError, EOFError):
-            state = None  # replaced while being read
-        if state and state["epoch"] == 1 and state["position"]:
-            break
-        time.sleep(0.02)
-    os.kill(rank_pid(proc.pid, 1), signal.SIGTERM)  # rank 1 only: rank 0 must stop too
     proc.wait(timeout=120)
+    checkpoint = out / "checkpoint.pth.tar"
     stderr = proc.stderr.read()
     assert proc.returncode != 0 and "SIGTERM received" in stderr, stderr[-3000:]
     stopped = load(checkpoint)
-    assert stopped["epoch"] == 1 and 1 <= stopped["position"]["batch"] <= 4
+    assert stopped["epoch"] == 1 and stopped["position"]["batch"] == 2
     assert stopped["b_consumed"] == stopped["position"]["batch"]
 
     res = torchrun("--resume", checkpoint)
