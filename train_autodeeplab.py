@@ -22,8 +22,10 @@ from dataloaders import IGNORE_INDEX, build_dataset, build_loader, dataset_info,
 from engine.divergence import NonFiniteLoss, check_finite, diverged_error
 from engine.search import (Architect, BStream, EpochProgress, evaluate, split_train_set,
                            train_one_epoch)
+from engine.search_checkpoint import searched_over
 from modeling.decoding import (arch_probabilities, decode_margins, genotype_from_probabilities,
                                mean_entropies)
+from modeling.operations import PRIMITIVES
 from modeling.supernet import AutoDeepLabSearch, SupernetConfig
 from utils.allocator import allocator_in_use, preload_fast_allocator
 from utils.onednn import size_primitive_cache
@@ -147,6 +149,8 @@ def run(args, dist_info: DistInfo, dist_device):
                                    current_keys=CURRENT_KEYS)
     args = resolve_defaults(args)
     check_args(args)
+    if checkpoint is not None:
+        searched_over(checkpoint, args.resume, resume=True)  # the same operation table
     saved_world = checkpoint.get("world_size", 1) if checkpoint is not None else None
     if saved_world not in (None, dist_info.world_size):
         raise UserError(f"checkpoint {args.resume} was searched by {saved_world} process(es) "
@@ -194,7 +198,8 @@ def search(args, checkpoint, out_dir, device, dist_info, info, split, loader_a, 
     config = SupernetConfig(num_classes=info.num_classes, num_layers=args.num_layers,
                             filter_multiplier=args.filter_multiplier,
                             block_multiplier=args.block_multiplier, steps=args.steps,
-                            partial_channels=args.partial_channels)
+                            partial_channels=args.partial_channels,
+                            implementation=args.supernet)
     model = AutoDeepLabSearch(config, checkpoint_cells=args.checkpoint_cells).to(device)
     criterion = nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)
     # fused: one kernel over the supernet's 2,871 weight tensors (F=8) instead of torch's
@@ -230,8 +235,8 @@ def search(args, checkpoint, out_dir, device, dist_info, info, split, loader_a, 
         log.info("resumed from %s at epoch %d, batch %d (step %d)", args.resume, start_epoch,
                  progress.batch if progress else 0, global_step)
     n_weights = sum(p.numel() for p in model.weight_parameters())
-    log.info("supernet F=%d B=%d steps=%d L=%d%s: %.2fM weights", config.filter_multiplier,
-             config.block_multiplier, config.steps, config.num_layers,
+    log.info("%s supernet F=%d B=%d steps=%d L=%d%s: %.2fM weights", config.implementation,
+             config.filter_multiplier, config.block_multiplier, config.steps, config.num_layers,
              f" partial channels K={config.partial_channels}" if config.partial_channels > 1
              else "", n_weights / 1e6)
     writer = metrics_csv = checkpoint_path = None
@@ -246,6 +251,7 @@ def search(args, checkpoint, out_dir, device, dist_info, info, split, loader_a, 
         """Everything a resume needs; `position` is where a mid-epoch checkpoint stands."""
         return {"kind": SEARCH_KIND, "version": SEARCH_VERSION,
                 "model": model.state_dict(), "model_args": model.model_args(),
+                "primitives": list(PRIMITIVES),
                 "weight_optimizer": weight_optimizer.state_dict(),
                 "arch_optimizer": architect.optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "epoch": epochs_done,

@@ -12,10 +12,10 @@ recorded and the next check runs:
 
 - `environment`: torch, CUDA, the GPU, native bf16.
 - `device tests`: the numerical tests (`pytest -m device`) with AUTODEEPLAB_TEST_DEVICE set:
-  the fast supernet against the per-edge reference at every fast-path threshold,
-  SeparableConv, the pointwise grid, --checkpoint-cells, autocast in bf16 and fp16.
+  the fast supernet against the plain one (modeling/plain_supernet.py) at every fast-path
+  threshold, SeparableConv, the pointwise grid, --checkpoint-cells, autocast in bf16 and fp16.
 - `parity`: one forward and backward of a small supernet in float32, bf16 and fp16 autocast
-  on the device against the float64 per-edge reference on the CPU (relative errors).
+  on the device against the float64 plain supernet on the CPU (relative errors).
 - `search step`: bench/search_step.py at the paper's setting (F = 8, B = 5, L = 12, batch 2,
   crop 321): float32 with TF32 off and on, bf16 and fp16 autocast; time and peak memory.
 - `retrain step`: bench/retrain_step.py, Auto-DeepLab-S at crop 769, batch 2, float32
@@ -114,24 +114,25 @@ def device_tests(args) -> dict:
 
 def parity(args) -> dict:
     """Loss and gradients of one small supernet on the device, in float32 and under autocast,
-    against the per-edge reference in float64 on the CPU."""
+    against the plain supernet (modeling/plain_supernet.py) in float64 on the CPU."""
+    from modeling.plain_supernet import copy_fast_to_plain, corresponding_parameters
     from modeling.supernet import AutoDeepLabSearch, SupernetConfig
-    from tests import reference_supernet
 
     device = torch.device(args.device)
     torch.manual_seed(0)
-    model = AutoDeepLabSearch(SupernetConfig(num_classes=3, num_layers=4, filter_multiplier=4,
-                                             block_multiplier=3, steps=3))
+    config = dict(num_classes=3, num_layers=4, filter_multiplier=4, block_multiplier=3, steps=3)
+    model = AutoDeepLabSearch(SupernetConfig(**config))
     with torch.no_grad():
         for p in model.arch_parameters():
             p.normal_(0, 1)
     x, target = torch.randn(2, 3, 64, 64), torch.randint(0, 3, (2, 64, 64))
-    reference = copy.deepcopy(model).double()
-    loss = torch.nn.functional.cross_entropy(reference_supernet.forward(reference, x.double()),
-                                             target)
+    reference = AutoDeepLabSearch(SupernetConfig(**config, implementation="plain")).double()
+    copy_fast_to_plain(model, reference)
+    loss = torch.nn.functional.cross_entropy(reference(x.double()), target)
     loss.backward()
-    expected = {n: p.grad for n, p in reference.named_parameters()}
-    theirs = torch.cat([g.flatten() for g in expected.values()])
+    pairs = corresponding_parameters(model, reference)
+    plain = dict(reference.named_parameters())
+    theirs = torch.cat([plain[name].grad.flatten() for _, _, name in pairs])
     # TF32 off: the float32 row measures our kernels, not the tensor cores' precision.
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
 
@@ -143,7 +144,8 @@ def parity(args) -> dict:
             out = torch.nn.functional.cross_entropy(mine(x.to(on)), target.to(on))
         out.float().backward()
         grads = dict(mine.named_parameters())
-        ours = torch.cat([grads[n].grad.double().cpu().flatten() for n in expected])
+        ours = torch.cat([grads[name].grad[rows].double().cpu().flatten()
+                          for name, rows, _ in pairs])
         return {"loss_rel_error": abs(out.item() - loss.item()) / abs(loss.item()),
                 "grad_rel_error": float((ours - theirs).norm() / theirs.norm())}
 

@@ -6,6 +6,7 @@ import argparse
 from config_utils import common
 from config_utils.common import (HelpFormatter, dataset_default_help, dataset_help,
                                    fill_defaults)
+from modeling.supernet import IMPLEMENTATIONS
 from utils.errors import UserError
 
 # Paper defaults (paper section 4.1) for real datasets; a CPU-sized search for synthetic data.
@@ -13,7 +14,7 @@ PAPER_DEFAULTS = dict(
     epochs=40, batch_size=2, crop_size=321, resize=None, lr=0.025, min_lr=0.001, momentum=0.9,
     weight_decay=3e-4, arch_lr=3e-3, arch_weight_decay=1e-3, alpha_epoch=20,
     filter_multiplier=8, block_multiplier=5, steps=5, num_layers=12, eval_interval=1,
-    grad_clip=5.0, workers=4, seed=0, partial_channels=1,
+    grad_clip=5.0, workers=4, seed=0, partial_channels=1, supernet="fast",
 )
 # Ten times the paper's architecture learning rate, for searches of a few hundred steps: at
 # the paper's 3e-3 the alphas and betas move by hundredths in such a search (docs/search_learning/
@@ -36,7 +37,7 @@ DATASET_DEFAULTS = {
 }
 # Flags that fix the supernet's shape or data: a resumed run must keep them.
 ARCH_KEYS = ("dataset", "filter_multiplier", "block_multiplier", "steps", "num_layers",
-             "partial_channels")
+             "partial_channels", "supernet")
 # Flags that may change on resume without changing what the run computes so far.
 RESUME_SAFE_KEYS = ("epochs", "workers", "device", "out_dir", "eval_interval", "no_val",
                     "resume", "data_root", "checkpoint_interval", "amp", "amp_dtype")
@@ -94,6 +95,11 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="blocks concatenated into a cell's output " + dflt("block_multiplier"))
     g.add_argument("--steps", type=int, default=None, help="blocks per cell " + dflt("steps"))
     g.add_argument("--num-layers", type=int, default=None, help="L: layers " + dflt("num_layers"))
+    g.add_argument("--supernet", default=None, choices=IMPLEMENTATIONS,
+                   help="fast: the cells of modeling/search_cell.py; plain: one module per "
+                        "edge as DARTS writes it (modeling/plain_supernet.py), the same "
+                        "computation, several times slower, for reading and checking "
+                        + dflt("supernet"))
     g.add_argument("--checkpoint-cells", action="store_true",
                    help="recompute cell activations in the backward pass (less memory, "
                         "same gradients, slower)")

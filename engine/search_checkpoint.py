@@ -9,7 +9,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from modeling.search_space import DIRECTIONS, NUM_LEVELS, PRIMITIVES, num_edges
+from modeling.genotypes import ARRAY_OPERATIONS
+from modeling.operations import PRIMITIVES
+from modeling.search_space import DIRECTIONS, NUM_LEVELS, num_edges
 from utils.checkpoint import SEARCH_KIND, SEARCH_VERSION, load_checkpoint
 from utils.errors import UserError
 
@@ -19,7 +21,7 @@ class SearchArchitecture:
     """What decode needs from a search checkpoint: raw parameters and the supernet's shape."""
 
     path: Path
-    alphas: np.ndarray  # (E, 8) raw logits
+    alphas: np.ndarray  # (E, len(PRIMITIVES)) raw logits, columns in the table's order
     betas: np.ndarray  # (L, 4, 3) raw logits
     model_args: dict
     epoch: int | None = None
@@ -53,6 +55,20 @@ def _param_array(path: Path, model: dict, name: str) -> np.ndarray:
         raise UserError(f"checkpoint {path} has non-finite {name} (the search diverged); "
                         f"decode the checkpoint of an earlier epoch")
     return array
+
+
+def searched_over(state: dict, path, resume: bool = False) -> list[str]:
+    """The operations of a search checkpoint's alpha columns, in their order (checkpoints
+    written before they recorded it hold `ARRAY_OPERATIONS`, the order of that time). A
+    resume needs the table's own order; decoding needs the table's operations, in any order.
+    Otherwise a one-line error naming the file."""
+    names = list(state.get("primitives", ARRAY_OPERATIONS))
+    if names == list(PRIMITIVES) or (not resume and sorted(names) == sorted(PRIMITIVES)):
+        return names
+    raise UserError(f"checkpoint {path} was searched over the operations {', '.join(names)}; "
+                    f"the operation table (modeling/operations.py OPS) now has "
+                    f"{', '.join(PRIMITIVES)}: {'resume' if resume else 'decode'} it with the "
+                    f"code that searched it")
 
 
 def load_search_architecture(path: str | os.PathLike, *,
@@ -90,7 +106,10 @@ def load_search_architecture(path: str | os.PathLike, *,
     if not isinstance(model_args, dict) or any(key not in model_args for key in required):
         raise UserError(f"checkpoint {path} has no model_args with num_layers and steps; "
                         f"{_NOT_SEARCH_FIX}")
+    columns = searched_over(state, path)
     alphas = _param_array(path, model, "alphas")
+    if alphas.ndim == 2 and alphas.shape[1] == len(columns):  # to the table's order
+        alphas = alphas[:, [columns.index(name) for name in PRIMITIVES]]
     betas = _param_array(path, model, "betas")
     num_layers, steps = int(model_args["num_layers"]), int(model_args["steps"])
     expected_alphas = (num_edges(steps), len(PRIMITIVES))

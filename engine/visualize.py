@@ -18,15 +18,25 @@ import numpy as np  # noqa: E402
 from matplotlib.patches import FancyArrowPatch  # noqa: E402
 
 from modeling.genotypes import Genotype, input_name  # noqa: E402
-from modeling.search_space import (DIRECTIONS, NUM_LEVELS, PRIMITIVES,  # noqa: E402
-                                   level_stride, transition_mask)
+from modeling.search_space import DIRECTIONS, NUM_LEVELS, level_stride, transition_mask  # noqa: E402
+from modeling.operations import PRIMITIVES  # noqa: E402
 from utils.checkpoint import atomic_write  # noqa: E402
 
 PATH_COLOR = "tab:red"
 EDGE_CMAP = "Blues"
 # One colour per operation so the cell reads at a glance; `none` is never drawn.
-OP_COLORS = dict(zip(PRIMITIVES, ("grey", "tab:brown", "tab:pink", "tab:gray", "tab:blue",
-                                  "tab:green", "tab:orange", "tab:purple")))
+OP_COLORS = {"none": "grey", "max_pool_3x3": "tab:brown", "avg_pool_3x3": "tab:pink",
+             "skip_connect": "tab:gray", "sep_conv_3x3": "tab:blue", "sep_conv_5x5": "tab:green",
+             "atrous_conv_3x3": "tab:orange", "atrous_conv_5x5": "tab:purple"}
+# Operations added to the table since: colours not used above.
+OTHER_OP_COLORS = ("tab:red", "tab:olive", "tab:cyan", "black", "gold", "navy")
+
+
+def op_color(op: str) -> str:
+    if op in OP_COLORS:
+        return OP_COLORS[op]
+    others = [name for name in PRIMITIVES if name not in OP_COLORS]
+    return OTHER_OP_COLORS[others.index(op) % len(OTHER_OP_COLORS)]
 # Labels sit this far along a transition from its source, so the labels of two transitions
 # that cross between the same pair of layers do not land on the same spot.
 LABEL_POSITION = 0.3
@@ -110,9 +120,9 @@ def _draw_cell(ax, genotype: Genotype) -> None:
             linestyle="--", mutation_scale=7, zorder=1)
     for block, pairs in enumerate(genotype.cell):
         for inp, op in pairs:
-            lx, ly = arc(x[inp], x[block + 2], above=inp < 2, color=OP_COLORS[op],
+            lx, ly = arc(x[inp], x[block + 2], above=inp < 2, color=op_color(op),
                          linewidth=1.6, mutation_scale=10, zorder=2)
-            ax.text(lx, ly, op, fontsize=6.5, ha="center", va="center", color=OP_COLORS[op],
+            ax.text(lx, ly, op, fontsize=6.5, ha="center", va="center", color=op_color(op),
                     zorder=4, bbox=dict(boxstyle="round,pad=0.12", fc="white", ec="none",
                                         alpha=0.9))
     height = ARC_RAD * (steps + 1) / 2 + 0.3

@@ -20,8 +20,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from modeling.search_space import (DIRECTIONS, NUM_LEVELS, PRIMITIVES, cell_edges, edge_offset,
-                                   level_stride, num_edges)
+from modeling.search_space import (DIRECTIONS, NUM_LEVELS, cell_edges, edge_offset, level_stride,
+                                   num_edges)
+from modeling.operations import NONE_OP, PRIMITIVES
 
 GENOTYPE_FORMAT = "autodeeplab-genotype"
 GENOTYPE_VERSION = 1
@@ -34,7 +35,18 @@ GENOTYPE_NPY = "genotype.npy"
 INPUTS_PER_BLOCK = 2  # each block sums two operations (paper section 3.3)
 # The stem sits at stride 4 and the first layer one level at most away from it (paper section 3).
 MAX_FIRST_LEVEL = 1
-NONE_OP = "none"
+# Operation indices of the array form (genotype.npy), fixed whatever the order of the operation
+# table: the order of the best-known public implementation, whose .npy files these are. An
+# operation added to the table gets the next index, in the table's order.
+ARRAY_OPERATIONS = ("none", "max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3",
+                    "sep_conv_5x5", "atrous_conv_3x3", "atrous_conv_5x5")
+
+
+def array_operations() -> tuple[str, ...]:
+    """The operation of each index of genotype.npy: `ARRAY_OPERATIONS`, then the table's
+    other operations in its order."""
+    return (ARRAY_OPERATIONS
+            + tuple(name for name in PRIMITIVES if name not in ARRAY_OPERATIONS))
 
 
 class GenotypeError(ValueError):
@@ -164,10 +176,9 @@ class Genotype:
         missing = [key for key in ("network_path", "cell") if key not in obj]
         if missing:
             raise GenotypeError(f"genotype has no {' or '.join(missing)} entry")
-        # Operations are stored by name, but a different list means a different search space.
-        if "primitives" in obj and list(obj["primitives"]) != list(PRIMITIVES):
-            raise GenotypeError(f"genotype was searched over operations {obj['primitives']}, "
-                                f"not this project's {list(PRIMITIVES)}")
+        # Operations are stored by name: "primitives" (the operations searched over) is a
+        # record only, and a file searched over another list reads as long as its operations
+        # are in the table (checked below).
         if not isinstance(obj["network_path"], list) or not isinstance(obj["cell"], list):
             raise GenotypeError("genotype network_path and cell must be JSON lists")
         genotype = cls(network_path=obj["network_path"], cell=obj["cell"])
@@ -184,7 +195,7 @@ class Genotype:
         genotype (2 * steps, 2) int64 rows of [global edge index, operation index])."""
         network_path = np.asarray(self.network_path, dtype=np.int64)
         space = path_space(self.network_path)
-        rows = [[edge_offset(block) + inp, PRIMITIVES.index(op)]
+        rows = [[edge_offset(block) + inp, array_operations().index(op)]
                 for block, pairs in enumerate(self.cell) for inp, op in pairs]
         return network_path, space, np.asarray(rows, dtype=np.int64)
 
@@ -214,10 +225,11 @@ class Genotype:
                     raise GenotypeError(f"genotype array row for block {block + 1} names edge "
                                         f"{edge}, which does not enter block {block + 1} (edges "
                                         f"{edge_offset(block)}..{edge_offset(block + 1) - 1})")
-                if not 0 <= op < len(PRIMITIVES):
+                names = array_operations()
+                if not 0 <= op < len(names):
                     raise GenotypeError(f"genotype array names operation index {op}; indices are "
-                                        f"0..{len(PRIMITIVES) - 1}")
-                pairs.append((int(edges[edge][1]), PRIMITIVES[op]))
+                                        f"0..{len(names) - 1}")
+                pairs.append((int(edges[edge][1]), names[op]))
             cell.append(tuple(pairs))
         genotype = cls(network_path=tuple(int(v) for v in network_path), cell=tuple(cell))
         if network_path_space is not None:

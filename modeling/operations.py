@@ -1,14 +1,22 @@
-"""Candidate operations (paper section 3) and the small building blocks around them.
+"""Candidate operations (paper section 3): the one operation table, and the building blocks
+around it.
 
-`OPS` maps each name in `PRIMITIVES` to a factory `(channels, stride, affine) -> nn.Module`,
-one module per edge, as the retrained network uses them. Stride 2 is for the operations of a
-cell that goes one level down and read one of its two inputs, which arrive at the finer level
-(research/deeplab/core/nas_cell.py): a separable convolution strides its first depthwise
-convolution, an atrous convolution resizes by 0.5 and runs at rate 1, pools stride, and
-identity becomes a FactorizedReduce (DARTS' reduction-cell skip; the released model has no
-identity). The supernet does not instantiate these per edge: it evaluates the same
-mathematics for all edges that read one state at once (`modeling/search_cell.py`), which is
-what makes the search fast.
+`OPS` maps each operation's name to a factory `(channels, stride, affine) -> nn.Module`. It is
+the only list of operations: `PRIMITIVES` is its names, in its order, and the search (both
+supernets), decoding, retraining and genotype files all take their operations from it. To add
+a candidate operation, add one entry here: the plain supernet (`modeling/plain_supernet.py`)
+runs it as it runs every operation, the fast supernet (`modeling/search_cell.py`) runs the
+operations it has fast paths for and sends any other through the plain one, decoding can pick
+it and retraining builds it. The order is free: columns of the alphas follow it, genotype files
+name operations.
+
+Stride 2 is for the operations of a cell that goes one level down and read one of its two
+inputs, which arrive at the finer level (research/deeplab/core/nas_cell.py): a separable
+convolution strides its first depthwise convolution, an atrous convolution resizes by 0.5 and
+runs at rate 1, pools stride, and identity becomes a FactorizedReduce (DARTS' reduction-cell
+skip; the released model has no identity). During the search every operation runs at stride 1
+without affine batch norm (`affine=False`), and pools are followed by an affine-free batch norm,
+as in DARTS.
 """
 from __future__ import annotations
 
@@ -16,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from modeling.search_space import PRIMITIVES, coarser
+from modeling.search_space import coarser
 
 ATROUS_DILATION = 2
 
@@ -180,6 +188,8 @@ class ResizeReLUConvBN(ReLUConvBN):
         return super().forward(resize(x, size))
 
 
+# The candidate operations, name -> (channels, stride, affine) -> module. `none` is the zero
+# operation: it competes in the softmax, and decoding never keeps it.
 OPS = {
     "none": lambda c, stride, affine: Zero(stride),
     "max_pool_3x3": lambda c, stride, affine: nn.MaxPool2d(3, stride=stride, padding=1),
@@ -192,4 +202,14 @@ OPS = {
     "atrous_conv_3x3": lambda c, stride, affine: AtrousConv(c, 3, stride, affine),
     "atrous_conv_5x5": lambda c, stride, affine: AtrousConv(c, 5, stride, affine),
 }
-assert tuple(OPS) == PRIMITIVES, "OPS must follow PRIMITIVES order"
+PRIMITIVES: tuple[str, ...] = tuple(OPS)
+NONE_OP = "none"
+
+
+def search_op(name: str, channels: int) -> nn.Module:
+    """Operation `name` as the search runs it: stride 1, affine-free batch norm, and pools
+    followed by an affine-free batch norm (DARTS)."""
+    op = OPS[name](channels, 1, False)
+    if "pool" in name:
+        op = nn.Sequential(op, nn.BatchNorm2d(channels, affine=False))
+    return op

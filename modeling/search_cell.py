@@ -25,7 +25,10 @@ file evaluates:
   operation, so the weighted sum of Eq. 2 costs no multiplications of its own;
 - the H(l-2) input once, since it is the same tensor for all incoming states of a node;
 - `none` not at all (its contribution is zero; its alpha still gets a gradient through the
-  softmax).
+  softmax);
+- any operation of the table (`modeling.operations.OPS`) without a fast path here
+  (`FALLBACK_OPS`) as the plain supernet runs it: one module per edge, called once per edge and
+  incoming state. Adding an operation to the table gives a correct search, slower only for it.
 
 Channel layout of a state read by `k` edges with `G` groups: (N, G*C) in, (N, G, k, C) out
 (with the parameter-free terms apart, (k, N, H, W, G, C)).
@@ -39,19 +42,21 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from modeling.operations import ATROUS_DILATION, FactorizedReduce, ReLUConvBN, ResizeReLUConvBN
-from modeling.search_space import PRIMITIVES, edge_offset
+from modeling.operations import (ATROUS_DILATION, NONE_OP, PRIMITIVES, FactorizedReduce,
+                                 ReLUConvBN, ResizeReLUConvBN, search_op)
+from modeling.search_space import edge_offset
 
 OP = {name: i for i, name in enumerate(PRIMITIVES)}
 
 
-def op_columns(names) -> slice:
-    """The columns of the normalised alphas that hold the consecutive operations `names`: a
-    slice, so selecting them is a view (no indexing op and no scatter in the backward)."""
-    first = OP[names[0]]
-    if [OP[name] for name in names] != list(range(first, first + len(names))):
-        raise ValueError(f"{names} are not consecutive in PRIMITIVES")
-    return slice(first, first + len(names))
+def op_columns(names) -> slice | list[int]:
+    """The columns of the normalised alphas that hold the operations `names`: a slice where
+    they are consecutive in the table, as they are in its default order, so selecting them is a
+    view (no indexing op and no scatter in the backward); else their indices."""
+    columns = [OP[name] for name in names]
+    if columns == list(range(columns[0], columns[0] + len(columns))):
+        return slice(columns[0], columns[0] + len(columns))
+    return columns
 
 
 BN_MOMENTUM = 0.1
@@ -94,6 +99,15 @@ SEP_CONVS = ("sep_conv_3x3", "sep_conv_5x5")
 SEP_KERNEL = 5  # the larger depthwise kernel of SEP_CONVS
 ATROUS_CONVS = ("atrous_conv_3x3", "atrous_conv_5x5")
 PARAMETER_FREE = ("max_pool_3x3", "avg_pool_3x3", "skip_connect")  # the order of `stacked`
+# The operations with a fast path here; every other operation of the table runs as the plain
+# supernet runs it. Both together are the table, exactly.
+FAST_OPS = (NONE_OP, *PARAMETER_FREE, *SEP_CONVS, *ATROUS_CONVS)
+FALLBACK_OPS = tuple(name for name in PRIMITIVES if name not in FAST_OPS)
+if not set(FAST_OPS) <= set(PRIMITIVES):
+    raise ImportError(f"modeling/search_cell.py has fast paths for "
+                      f"{sorted(set(FAST_OPS) - set(PRIMITIVES))}, which the operation table "
+                      f"(modeling/operations.py OPS) no longer has: remove them from FAST_OPS "
+                      f"and SharedSourceOps too")
 
 
 @dataclass(frozen=True)
@@ -166,6 +180,9 @@ class SharedSourceOps(nn.Module):
         self.atrous_conv_5x5_bn = AffineFreeBN(wide)
         self.max_pool_bn = AffineFreeBN(groups * c)
         self.avg_pool_bn = AffineFreeBN(groups * c)
+        # Operations without a fast path: one search module per edge, shared by the groups.
+        self.fallback = nn.ModuleDict({name: nn.ModuleList(search_op(name, c) for _ in range(k))
+                                       for name in FALLBACK_OPS})
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # Search checkpoints written before both separable types shared one batch norm hold
@@ -256,6 +273,12 @@ class SharedSourceOps(nn.Module):
         stacked = torch.stack([nhwc(t) for t in (max_pool, avg_pool, x)])  # (3, N, H, W, G*C)
         mix = weights[:, op_columns(PARAMETER_FREE)]  # (k, 3), a view
         free = torch.mm(mix, stacked.view(len(PARAMETER_FREE), -1)).view(k, n, h, w, g, c)
+        # Operations without a fast path, as the plain supernet runs them: every edge's module
+        # on every group (incoming state) apart, so batch norm sees one application at a time.
+        for name, edge_ops in self.fallback.items():
+            y = torch.stack([torch.stack([nhwc(op(part)) for op in edge_ops], dim=3)
+                             for part in x.split(c, dim=1)], dim=3)  # (N, H, W, G, k, C)
+            out = out + y * weights[:, OP[name]].view(k, 1)
         return out, free
 
 
@@ -527,6 +550,18 @@ def channel_shuffle(x: torch.Tensor, parts: int) -> torch.Tensor:
     return x.unflatten(-1, (parts, c // parts)).transpose(-1, -2).reshape(*x.shape[:-1], c)
 
 
+def search_preprocess(direction: int, c_in: int, channels: int) -> nn.Module:
+    """How a search cell brings an incoming state of `c_in` channels to its `channels`, by
+    direction (this level minus the state's): +1 from one level finer, FactorizedReduce; 0,
+    ReLU-conv1x1-BN; -1 from one level coarser (or H(l-2) from wherever it sits), resized to
+    the cell's size first. Affine-free, as every batch norm of the search."""
+    if direction > 0:
+        return FactorizedReduce(c_in, channels, affine=False)
+    if direction == 0:
+        return ReLUConvBN(c_in, channels, 1, affine=False)
+    return ResizeReLUConvBN(c_in, channels, affine=False)
+
+
 class SearchCell(nn.Module):
     """One node of the trellis: the cell applied to each incoming state, beta-weighted.
 
@@ -558,15 +593,9 @@ class SearchCell(nn.Module):
         self.partial_channels = partial_channels
         self.directions = [d for d, _ in incoming]
         groups = len(incoming)
-        self.preprocess = nn.ModuleList()
-        for direction, c_in in incoming:
-            if direction > 0:
-                self.preprocess.append(FactorizedReduce(c_in, channels, affine=False))
-            elif direction == 0:
-                self.preprocess.append(ReLUConvBN(c_in, channels, 1, affine=False))
-            else:
-                self.preprocess.append(ResizeReLUConvBN(c_in, channels, affine=False))
-        self.preprocess_prev_prev = ResizeReLUConvBN(prev_prev_channels, channels, affine=False)
+        self.preprocess = nn.ModuleList(search_preprocess(d, c_in, channels)
+                                        for d, c_in in incoming)
+        self.preprocess_prev_prev = search_preprocess(-1, prev_prev_channels, channels)
         # State j (0 = H(l-2), 1 = H(l-1), k+1 = block k) is read by blocks max(0, j-1)..steps-1.
         op_channels = channels // partial_channels
         self.prev_prev_ops = SharedSourceOps(op_channels, steps, 1, fast_paths)

@@ -1,26 +1,15 @@
 """The Auto-DeepLab search space in one place (paper section 3).
 
-Everything that both the supernet and decoding need to agree on lives here: the operation
-list, the edge numbering inside a cell, the table of allowed network-level transitions and
-the one normalisation of the architecture parameters.
+Everything that both the supernet and decoding need to agree on lives here, apart from the
+candidate operations (`modeling.operations.OPS`): the levels and their geometry, the edge
+numbering inside a cell, the table of allowed network-level transitions and the one
+normalisation of the architecture parameters.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-# Index order is the contract with genotype.npy; never reorder.
-PRIMITIVES: tuple[str, ...] = (
-    "none",
-    "max_pool_3x3",
-    "avg_pool_3x3",
-    "skip_connect",
-    "sep_conv_3x3",
-    "sep_conv_5x5",
-    "atrous_conv_3x3",
-    "atrous_conv_5x5",
-)
 
 NUM_LEVELS = 4  # output strides 4, 8, 16, 32
 BASE_STRIDE = 4  # output stride of level 0, where the stem leaves the image

@@ -16,15 +16,18 @@ import torch.utils.checkpoint
 
 from modeling.aspp import ASPPHead
 from modeling.operations import SEARCH_STEM, Stem
+from modeling.plain_supernet import PlainSearchCell
 from modeling.search_cell import FastPaths, SearchCell
-from modeling.search_space import (DIRECTIONS, NUM_LEVELS, PRIMITIVES, STEM_LEVELS,
-                                   layer_levels, level_exists, level_sizes, level_stride,
-                                   normalize_alphas, normalize_betas, normalize_edge_weights,
-                                   num_edges, prev_prev_level, transition_mask)
+from modeling.search_space import (DIRECTIONS, NUM_LEVELS, STEM_LEVELS, layer_levels,
+                                   level_exists, level_sizes, level_stride, normalize_alphas,
+                                   normalize_betas, normalize_edge_weights, num_edges,
+                                   prev_prev_level, transition_mask)
+from modeling.operations import PRIMITIVES
 
 # ASPP rate at level s is ASPP_RATE_BASE / stride (paper section 4.1): 24, 12, 6, 3.
 ASPP_RATE_BASE = 96
 ARCH_INIT_SCALE = 1e-3  # alphas and betas ~ 1e-3 * N(0, 1) (paper section 4.1)
+IMPLEMENTATIONS = ("fast", "plain")
 
 
 @dataclass(frozen=True)
@@ -44,8 +47,14 @@ class SupernetConfig:
     aspp_channels: int | None = None
     # K of PC-DARTS' partial channel connections (a different algorithm); 1: the paper's.
     partial_channels: int = 1
+    # The cells: "fast" (modeling/search_cell.py) or "plain", one module per edge as DARTS
+    # writes it (modeling/plain_supernet.py). Same computation; plain is the readable one.
+    implementation: str = "fast"
 
     def __post_init__(self):
+        if self.implementation not in IMPLEMENTATIONS:
+            raise ValueError(f"implementation must be one of {', '.join(IMPLEMENTATIONS)}, got "
+                             f"{self.implementation!r}")
         if not 1 <= self.block_multiplier <= self.steps:
             raise ValueError("block_multiplier must be between 1 and steps")
         if self.partial_channels < 1 or self.filter_multiplier % self.partial_channels:
@@ -73,7 +82,8 @@ class AutoDeepLabSearch(nn.Module):
     `forward(images)` returns logits at the input size: the sum of one ASPP head per level
     of the last layer, upsampled. `checkpoint_cells=True` recomputes each cell's activations
     in the backward pass instead of storing them (less memory, same gradients). `fast_paths`
-    sets the cells' `FastPaths` (speed only); None takes the defaults of the input's device.
+    sets the fast cells' `FastPaths` (speed only); None takes the defaults of the input's
+    device. `config.implementation` chooses the fast cells or the plain ones.
     """
 
     def __init__(self, config: SupernetConfig, checkpoint_cells: bool = False,
@@ -110,9 +120,11 @@ class AutoDeepLabSearch(nn.Module):
                 self.prev_prev_levels[(layer, target)] = source
                 incoming = [(DIRECTIONS[d], cfg.output_channels(layer - 1, s))
                             for s, d in sources]
-                self.cells[self._key(layer, target)] = SearchCell(
-                    cfg.steps, cfg.block_multiplier, cfg.level_channels(target), incoming,
-                    cfg.output_channels(layer - 2, source), cfg.partial_channels, fast_paths)
+                args = (cfg.steps, cfg.block_multiplier, cfg.level_channels(target), incoming,
+                        cfg.output_channels(layer - 2, source), cfg.partial_channels)
+                self.cells[self._key(layer, target)] = (
+                    SearchCell(*args, fast_paths=fast_paths) if cfg.implementation == "fast"
+                    else PlainSearchCell(*args))
         # Where each node's incoming transitions sit in betas.view(-1), built once: the forward
         # gathers all of them in one call and gives each cell a slice.
         index: list[int] = []

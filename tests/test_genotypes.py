@@ -12,7 +12,8 @@ from engine.genotype_io import (load_genotype_arrays, read_genotype, save_genoty
 from modeling.genotypes import (GENOTYPE_NPY, GENOTYPES, NETWORK_PATH_NPY,
                                 NETWORK_PATH_SPACE_NPY, Genotype, GenotypeError, count_paths,
                                 get_genotype, random_genotype)
-from modeling.search_space import PRIMITIVES, edge_offset
+from modeling.search_space import edge_offset
+from modeling.operations import PRIMITIVES
 from utils.errors import UserError
 
 PAPER = GENOTYPES["autodeeplab"]
@@ -134,10 +135,22 @@ INVALID = {
     "malformed cell": (_json(cell=[[0, 1]]), "malformed"),
     "wrong format": (_json(format="darts-genotype"), "format 'darts-genotype'"),
     "wrong version": (_json(version=2), "version 2"),
-    "other primitives": (_json(primitives=["none", "conv_3x3"]), "searched over operations"),
     "missing cell": ({k: v for k, v in SMALL.to_json().items() if k != "cell"}, "no cell"),
     "not an object": ([1, 2], "JSON object"),
 }
+
+
+def test_genotype_names_operations_whatever_list_it_was_searched_over():
+    # "primitives" records the search space; the operations are read by name.
+    reordered = _json(primitives=list(reversed(PRIMITIVES)) + ["conv_7x7"])
+    assert Genotype.from_json(reordered) == Genotype.from_json(_json())
+
+
+def test_array_form_keeps_its_operation_indices():
+    # genotype.npy rows name operations by index; the indices are those of the best-known
+    # public implementation's files, whatever the table's order.
+    *_, rows = Genotype((0,), (((0, "atrous_conv_5x5"), (1, "skip_connect")),)).to_arrays()
+    assert rows.tolist() == [[0, 7], [1, 3]]
 
 
 @pytest.mark.parametrize("name", list(INVALID))

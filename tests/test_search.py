@@ -119,6 +119,20 @@ def test_resume_with_other_supernet_shape_is_refused(tmp_path):
     assert lines[-1].startswith("error: --filter-multiplier 4 differs from the checkpoint's 2")
 
 
+def test_plain_supernet_searches_and_its_checkpoint_keeps_it(tmp_path):
+    out = run_search(tmp_path, "--supernet", "plain", "--epochs", "2", "--alpha-epoch", "1",
+                     "--max-samples", "8", "--no-val")
+    state = torch.load(out / "checkpoint.pth.tar", weights_only=True)
+    assert state["model_args"]["implementation"] == "plain"
+    assert any(".edges." in name for name in state["model"])  # one module per edge
+    assert state["arch_optimizer"]["state"][0]["exp_avg"].abs().min() > 0
+    assert "plain supernet F=2" in (out / "search.log").read_text()
+    res = cli("--resume", str(out / "checkpoint.pth.tar"), "--supernet", "fast")
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines()[-1].startswith(
+        "error: --supernet fast differs from the checkpoint's plain")
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--dataset", "camvid", "--data-root", "/nonexistent/camvid"], "/nonexistent/camvid"),
     (["--dataset", "nosuchset"], "unknown dataset 'nosuchset'"),
