@@ -3,6 +3,7 @@
     .venv/bin/python bench/search_step.py                       # F=8 B=5 L=12, crops 64 128 192
     .venv/bin/python bench/search_step.py --crops 192 --checkpoint-cells
     .venv/bin/python bench/search_step.py --crops 192 --partial-channels 4
+    .venv/bin/python bench/search_step.py --crops 64 --supernet plain   # the DARTS-shaped baseline
 
 Each crop runs in a fresh process, so the peak resident memory (CPU) is that configuration's
 own; on CUDA `torch.cuda.max_memory_allocated` is reported. In the same process the machine's
@@ -23,6 +24,7 @@ from bench.step_timing import (add_common_args, count_flops,  # noqa: E402
                                count_operator_calls, peak_memory_gib, precision,
                                run_per_crop, throughput, timed)
 from engine.search import Architect, weight_step  # noqa: E402
+from modeling import supernet  # noqa: E402
 from modeling.supernet import AutoDeepLabSearch, SupernetConfig  # noqa: E402
 
 
@@ -37,6 +39,10 @@ def get_args_parser():
     p.add_argument("--checkpoint-cells", action="store_true", help="recompute cell activations")
     p.add_argument("--partial-channels", type=int, default=1, metavar="K",
                    help="PC-DARTS partial channel connections (1: the paper's supernet)")
+    # Revisions before the plain supernet (bench/revisions_ab.py) know only the fast one.
+    p.add_argument("--supernet", default="fast",
+                   choices=getattr(supernet, "IMPLEMENTATIONS", ("fast",)),
+                   help="the fast cells, or the plain ones (one module per edge) as baseline")
     return p
 
 
@@ -49,7 +55,9 @@ def build(args, crop: int):
     config = SupernetConfig(num_classes=args.num_classes, num_layers=args.num_layers,
                             filter_multiplier=args.filter_multiplier,
                             block_multiplier=args.block_multiplier, steps=args.steps,
-                            partial_channels=args.partial_channels)
+                            partial_channels=args.partial_channels,
+                            **({} if args.supernet == "fast" else
+                               {"implementation": args.supernet}))
     model = AutoDeepLabSearch(config, checkpoint_cells=args.checkpoint_cells).to(device).train()
     criterion = torch.nn.CrossEntropyLoss(ignore_index=255)
     weights = model.weight_parameters()
@@ -83,6 +91,7 @@ def measure(args, crop: int) -> dict:
         "crop": crop, "batch": args.batch_size, "F": args.filter_multiplier,
         "B": args.block_multiplier, "steps": args.steps, "L": args.num_layers,
         "checkpoint_cells": args.checkpoint_cells, "partial_channels": args.partial_channels,
+        "supernet": args.supernet,
         "device": str(device), "amp": args.amp, "tf32": args.tf32,
         "threads": torch.get_num_threads(),
         "weight_step_s": {"median": round(w_med, 3), "min": round(w_min, 3)},

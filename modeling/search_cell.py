@@ -35,6 +35,7 @@ Channel layout of a state read by `k` edges with `G` groups: (N, G*C) in, (N, G,
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -49,7 +50,8 @@ from modeling.search_space import edge_offset
 OP = {name: i for i, name in enumerate(PRIMITIVES)}
 
 
-def op_columns(names) -> slice | list[int]:
+@functools.cache
+def op_columns(names: tuple[str, ...]) -> slice | list[int]:
     """The columns of the normalised alphas that hold the operations `names`: a slice where
     they are consecutive in the table, as they are in its default order, so selecting them is a
     view (no indexing op and no scatter in the backward); else their indices."""
@@ -232,7 +234,7 @@ class SharedSourceOps(nn.Module):
         paths = self.fast_paths or FastPaths.for_device(x.device)
 
         def edge_scale(names):  # the ops' weights for every (op, group, edge, channel)
-            ops = weights[:, op_columns(names)].t()  # (ops, k), a view
+            ops = weights[:, op_columns(names)].t()  # (ops, k), a view in the default order
             return ops.reshape(len(names), 1, k, 1).expand(len(names), g, k, c).reshape(-1)
 
         # Channels-last throughout: depthwise convolutions run several times faster on it,
@@ -264,14 +266,14 @@ class SharedSourceOps(nn.Module):
         r_batch = groups_to_batch(r, g)
         for name in ATROUS_CONVS:
             y = batch_to_groups(same_conv(r_batch, getattr(self, name), ATROUS_DILATION), g)
-            out = out + nhwc(getattr(self, f"{name}_bn")(y, edge_scale([name]))).view(
+            out = out + nhwc(getattr(self, f"{name}_bn")(y, edge_scale((name,)))).view(
                 n, h, w, g, k, c)
         # Parameter-free operations: one tensor for all k edges, mixed by one small matmul
         # whose output is edge-major, so each edge's term is contiguous (no transposes).
         max_pool = self.max_pool_bn(F.max_pool2d(x, 3, 1, 1))
         avg_pool = self.avg_pool_bn(F.avg_pool2d(x, 3, 1, 1, count_include_pad=False))
         stacked = torch.stack([nhwc(t) for t in (max_pool, avg_pool, x)])  # (3, N, H, W, G*C)
-        mix = weights[:, op_columns(PARAMETER_FREE)]  # (k, 3), a view
+        mix = weights[:, op_columns(PARAMETER_FREE)]  # (k, 3), a view in the default order
         free = torch.mm(mix, stacked.view(len(PARAMETER_FREE), -1)).view(k, n, h, w, g, c)
         # Operations without a fast path, as the plain supernet runs them: every edge's module
         # on every group (incoming state) apart, so batch norm sees one application at a time.
