@@ -150,12 +150,12 @@ class IntervalProgress:
         return dict(vars(self))
 
 
-def train_steps(model, criterion, optimizer, scheduler, scaler, loader, *, step: int,
-                end_step: int, total_steps: int, device: torch.device, autocast,
-                drop_path_keep_prob: float, model_without_ddp, writer=None,
+def train_steps(parts, loader, *, step: int, end_step: int, total_steps: int,
+                device: torch.device, drop_path_keep_prob: float, writer=None,
                 show_progress: bool = True, progress: IntervalProgress | None = None,
                 after_step=None) -> StepsResult:
-    """Run global steps `step` .. `end_step` - 1.
+    """Run global steps `step` .. `end_step` - 1 of `parts`
+    (`engine.retrain_setup.RetrainParts`).
 
     Epoch e is the `e`-th pass of `loader` (`set_epoch(e)` makes it a function of the seed
     and e alone); a step in the middle of an epoch starts the loader after that epoch's
@@ -165,6 +165,7 @@ def train_steps(model, criterion, optimizer, scheduler, scaler, loader, *, step:
     `after_step(step, progress)` runs after every step (checkpoints, stop requests) and may
     raise to end the run there.
     """
+    model, optimizer, scaler = parts.model, parts.optimizer, parts.scaler
     model.train()
     steps_per_epoch = len(loader)
     progress = progress or IntervalProgress()
@@ -175,19 +176,20 @@ def train_steps(model, criterion, optimizer, scheduler, scaler, loader, *, step:
         epoch, skip = divmod(step, steps_per_epoch)
         loader.set_epoch(epoch, start_batch=skip)
         for images, targets in loader:
-            model_without_ddp.set_drop_path_prob((1.0 - drop_path_keep_prob) * step / total_steps)
+            parts.model_without_ddp.set_drop_path_prob(
+                (1.0 - drop_path_keep_prob) * step / total_steps)
             images = images.to(device, non_blocking=True).contiguous(
                 memory_format=MEMORY_FORMAT)
             targets = targets.to(device, non_blocking=True)
-            with autocast():
-                loss = criterion(model(images).float(), targets)
+            with parts.autocast():
+                loss = parts.criterion(model(images).float(), targets)
             if not torch.isfinite(loss):
                 raise NonFiniteLoss(f"training loss is {loss.item()} at iteration {step}")
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
-            scheduler.step()
+            parts.scheduler.step()
             progress.loss_sum += loss.item()
             progress.steps += 1
             if writer is not None:

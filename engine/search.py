@@ -170,19 +170,21 @@ class EpochProgress:
         return dict(vars(self))
 
 
-def train_one_epoch(model, criterion, weight_optimizer, scheduler, architect, loader_a, b_stream,
-                    *, epoch: int, arch_active: bool, device: torch.device, grad_clip: float,
-                    global_step: int, writer=None, progress: EpochProgress | None = None,
-                    after_step=None, show_progress: bool = True,
-                    autocast=nullcontext, scaler=None) -> tuple[EpochResult, int]:
-    """One search epoch: per A batch a weight step, then (when `arch_active`) an architecture
-    step on the next B batch. Returns the epoch's mean losses and the new global step.
+def train_one_epoch(parts, loader_a, *, epoch: int, arch_active: bool, device: torch.device,
+                    grad_clip: float, global_step: int, writer=None,
+                    progress: EpochProgress | None = None, after_step=None,
+                    show_progress: bool = True) -> tuple[EpochResult, int]:
+    """One search epoch of `parts` (`engine.search_setup.SearchParts`): per A batch a weight
+    step, then (when `arch_active`) an architecture step on the next B batch. Returns the
+    epoch's mean losses and the new global step.
 
     `progress` (from a mid-epoch checkpoint) continues the epoch after its first
     `progress.batch` batches, which are skipped without being loaded; B then continues
-    where `b_stream` was saved. `after_step(progress, global_step)` runs after every
+    where the B stream was saved. `after_step(global_step, progress)` runs after every
     iteration (checkpoints, stop requests); it may raise to end the epoch there.
     """
+    model, architect, b_stream = parts.model, parts.architect, parts.b_stream
+    weight_optimizer, scheduler = parts.weight_optimizer, parts.scheduler
     model.train()
     weights = model.weight_parameters()
     progress = progress or EpochProgress()
@@ -199,8 +201,8 @@ def train_one_epoch(model, criterion, weight_optimizer, scheduler, architect, lo
     for images, targets in bar:
         images = images.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
-        loss = weight_step(model, criterion, weight_optimizer, weights, images, targets,
-                           grad_clip, autocast, scaler)
+        loss = weight_step(model, parts.criterion, weight_optimizer, weights, images, targets,
+                           grad_clip, parts.autocast, parts.weight_scaler)
         if not math.isfinite(loss):
             raise NonFiniteLoss(f"weight loss is {loss} at iteration {global_step} "
                                 f"(epoch {epoch})")
@@ -228,7 +230,7 @@ def train_one_epoch(model, criterion, weight_optimizer, scheduler, architect, lo
         bar.set_postfix(postfix)
         if after_step is not None:
             progress.seconds = time.time() - start
-            after_step(progress, global_step)
+            after_step(global_step, progress)
     bar.close()
     arch_mean = progress.arch_sum / progress.arch_steps if progress.arch_steps else float("nan")
     return EpochResult(progress.loss_sum / max(progress.batch, 1), arch_mean,

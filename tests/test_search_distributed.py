@@ -12,6 +12,7 @@ import torch
 
 import train_autodeeplab
 from config_utils.search_args import get_args_parser, resolve_defaults
+from engine.search_setup import build_data
 from modeling.supernet import AutoDeepLabSearch, SupernetConfig
 from utils.distributed import DistInfo
 from utils.interrupt import Interrupted
@@ -61,7 +62,7 @@ def reference(tmp_path_factory):
 
 def shards(rank, world_size, *argv):
     args = resolve_defaults(get_args_parser().parse_args([*TINY, *argv]))
-    _, split, loader_a, loader_b, _ = train_autodeeplab.build_data(
+    _, split, loader_a, loader_b, _ = build_data(
         args, torch.device("cpu"), DistInfo(rank, world_size))
     return split, loader_a, loader_b
 
