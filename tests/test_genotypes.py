@@ -20,7 +20,7 @@ PAPER = GENOTYPES["autodeeplab"]
 SMALL = Genotype(network_path=(1, 2), cell=(((0, "skip_connect"), (1, "max_pool_3x3")),))
 
 
-def test_paper_architecture_is_spec_section_5():
+def test_paper_architecture_is_the_papers_figure_3():
     assert PAPER.network_path == (0, 0, 0, 1, 2, 1, 2, 2, 3, 3, 2, 1)
     assert PAPER.strides == (4, 4, 4, 8, 16, 8, 16, 16, 32, 32, 16, 8)
     assert (PAPER.num_layers, PAPER.steps) == (12, 5)
