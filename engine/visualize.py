@@ -18,8 +18,8 @@ import numpy as np  # noqa: E402
 from matplotlib.patches import FancyArrowPatch  # noqa: E402
 
 from modeling.genotypes import Genotype, input_name  # noqa: E402
-from modeling.search_space import DIRECTIONS, NUM_LEVELS, level_stride, transition_mask  # noqa: E402
 from modeling.operations import PRIMITIVES  # noqa: E402
+from modeling.search_space import DIRECTIONS, NUM_LEVELS, level_stride, transition_mask  # noqa: E402
 from utils.checkpoint import atomic_write  # noqa: E402
 
 PATH_COLOR = "tab:red"

@@ -6,8 +6,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from modeling.search_space import NUM_LEVELS, cell_edges, level_stride  # noqa: E402
 from modeling.operations import PRIMITIVES  # noqa: E402
+from modeling.search_space import NUM_LEVELS, cell_edges, level_stride  # noqa: E402
 
 
 def alpha_figure(alphas, steps: int):

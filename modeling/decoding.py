@@ -30,10 +30,10 @@ import numpy as np
 import torch
 
 from modeling.genotypes import INPUTS_PER_BLOCK, Genotype, input_name
+from modeling.operations import PRIMITIVES
 from modeling.search_space import (DIRECTIONS, NUM_LEVELS, edge_offset, level_stride,
                                    normalize_alphas, normalize_betas, normalize_edge_weights,
                                    num_edges, transition_mask)
-from modeling.operations import PRIMITIVES
 
 NONE_INDEX = PRIMITIVES.index("none")
 STEM_LEVEL = 0

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from modeling.operations import NONE_OP, PRIMITIVES
 from modeling.search_space import (DIRECTIONS, NUM_LEVELS, cell_edges, edge_offset, level_stride,
                                    num_edges)
-from modeling.operations import NONE_OP, PRIMITIVES
 
 GENOTYPE_FORMAT = "autodeeplab-genotype"
 GENOTYPE_VERSION = 1

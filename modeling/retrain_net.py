@@ -45,7 +45,8 @@ from modeling.aspp import ASPP
 from modeling.decoder import Decoder
 from modeling.genotypes import Genotype
 from modeling.operations import OPS, RETRAIN_STEM, ReLUConvBN, ResizeReLUConvBN, Stem
-from modeling.search_space import STEM_LEVELS, level_sizes, level_stride, prev_prev_level
+from modeling.search_space import (STEM_LEVELS, level_channels, level_sizes, level_stride,
+                                   prev_prev_level)
 
 # DeepLabv3's ASPP rates at output stride 16; other strides scale them by 16 / stride.
 ASPP_REFERENCE_STRIDE = 16
@@ -83,7 +84,7 @@ class RetrainConfig:
 
     def cell_channels(self, level: int) -> int:
         """Output channels of a cell at `level`: block_multiplier * F * 2^level."""
-        return self.block_multiplier * self.filter_multiplier * 2 ** level
+        return self.block_multiplier * level_channels(self.filter_multiplier, level)
 
     def to_dict(self) -> dict:
         """Plain-JSON form (the genotype as its `to_json`), loadable with weights_only=True."""
@@ -179,7 +180,8 @@ class AutoDeepLab(nn.Module):
         for layer, level in enumerate(path):
             self.cells.append(RetrainCell(
                 config.genotype.cell, channels[layer - 2], channels[layer - 1],
-                config.filter_multiplier * 2 ** level, level - self.path_levels[layer - 1],
+                level_channels(config.filter_multiplier, level),
+                level - self.path_levels[layer - 1],
                 config.block_multiplier))
             channels[layer] = config.cell_channels(level)
         at_stride_4 = [layer for layer, level in enumerate(path) if level == 0]

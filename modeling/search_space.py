@@ -43,6 +43,12 @@ def level_stride(level: int) -> int:
     return BASE_STRIDE * 2 ** level if level >= 0 else BASE_STRIDE // 2 ** -level
 
 
+def level_channels(filter_multiplier: int, level: int) -> int:
+    """Width of one block of a cell at `level`: F * 2^level (paper section 4.1), in both
+    networks."""
+    return filter_multiplier * 2 ** level
+
+
 def coarser(size: tuple[int, int]) -> tuple[int, int]:
     """(H, W) one level down: halved, odd sizes rounded up, as a stride-2 3x3 conv with
     padding 1 gives, and the released model's resize by 0.5: int((n - 1) * 0.5 + 1)."""

@@ -8,21 +8,19 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
 from modeling.aspp import ASPPHead
-from modeling.operations import SEARCH_STEM, Stem
+from modeling.operations import PRIMITIVES, SEARCH_STEM, Stem
 from modeling.plain_supernet import PlainSearchCell
 from modeling.search_cell import FastPaths, SearchCell
 from modeling.search_space import (DIRECTIONS, NUM_LEVELS, STEM_LEVELS, layer_levels,
-                                   level_exists, level_sizes, level_stride, normalize_alphas,
-                                   normalize_betas, normalize_edge_weights, num_edges,
-                                   prev_prev_level, transition_mask)
-from modeling.operations import PRIMITIVES
+                                   level_channels, level_exists, level_sizes, level_stride,
+                                   normalize_alphas, normalize_betas, normalize_edge_weights,
+                                   num_edges, prev_prev_level, transition_mask)
 
 # ASPP rate at level s is ASPP_RATE_BASE / stride (paper section 4.1): 24, 12, 6, 3.
 ASPP_RATE_BASE = 96
@@ -67,7 +65,7 @@ class SupernetConfig:
 
     def level_channels(self, level: int) -> int:
         """Width of one block at `level`: F * 2^level."""
-        return self.filter_multiplier * 2 ** level
+        return level_channels(self.filter_multiplier, level)
 
     def output_channels(self, layer: int, level: int) -> int:
         """Channels of node (layer, level); layers -2 and -1 are the stem's two outputs."""

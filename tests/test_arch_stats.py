@@ -9,8 +9,8 @@ import torch
 
 from engine.arch_stats import ArchStats
 from modeling.decoding import decode_cell, decode_margins, top_k_paths
-from modeling.search_space import num_edges, transition_mask
 from modeling.operations import PRIMITIVES
+from modeling.search_space import num_edges, transition_mask
 
 
 def test_statistics_equal_a_plain_computation_over_the_window():

@@ -19,8 +19,8 @@ from decode_autodeeplab import main
 from engine.genotype_io import load_genotype_arrays, read_genotype
 from modeling.decoding import arch_probabilities, genotype_from_arch, top_k_paths
 from modeling.genotypes import Genotype
-from modeling.search_space import DIRECTIONS, NUM_LEVELS, level_stride, num_edges
 from modeling.operations import PRIMITIVES
+from modeling.search_space import DIRECTIONS, NUM_LEVELS, level_stride, num_edges
 from utils.checkpoint import RETRAIN_KIND, SEARCH_KIND, save_checkpoint
 from utils.errors import EXIT_USER_ERROR
 

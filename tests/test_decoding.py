@@ -12,9 +12,9 @@ from modeling.decoding import (arch_probabilities, decode_cell, decode_network_p
                                genotype_from_arch, level_distribution, path_probability,
                                steps_for_edges, top_k_paths)
 from modeling.genotypes import GENOTYPES
+from modeling.operations import PRIMITIVES
 from modeling.search_space import (DIRECTIONS, NUM_LEVELS, edge_offset, num_edges,
                                    normalize_betas, transition_mask)
-from modeling.operations import PRIMITIVES
 
 NONE = PRIMITIVES.index("none")
 

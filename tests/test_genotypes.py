@@ -12,8 +12,8 @@ from engine.genotype_io import (load_genotype_arrays, read_genotype, save_genoty
 from modeling.genotypes import (GENOTYPE_NPY, GENOTYPES, NETWORK_PATH_NPY,
                                 NETWORK_PATH_SPACE_NPY, Genotype, GenotypeError, count_paths,
                                 get_genotype, random_genotype)
-from modeling.search_space import edge_offset
 from modeling.operations import PRIMITIVES
+from modeling.search_space import edge_offset
 from utils.errors import UserError
 
 PAPER = GENOTYPES["autodeeplab"]

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from modeling.decoding import decode_network_path
 from modeling.genotypes import Genotype
 from modeling.retrain_net import AutoDeepLab, RetrainCell, RetrainConfig
-from modeling.search_space import NUM_LEVELS, transition_mask
 from modeling.operations import PRIMITIVES
+from modeling.search_space import NUM_LEVELS, transition_mask
 from modeling.supernet import AutoDeepLabSearch, SupernetConfig
 
 CHOOSABLE = [op for op in PRIMITIVES if op != "none"]

@@ -8,8 +8,8 @@ import torch
 
 from modeling import search_cell
 from modeling.search_cell import CPU_FAST_PATHS, FastPaths
-from modeling.search_space import NUM_LEVELS, normalize_betas, num_edges, transition_mask
 from modeling.operations import PRIMITIVES
+from modeling.search_space import NUM_LEVELS, normalize_betas, num_edges, transition_mask
 from modeling.supernet import AutoDeepLabSearch, SupernetConfig, arch_entropy
 from modeling.plain_supernet import copy_fast_to_plain, corresponding_parameters
 
