@@ -18,9 +18,10 @@ from config_utils.train_args import (ARCH_KEYS, CURRENT_KEYS, RESUME_SAFE_KEYS, 
                                      explicit_keys, get_args_parser, resolve_defaults)
 from dataloaders import dataset_info
 from engine.divergence import NonFiniteLoss, check_finite, diverged_error
-from engine.retrain import IntervalProgress, evaluate, train_steps
+from engine.retrain import IntervalProgress, train_steps
 from engine.retrain_setup import (RetrainParts, build_data, evaluate_checkpoint,
-                                  model_config, report_interval, summary_or_export)
+                                  evaluate_with_flags, model_config, report_interval,
+                                  summary_or_export)
 from engine.run_state import TrainingRun
 from modeling.retrain_net import RetrainConfig
 from utils.allocator import preload_fast_allocator
@@ -128,10 +129,8 @@ def train(run: TrainingRun, checkpoint, config, info, train_loader, val_loader):
                 log.info("weights identical on all %d processes (checksum %.6f)",
                          dist_info.world_size, checksum)
             if val_loader is not None and (step % args.eval_interval == 0 or step == args.iters):
-                metrics = evaluate(model, val_loader, info.num_classes, device,
-                                   crop=args.crop_size, scales=tuple(args.eval_scales),
-                                   flip=args.flip, autocast=parts.autocast,
-                                   show_progress=dist_info.is_main)
+                metrics = evaluate_with_flags(run, model, val_loader, info.num_classes,
+                                              parts.autocast)
             miou = metrics["miou"] if metrics else float("nan")
             is_best = metrics is not None and miou > best_miou
             best_miou = max(best_miou, miou) if metrics else best_miou

@@ -153,16 +153,23 @@ class RetrainParts:
         load_scaler_state(self.scaler, checkpoint["scaler"])
 
 
+def evaluate_with_flags(run, model, val_loader, num_classes: int, autocast) -> dict:
+    """`engine.retrain.evaluate` with the run's evaluation flags (crop, --eval-scales,
+    --flip), as both the retraining and --eval-only evaluate."""
+    args = run.args
+    return evaluate(model, val_loader, num_classes, run.device, crop=args.crop_size,
+                    scales=tuple(args.eval_scales), flip=args.flip, autocast=autocast,
+                    show_progress=run.dist_info.is_main)
+
+
 def evaluate_checkpoint(run, checkpoint, config, info, val_loader) -> dict:
     """--eval-only: the checkpoint's metrics on --split, printed and written beside it."""
     args, device = run.args, run.device
     _, model = build_network(config, device, run.dist_info.distributed)
     model.load_state_dict(checkpoint["model"])
     autocast, _ = amp_context(args.amp, args.amp_dtype, device)
-    metrics = format_metrics(evaluate(model, val_loader, info.num_classes, device,
-                                      crop=args.crop_size, scales=tuple(args.eval_scales),
-                                      flip=args.flip, autocast=autocast,
-                                      show_progress=run.dist_info.is_main), info.class_names)
+    metrics = format_metrics(evaluate_with_flags(run, model, val_loader, info.num_classes,
+                                                 autocast), info.class_names)
     metrics.update(checkpoint=str(args.resume), split=args.split,
                    scales=list(args.eval_scales), flip=args.flip)
     if run.dist_info.is_main:

@@ -35,10 +35,11 @@ class MixedOp(nn.Module):
         super().__init__()
         self.ops = nn.ModuleDict({name: search_op(name, channels) for name in PRIMITIVES
                                   if name != NONE_OP})
+        self.columns = [PRIMITIVES.index(name) for name in self.ops]  # each op's alpha
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """x: (N, C, H, W); weights: (len(PRIMITIVES),), this edge's normalised alphas."""
-        return sum(weights[PRIMITIVES.index(name)] * op(x) for name, op in self.ops.items())
+        return sum(weights[i] * op(x) for i, op in zip(self.columns, self.ops.values()))
 
 
 class PlainSearchCell(nn.Module):
