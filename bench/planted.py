@@ -41,11 +41,11 @@ import torch  # noqa: E402
 from bench.common import (append_row, cell_text, machine, read_rows,  # noqa: E402
                           resume_or_start, search_summary)
 from dataloaders import dataset_info  # noqa: E402
-from dataloaders.datasets import planted_context, planted_operation  # noqa: E402
+from dataloaders.datasets import planted_context, planted_operation, planted_sparks  # noqa: E402
 from engine.genotype_io import save_genotype  # noqa: E402
 from modeling.genotypes import Genotype  # noqa: E402
 
-TASKS = {"context": planted_context, "operation": planted_operation}
+TASKS = {"context": planted_context, "operation": planted_operation, "sparks": planted_sparks}
 FIELDS = ("task", "seed", "flags", "found", "network_path", "cell", "mean_levels",
           "top_operation", "alpha_entropy",
           "alpha_uniform", "beta_entropy", "beta_uniform", "path_margin", "op_gap_mean",

@@ -32,6 +32,9 @@ DATASET_DEFAULTS = {
     "planted_operation": dict(PAPER_DEFAULTS, epochs=10, batch_size=4, crop_size=64,
                               alpha_epoch=3, filter_multiplier=4, num_layers=8, workers=0,
                               eval_interval=10, arch_lr=SMALL_BUDGET_ARCH_LR),
+    "planted_sparks": dict(PAPER_DEFAULTS, epochs=10, batch_size=4, crop_size=96,
+                           alpha_epoch=3, filter_multiplier=4, num_layers=8, workers=0,
+                           eval_interval=10, arch_lr=SMALL_BUDGET_ARCH_LR),
     # Cityscapes is searched at half resolution (paper section 4.1).
     "cityscapes": dict(PAPER_DEFAULTS, resize=512),
 }

@@ -29,6 +29,8 @@ DATASET_DEFAULTS = {
     "planted_operation": dict(PAPER_DEFAULTS, iters=300, batch_size=4, crop_size=64,
                               warmup_iters=20, filter_multiplier=8, eval_interval=100,
                               workers=0),
+    "planted_sparks": dict(PAPER_DEFAULTS, iters=300, batch_size=4, crop_size=96,
+                           warmup_iters=20, filter_multiplier=8, eval_interval=100, workers=0),
     "cityscapes": dict(PAPER_DEFAULTS, iters=1_500_000, crop_size=769),
     "pascal": dict(PAPER_DEFAULTS, iters=1_500_000),
     "ade20k": dict(PAPER_DEFAULTS, iters=4_000_000),

@@ -87,12 +87,14 @@ def _registry() -> dict:
     # Imported here, not at the top: the dataset modules import IGNORE_INDEX and DatasetInfo
     # from this package, which must be fully defined first.
     from dataloaders.datasets import (ade20k, camvid, cityscapes, coco, folder, pascal,
-                                      planted_context, planted_operation, synthetic)
+                                      planted_context, planted_operation, planted_sparks,
+                                      synthetic)
 
     return {
         "synthetic": synthetic,
         "planted_context": planted_context,
         "planted_operation": planted_operation,
+        "planted_sparks": planted_sparks,
         "camvid": camvid,
         "cityscapes": cityscapes,
         "pascal": pascal,

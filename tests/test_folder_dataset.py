@@ -137,3 +137,63 @@ def test_every_stage_runs_on_a_folder_dataset(tmp_path):
         root / "images" / "val", "--out-dir", tmp_path / "pred")
     mask = np.asarray(Image.open(tmp_path / "pred" / "img0_mask.png").convert("RGB"))
     assert {tuple(c) for c in mask.reshape(-1, 3)} <= {tuple(c) for c in COLOURS}
+
+
+def cli_error(capsys, stage, *argv):
+    """Run entry point `stage` ("search" or "retrain") in this process; expect exit 2 and
+    return the one error line."""
+    import train
+    import train_autodeeplab
+    from config_utils import search_args, train_args
+
+    main, parser = {"search": (train_autodeeplab.main, search_args.get_args_parser),
+                    "retrain": (train.main, train_args.get_args_parser)}[stage]
+    logging.getLogger().handlers.clear()  # an earlier test's, writing to its closed capture
+    with pytest.raises(SystemExit) as exit_info:
+        main(parser().parse_args(list(map(str, argv))))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err and err[-1].startswith("error: ") and "Traceback" not in "\n".join(err)
+    return err[-1]
+
+
+TINY = {"search": ["--filter-multiplier", "2", "--num-layers", "3", "--steps", "2",
+                   "--block-multiplier", "2", "--crop-size", "16", "--batch-size", "2",
+                   "--epochs", "1", "--alpha-epoch", "0", "--workers", "0"],
+        "retrain": ["--filter-multiplier", "2", "--crop-size", "16", "--batch-size", "2",
+                    "--iters", "2", "--warmup-iters", "1", "--workers", "0"]}
+# Each bad input of the layout, at the command line: (damage, the file the line names, found
+# when the dataset is built (no run folder) or only when the item is loaded).
+CLI_DAMAGE = {
+    "image without mask": (lambda r: (r / "masks/train/img1.png").unlink(),
+                           "images/train/img1.jpg", True),
+    "mask without image": (lambda r: (r / "images/train/img1.jpg").unlink(),
+                           "masks/train/img1.png", True),
+    "mask of another size": (lambda r: Image.new("L", (7, 5)).save(r / "masks/train/img2.png"),
+                             "masks/train/img2.png", True),
+    "empty split": (lambda r: [p.unlink() for s in ("images", "masks")
+                               for p in (r / s / "val").iterdir()], "images/val", True),
+    "classes.json not JSON": (lambda r: (r / "classes.json").write_text("{not json"),
+                              "classes.json", True),
+    "classes.json contradicts the masks": (
+        lambda r: (r / "classes.json").write_text('{"classes": ["a", "b"]}'),
+        "masks/train/img", False),
+}
+
+
+@pytest.mark.parametrize("stage", ["search", "retrain"])
+@pytest.mark.parametrize("problem", list(CLI_DAMAGE))
+def test_bad_input_at_the_command_line_is_one_line_exit_2_and_writes_nothing(
+        tmp_path, capsys, stage, problem):
+    damage, named, at_build = CLI_DAMAGE[problem]
+    root = make_tree(tmp_path / "data")
+    damage(root)
+    extra = ["--genotype", "autodeeplab"] if stage == "retrain" else []
+    run = tmp_path / "run"
+    line = cli_error(capsys, stage, "--dataset", "folder", "--data-root", root, *TINY[stage],
+                     *extra, "--out-dir", run)
+    assert str(root / named) in line, line
+    if at_build:
+        assert not run.exists()
+    else:  # met by the first batch: the run folder holds its log, but no checkpoint
+        assert not list(run.glob("*.pth.tar"))

@@ -11,11 +11,13 @@ import pytest
 import torch
 
 from dataloaders import build_dataset, dataset_info, is_generated
-from dataloaders.datasets import planted, planted_context, planted_operation
+from dataloaders.datasets import planted, planted_context, planted_operation, planted_sparks
 from modeling.genotypes import Genotype
 
 REPO = Path(__file__).resolve().parents[1]
-TASKS = (planted_context, planted_operation)
+TASKS = (planted_context, planted_operation, planted_sparks)
+BENCH_TASKS = {"context": planted_context, "operation": planted_operation,
+               "sparks": planted_sparks}
 
 
 @pytest.mark.parametrize("task", TASKS, ids=lambda m: m.INFO.name)
@@ -73,6 +75,42 @@ def test_operation_scenes_hide_faint_disks_in_noise():
         assert background.std() > 1.7 * planted.BLOB_CONTRAST  # noise twice it, little clipping
 
 
+def chebyshev_dilation(points: np.ndarray, reach: int) -> np.ndarray:
+    """Every pixel within `reach` (Chebyshev distance) of a True pixel of `points`."""
+    padded = np.pad(points, reach)
+    window = np.lib.stride_tricks.sliding_window_view(padded, (2 * reach + 1,) * 2)
+    return window.any(axis=(-2, -1))
+
+
+def test_sparks_label_the_square_around_them_by_their_colour():
+    height, width = planted_sparks.DEFAULTS.image_size
+    for index in range(6):
+        image, mask = planted_sparks.generate(np.random.default_rng([0, 0, index]),
+                                              height, width)
+        r, g, b = (image[..., c].astype(int) for c in range(3))
+        red, blue = (r - np.maximum(g, b) > 80), (b - np.maximum(r, g) > 80)
+        assert red.any() or blue.any()
+        # The labels are exactly each colour's sparks widened by the reach: a max filter.
+        reach = planted.SPARK_REACH
+        assert np.array_equal(mask == planted.NEAR_RED, chebyshev_dilation(red, reach))
+        assert np.array_equal(mask == planted.NEAR_BLUE, chebyshev_dilation(blue, reach))
+        # Sparks are the only coloured pixels, SPARK_SIZE square each.
+        sparks = red | blue
+        assert sparks.sum() % planted.SPARK_SIZE ** 2 == 0
+        # Near and far look alike apart from the sparks: only they tell the classes apart.
+        texture = ~sparks
+        near, far = texture & (mask != planted.BACKGROUND), texture & (mask == planted.BACKGROUND)
+        if far.any():
+            assert abs(image[near].mean() - image[far].mean()) < 6
+            assert abs(image[near].std() - image[far].std()) < 4
+
+
+def test_sparks_are_farther_than_the_stem_and_a_few_operations_reach():
+    # The stem reaches 5 pixels; each 3 x 3 operation at stride 4 one feature pixel (4 pixels)
+    # more. A pixel at the reach needs the spark carried over 4-5 feature pixels.
+    assert planted.SPARK_REACH >= 5 + 4 * 4
+
+
 def farthest_from_a_ring(image, mask) -> float:
     """Pixels from the labelled pixel farthest from every ring pixel: the context it needs."""
     r, g, b = (image[..., c].astype(int) for c in range(3))
@@ -112,15 +150,18 @@ def test_context_answer_is_a_path_through_the_coarse_levels():
     assert found((1, 2, 3, 3, 3, 3, 3, 3), cell)
 
 
-def test_operation_answer_is_avg_pool_as_the_most_frequent_operation():
-    found = planted_operation.planted_answer_found
-    ops = ["avg_pool_3x3"] * 3 + ["skip_connect"] * 2 + ["sep_conv_3x3"] * 2 + [
-        "atrous_conv_5x5", "max_pool_3x3", "sep_conv_5x5"]
+@pytest.mark.parametrize("task", (planted_operation, planted_sparks), ids=lambda m: m.INFO.name)
+def test_operation_answer_is_the_most_frequent_operation(task):
+    found = task.planted_answer_found
+    planted_op = task.PLANTED_OPERATION
+    other = "max_pool_3x3" if planted_op != "max_pool_3x3" else "avg_pool_3x3"
+    ops = [planted_op] * 3 + ["skip_connect"] * 2 + ["sep_conv_3x3"] * 2 + [
+        "atrous_conv_5x5", other, "sep_conv_5x5"]
     cell = lambda ops: tuple(((0, ops[2 * b]), (1, ops[2 * b + 1])) for b in range(5))  # noqa
     assert found((0,) * 8, cell(ops))
-    tie = ops[:2] + ["skip_connect"] + ops[3:]  # 2 avg_pool, 3 skip_connect
+    tie = ops[:2] + ["skip_connect"] + ops[3:]  # 2 planted, 3 skip_connect
     assert not found((0,) * 8, cell(tie))
-    level = ops[:2] + ["sep_conv_3x3"] + ops[3:]  # 2 avg_pool, 3 sep_conv_3x3
+    level = ops[:2] + ["sep_conv_3x3"] + ops[3:]  # 2 planted, 3 sep_conv_3x3
     assert not found((0,) * 8, cell(level))
     assert not found((0,) * 8, cell(["skip_connect"] * 10))
 
@@ -139,9 +180,9 @@ def test_bench_planted_checks_each_seed_once_against_the_planted_answer(tmp_path
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
     with out.open(newline="") as f:
         rows = list(csv.DictReader(f))
-    assert sorted(r["task"] for r in rows) == ["context", "operation"]
+    assert sorted(r["task"] for r in rows) == sorted(BENCH_TASKS)
     for row in rows:
-        module = {"context": planted_context, "operation": planted_operation}[row["task"]]
+        module = BENCH_TASKS[row["task"]]
         path = tuple(int(v) for v in row["network_path"].split())
         cell = json.loads(row["cell"])
         assert len(path) == 3 and len(cell) == 2
@@ -151,13 +192,13 @@ def test_bench_planted_checks_each_seed_once_against_the_planted_answer(tmp_path
     again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "train_autodeeplab.py" not in again.stdout
     with out.open(newline="") as f:
-        assert len(list(csv.DictReader(f))) == 2
+        assert len(list(csv.DictReader(f))) == len(BENCH_TASKS)
 
 
 def test_controls_make_the_planted_choice_or_not():
     # The controls are valid architectures, and each task has one that holds its planted answer
     # and one that does not, so retraining them measures what the choice is worth.
-    for module in (planted_context, planted_operation):
+    for module in TASKS:
         found = {name: module.planted_answer_found(path, cell)
                  for name, (path, cell) in module.CONTROLS.items()}
         assert True in found.values() and False in found.values(), module.INFO.name

@@ -38,11 +38,31 @@ two 3x3 convolutions already average over 7 x 7 pixels, and a cell of skip_conne
 avg_pool_3x3 by 0.3 val mIoU. The task plants nothing a cell search should find; it is kept,
 with its original answer rule, as the context task's control.
 
+**planted_sparks** (`spark_scene`, 96 x 96). The rings' grey texture with two to four tiny
+sparks (2 x 2 pixels), red or blue; every pixel within 24 pixels of a spark (Chebyshev
+distance: a 50 x 50 square) takes the spark's colour:
+
+| id | name | what it is |
+|---|---|---|
+| 0 | background | texture far from every spark |
+| 1 | near_red | texture within 24 pixels of a red spark |
+| 2 | near_blue | texture within 24 pixels of a blue spark |
+
+A label is the maximum of the sparks' colours over a window: what max_pool_3x3 computes, one
+feature pixel more per operation. The stem reaches 5 pixels, so a spark must be carried over
+about 5 feature pixels at stride 4 before the head. An average spreads it too but thins it
+below the texture's noise within a few steps; a convolution has to learn it; skip_connect does
+not spread; and a single feature pixel at stride 4 is easily lost on the way to a coarser level
+(FactorizedReduce keeps every other pixel). The answer planted is a cell whose most frequent
+operation is max_pool_3x3. Unlike the operation task's, this reasoning survived its controls.
+
 Scenes are drawn at one scale: training augmentation keeps the random crop and flip but not
 the random rescale, which would change the sizes and distances the tasks are built on.
 """
 
 from __future__ import annotations
+
+from collections import Counter
 
 import numpy as np
 
@@ -99,6 +119,43 @@ def blob_scene(rng: np.random.Generator, height: int, width: int
     return np.clip(np.rint(image), 0, 255).astype(np.uint8), mask
 
 
+NEAR_RED, NEAR_BLUE = 1, 2
+SPARK_CLASS_NAMES = ("background", "near_red", "near_blue")
+SPARK_PALETTE = RING_PALETTE
+# The rings' grey texture, so their statistics (the sparks' own, over 256 images: mean 0.490,
+# std 0.136 per channel).
+SPARK_MEAN, SPARK_STD = RING_MEAN, RING_STD
+SPARK_COLOURS = {NEAR_RED: (235, 40, 40), NEAR_BLUE: (40, 80, 235)}
+SPARK_SIZE = 2  # pixels, square
+SPARK_REACH = 24  # pixels: a pixel is near a spark within this Chebyshev distance
+SPARKS_PER_IMAGE = (2, 4)
+
+
+def spark_scene(rng: np.random.Generator, height: int, width: int
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """One scene of the sparks task: uint8 image (H, W, 3) and uint8 mask (H, W) of class ids
+    0..2, tiny red and blue sparks in grey noise, each labelling the square of pixels within
+    SPARK_REACH of it by its colour. Squares never overlap."""
+    grey = rng.uniform(90, 160)
+    image = grey + rng.normal(0, 4, 3) + rng.normal(0, TEXTURE_STD, (height, width, 1))
+    mask = np.full((height, width), BACKGROUND, dtype=np.uint8)
+    placed: list[tuple[int, int]] = []
+    for _ in range(rng.integers(SPARKS_PER_IMAGE[0], SPARKS_PER_IMAGE[1] + 1)):
+        for _ in range(PLACEMENT_TRIES):
+            y, x = rng.integers(0, height - SPARK_SIZE + 1), rng.integers(0, width - SPARK_SIZE + 1)
+            if all(max(abs(y - q), abs(x - p)) > 2 * SPARK_REACH + SPARK_SIZE for q, p in placed):
+                break
+        else:
+            continue
+        placed.append((y, x))
+        label = NEAR_RED if rng.random() < 0.5 else NEAR_BLUE
+        mask[max(0, y - SPARK_REACH):y + SPARK_SIZE + SPARK_REACH,
+             max(0, x - SPARK_REACH):x + SPARK_SIZE + SPARK_REACH] = label
+        image[y:y + SPARK_SIZE, x:x + SPARK_SIZE] = (
+            np.asarray(SPARK_COLOURS[label], np.float32) + rng.normal(0, COLOUR_JITTER, 3))
+    return np.clip(np.rint(image), 0, 255).astype(np.uint8), mask
+
+
 def ring_scene(rng: np.random.Generator, height: int, width: int, *,
                radius_range: tuple[float, float], rings: tuple[int, int]
                ) -> tuple[np.ndarray, np.ndarray]:
@@ -131,6 +188,14 @@ def ring_scene(rng: np.random.Generator, height: int, width: int, *,
         colour = np.asarray(RING_COLOURS[label], np.float32) + rng.normal(0, COLOUR_JITTER, 3)
         image[ring] = colour + rng.normal(0, TEXTURE_STD / 4, (int(ring.sum()), 3))
     return np.clip(np.rint(image), 0, 255).astype(np.uint8), mask
+
+
+def operation_wins(cell, operation: str) -> bool:
+    """Whether `operation` is on more of a decoded cell's edges (per block two (input,
+    operation) pairs) than any other operation; a tie is not a win."""
+    counts = Counter(op for block in cell for _, op in block)
+    ours = counts.pop(operation, 0)
+    return ours > max(counts.values(), default=0)
 
 
 def uniform_cell(operation: str, steps: int = 5, shallow: bool = False) -> tuple:

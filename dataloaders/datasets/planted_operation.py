@@ -4,8 +4,6 @@ See dataloaders/datasets/planted.py for the scenes, the reasoning and its refuta
 
 from __future__ import annotations
 
-from collections import Counter
-
 from dataloaders.datasets import planted
 from dataloaders.datasets.generated import GeneratedDefaults
 
@@ -32,6 +30,4 @@ def planted_answer_found(network_path, cell) -> bool:
     """Whether a decoded architecture (levels per layer; per block two (input, operation)
     pairs) holds the planted answer: PLANTED_OPERATION on more of the cell's edges than any
     other operation (a tie is not found)."""
-    counts = Counter(op for block in cell for _, op in block)
-    ours = counts.pop(PLANTED_OPERATION, 0)
-    return ours > max(counts.values(), default=0)
+    return planted.operation_wins(cell, PLANTED_OPERATION)
