@@ -14,7 +14,7 @@ PAPER_DEFAULTS = dict(
     epochs=40, batch_size=2, crop_size=321, resize=None, lr=0.025, min_lr=0.001, momentum=0.9,
     weight_decay=3e-4, arch_lr=3e-3, arch_weight_decay=1e-3, alpha_epoch=20,
     filter_multiplier=8, block_multiplier=5, steps=5, num_layers=12, eval_interval=1,
-    grad_clip=5.0, workers=4, seed=0, partial_channels=1, supernet="fast",
+    grad_clip=5.0, workers=4, seed=0, partial_channels=1, supernet="fast", skip_dropout=0.0,
 )
 # Ten times the paper's architecture learning rate, for searches of a few hundred steps: at
 # the paper's 3e-3 the alphas and betas move by hundredths in such a search (docs/search_learning/
@@ -129,6 +129,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="Adam weight decay of alphas and betas " + dflt("arch_weight_decay"))
     g.add_argument("--alpha-epoch", type=int, default=None,
                    help="epoch from which architecture steps run " + dflt("alpha_epoch"))
+    g.add_argument("--skip-dropout", type=float, default=None, metavar="RATE",
+                   help="dropout on every skip_connect while searching, against a collapse to "
+                        "skip connections (P-DARTS; not in the paper) " + dflt("skip_dropout"))
     common.add_amp_args(g, "the weight and the architecture step")
 
     g = p.add_argument_group("run")
@@ -173,4 +176,6 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--partial-channels {args.partial_channels} must divide "
                         f"--filter-multiplier {args.filter_multiplier}")
     common.require_non_negative(args, ("alpha_epoch", "checkpoint_interval"))
+    if not 0.0 <= args.skip_dropout < 1.0:
+        raise UserError(f"--skip-dropout {args.skip_dropout} must be in [0, 1): a rate")
 

@@ -95,6 +95,7 @@ class SearchParts:
                                 partial_channels=args.partial_channels,
                                 implementation=args.supernet)
         model = AutoDeepLabSearch(config, checkpoint_cells=args.checkpoint_cells).to(device)
+        model.set_skip_dropout(args.skip_dropout)
         criterion = nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)
         # fused: one kernel over the supernet's 2,871 weight tensors (F=8) instead of
         # torch's per-tensor loop on the CPU.

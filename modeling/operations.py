@@ -206,6 +206,13 @@ PRIMITIVES: tuple[str, ...] = tuple(OPS)
 NONE_OP = "none"
 
 
+def skip_connect(x: torch.Tensor, dropout: float, training: bool) -> torch.Tensor:
+    """skip_connect's output in the search: the input, with dropout at rate `dropout` while
+    training (P-DARTS' operation-level dropout on skip connections, Chen et al. 2019, against a
+    search that collapses to them; 0 is the paper's plain identity)."""
+    return F.dropout(x, dropout, training) if dropout > 0 else x
+
+
 def search_op(name: str, channels: int) -> nn.Module:
     """Operation `name` as the search runs it: stride 1, affine-free batch norm, and pools
     followed by an affine-free batch norm (DARTS)."""

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from modeling.operations import NONE_OP, PRIMITIVES, search_op
+from modeling.operations import NONE_OP, PRIMITIVES, search_op, skip_connect
 from modeling.search_cell import (ATROUS_CONVS, FALLBACK_OPS, SEP_CONVS, channel_shuffle,
                                   search_preprocess)
 from modeling.search_space import cell_edges, edge_offset
@@ -36,10 +36,13 @@ class MixedOp(nn.Module):
         self.ops = nn.ModuleDict({name: search_op(name, channels) for name in PRIMITIVES
                                   if name != NONE_OP})
         self.columns = [PRIMITIVES.index(name) for name in self.ops]  # each op's alpha
+        self.skip_dropout = 0.0  # AutoDeepLabSearch.set_skip_dropout
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """x: (N, C, H, W); weights: (len(PRIMITIVES),), this edge's normalised alphas."""
-        return sum(weights[i] * op(x) for i, op in zip(self.columns, self.ops.values()))
+        return sum(weights[i] * (skip_connect(x, self.skip_dropout, self.training)
+                                 if name == "skip_connect" else op(x))
+                   for i, (name, op) in zip(self.columns, self.ops.items()))
 
 
 class PlainSearchCell(nn.Module):

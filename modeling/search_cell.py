@@ -44,7 +44,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from modeling.operations import (ATROUS_DILATION, NONE_OP, PRIMITIVES, FactorizedReduce,
-                                 ReLUConvBN, ResizeReLUConvBN, search_op)
+                                 ReLUConvBN, ResizeReLUConvBN, search_op, skip_connect)
 from modeling.search_space import edge_offset
 
 OP = {name: i for i, name in enumerate(PRIMITIVES)}
@@ -161,6 +161,7 @@ class SharedSourceOps(nn.Module):
         super().__init__()
         self.channels, self.num_edges, self.groups = channels, num_edges, groups
         self.fast_paths = fast_paths
+        self.skip_dropout = 0.0  # AutoDeepLabSearch.set_skip_dropout
         c, k, wide = channels, num_edges, groups * num_edges * channels
         # Separable convolutions, twice depthwise then pointwise (`_separable` reads them by
         # name: <type>_dw<stage>, <type>_pw<stage>).
@@ -272,7 +273,8 @@ class SharedSourceOps(nn.Module):
         # whose output is edge-major, so each edge's term is contiguous (no transposes).
         max_pool = self.max_pool_bn(F.max_pool2d(x, 3, 1, 1))
         avg_pool = self.avg_pool_bn(F.avg_pool2d(x, 3, 1, 1, count_include_pad=False))
-        stacked = torch.stack([nhwc(t) for t in (max_pool, avg_pool, x)])  # (3, N, H, W, G*C)
+        skip = skip_connect(x, self.skip_dropout, self.training)
+        stacked = torch.stack([nhwc(t) for t in (max_pool, avg_pool, skip)])  # (3, N, H, W, G*C)
         mix = weights[:, op_columns(PARAMETER_FREE)]  # (k, 3), a view in the default order
         free = torch.mm(mix, stacked.view(len(PARAMETER_FREE), -1)).view(k, n, h, w, g, c)
         # Operations without a fast path, as the plain supernet runs them: every edge's module

@@ -144,6 +144,15 @@ class AutoDeepLabSearch(nn.Module):
     def _key(layer: int, level: int) -> str:
         return f"{layer}_{level}"
 
+    def set_skip_dropout(self, rate: float) -> None:
+        """Dropout at `rate` on every skip_connect while training (`operations.skip_connect`);
+        0 turns it off. A training setting, not part of the architecture or its checkpoint."""
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"skip dropout must be in [0, 1), got {rate}")
+        for module in self.modules():
+            if hasattr(module, "skip_dropout"):
+                module.skip_dropout = rate
+
     def named_arch_parameters(self) -> list[tuple[str, nn.Parameter]]:
         """The architecture parameters by name: cell alphas (E, ops) and network betas
         (L, 4, 3), and with partial channels the edge-normalisation logits (E,)."""

@@ -371,3 +371,32 @@ def test_op_columns_are_a_view_where_consecutive_else_indices():
     assert search_cell.op_columns(search_cell.PARAMETER_FREE) == slice(1, 4)
     assert search_cell.op_columns(search_cell.SEP_CONVS) == slice(4, 6)
     assert search_cell.op_columns(("max_pool_3x3", "sep_conv_3x3")) == [1, 4]
+
+
+@pytest.mark.parametrize("implementation", ["fast", "plain"])
+def test_skip_dropout_drops_only_skip_connect_and_only_while_training(implementation):
+    skip = PRIMITIVES.index("skip_connect")
+    x = torch.randn(2, 3, 24, 24)
+
+    def run(rate, train, only_skip):
+        model = tiny_model(implementation=implementation)
+        with torch.no_grad():
+            if only_skip:  # every edge all skip_connect (others' weights ~1e-9)
+                model.alphas.fill_(-20.0)
+                model.alphas[:, skip] = 20.0
+            else:  # skip_connect never
+                model.alphas[:, skip] = -40.0
+        model.set_skip_dropout(rate)
+        model.train(train)
+        torch.manual_seed(1)
+        return model(x)
+
+    for only_skip in (True, False):
+        assert torch.equal(run(0.5, False, only_skip), run(0.0, False, only_skip))
+    # Training: a dropped skip connection changes the output; with skip_connect weighing nothing
+    # the dropout has nothing to act on.
+    assert not torch.allclose(run(0.5, True, True), run(0.0, True, True))
+    assert torch.allclose(run(0.5, True, False), run(0.0, True, False), atol=1e-6)
+    model = tiny_model(implementation=implementation)
+    with pytest.raises(ValueError, match="skip dropout"):
+        model.set_skip_dropout(1.0)
