@@ -7,8 +7,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_DIR ?= run/demo
-# Any generated dataset: planted_context (its search must find a coarse path), planted_operation
-# or synthetic.
+# Any generated dataset: planted_context (its search must find a coarse path), planted_sparks
+# (max_pool_3x3), planted_operation or synthetic.
 DEMO_DATASET ?= planted_context
 # requirements-cpu.txt pins a CPU build of torch; REQUIREMENTS=requirements.txt keeps the torch
 # already in $(VENV) (a CUDA build on a GPU machine; README, Set-up).

@@ -1,6 +1,6 @@
 """Planted tasks: does the search find an answer known by construction? Several seeds each.
 
-    .venv/bin/python bench/planted.py                          # both tasks, seeds 0-4
+    .venv/bin/python bench/planted.py                          # every task, seeds 0-4
     .venv/bin/python bench/planted.py --tasks context --seeds 0 1
     .venv/bin/python bench/planted.py -- --arch-lr 0.01        # extra search flags, after --
 
@@ -13,10 +13,11 @@ last checkpoint is checked against the task's planted answer (`PLANTED_ANSWER` a
 One row per (task, seed, extra flags) goes to --csv: the decoded path and cell, whether the
 planted answer is in it, the expected level per layer of a path drawn from the betas
 (`mean_levels`) and the cell's most frequent operation (`top_operation`), how far alphas and
-betas moved, the decode margins and the run's time. Each task is the other's control: the
-context task should end on coarser levels than the operation task, and only the operation
-task should favour avg_pool_3x3. Rows already in the CSV are skipped, so the same command
-continues an interrupted series (on another machine too).
+betas moved, the decode margins and the run's time. The tasks are each other's controls: the
+context task should end on coarser levels than the others, and only the sparks task should
+favour max_pool_3x3. Rows already in the CSV are skipped, so the same command continues an
+interrupted series (on another machine too); each setting of extra flags has its own run
+folders.
 
     .venv/bin/python bench/planted.py --controls --seeds 0 1   # no search: fixed architectures
 
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -98,10 +100,17 @@ def run_script(script: str, argv: list[str], run: Path, extra: list[str], log: s
                  f"{done.stderr[-2000:]}")
 
 
+def run_folder(run_dir: Path, name: str, extra: list[str]) -> Path:
+    """`run_dir`/`name`, with the extra flags in the name: a folder that exists is resumed, so
+    another setting must not find it."""
+    flags = re.sub(r"[^A-Za-z0-9.]+", "_", " ".join(extra)).strip("_")
+    return run_dir / (f"{name}-{flags}" if flags else name)
+
+
 def run_task(task: str, seed: int, extra: list[str], run_dir: Path) -> dict:
     """Search planted task `task` with `seed`; the result row."""
     module = TASKS[task]
-    run = run_dir / f"{task}-seed{seed}"
+    run = run_folder(run_dir, f"{task}-seed{seed}", extra)
     run_script("train_autodeeplab.py", ["--dataset", module.INFO.name, "--seed", str(seed)],
                run, extra, "search.log")
     miou, seconds = run_metrics(run)
@@ -117,7 +126,7 @@ def run_control(task: str, name: str, seed: int, extra: list[str], run_dir: Path
     the result row (val mIoU of the last iteration)."""
     module = TASKS[task]
     genotype = Genotype(*module.CONTROLS[name])
-    run = run_dir / "controls" / f"{task}-{name.replace(' ', '_')}-seed{seed}"
+    run = run_folder(run_dir / "controls", f"{task}-{name.replace(' ', '_')}-seed{seed}", extra)
     run.mkdir(parents=True, exist_ok=True)
     save_genotype(genotype, run / "control.json")
     run_script("train.py", ["--dataset", module.INFO.name, "--genotype", str(run / "control.json"),

@@ -9,11 +9,12 @@ from config_utils.common import HelpFormatter
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description="Write images of a generated dataset (synthetic, planted_context, "
-                    "planted_operation) and their labels as PNG files, e.g. to try predict.py "
+                    "planted_operation, planted_sparks) and their labels as PNG files, e.g. to try predict.py "
                     "on.",
         formatter_class=HelpFormatter)
     p.add_argument("--dataset", default="synthetic",
-                   help="a generated dataset: synthetic, planted_context or planted_operation")
+                   help="a generated dataset: synthetic, planted_context, planted_operation or "
+                        "planted_sparks")
     p.add_argument("--out-dir", required=True, help="folder to write the PNG files to")
     p.add_argument("--split", default="val", choices=("train", "val", "test"),
                    help="which split's images")

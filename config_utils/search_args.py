@@ -85,7 +85,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "128 for planted_*; 16 for val)")
     g.add_argument("--image-size", type=int, nargs=2, default=None, metavar=("H", "W"),
                    help="generated datasets only: image size (default: 96 96 for synthetic, "
-                        "128 128 for planted_context, 64 64 for planted_operation)")
+                        "128 128 for planted_context, 64 64 for planted_operation, 96 96 for "
+                        "planted_sparks)")
     g.add_argument("--max-samples", type=int, default=None,
                    help="use only the first N training and validation images (quick runs)")
     g.add_argument("--use-sbd", action="store_true",
