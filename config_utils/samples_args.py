@@ -9,8 +9,8 @@ from config_utils.common import HelpFormatter
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description="Write images of a generated dataset (synthetic, planted_context, "
-                    "planted_operation, planted_sparks) and their labels as PNG files, e.g. to try predict.py "
-                    "on.",
+                    "planted_operation, planted_sparks) and their labels as PNG files, e.g. to "
+                    "try predict.py on.",
         formatter_class=HelpFormatter)
     p.add_argument("--dataset", default="synthetic",
                    help="a generated dataset: synthetic, planted_context, planted_operation or "

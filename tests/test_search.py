@@ -139,6 +139,8 @@ def test_plain_supernet_searches_and_its_checkpoint_keeps_it(tmp_path):
     (["--batch-size", "1"], "--batch-size must be at least 2"),
     (["--partial-channels", "3"], "--partial-channels 3 must divide --filter-multiplier 4"),
     (["--partial-channels", "0"], "--partial-channels must be positive"),
+    (["--skip-dropout", "1"], "--skip-dropout 1.0 must be in [0, 1)"),
+    (["--skip-dropout", "-0.1"], "--skip-dropout -0.1 must be in [0, 1)"),
     (["--resume", "/nonexistent/checkpoint.pth.tar"], "/nonexistent/checkpoint.pth.tar"),
 ])
 def test_bad_input_ends_in_one_error_line(tmp_path, argv, message):

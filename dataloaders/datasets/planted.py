@@ -33,10 +33,10 @@ pixels), which is exactly avg_pool_3x3. A convolution can learn to average too, 
 learn it; skip_connect and max_pool_3x3 pass the noise on. The answer planted is a cell whose
 most frequent operation is avg_pool_3x3.
 
-That reasoning was refuted by retraining fixed architectures (docs/search_learning/README.md, "Controls"): the stem's
-two 3x3 convolutions already average over 7 x 7 pixels, and a cell of skip_connect beats one of
-avg_pool_3x3 by 0.3 val mIoU. The task plants nothing a cell search should find; it is kept,
-with its original answer rule, as the context task's control.
+That reasoning was refuted by retraining fixed architectures (docs/search_learning/README.md,
+"Controls"): the stem's two 3x3 convolutions already average over 7 x 7 pixels, and a cell of
+skip_connect beats one of avg_pool_3x3 by 0.3 val mIoU. The task plants nothing a cell search
+should find; it is kept, with its original answer rule, as the other tasks' control.
 
 **planted_sparks** (`spark_scene`, 96 x 96). The rings' grey texture with two to four tiny
 sparks (2 x 2 pixels), red or blue; every pixel within 24 pixels of a spark (Chebyshev
@@ -67,6 +67,7 @@ from collections import Counter
 import numpy as np
 
 from dataloaders import DatasetInfo
+from dataloaders.datasets.generated import GeneratedDefaults
 
 BACKGROUND, INSIDE_RED, INSIDE_BLUE = range(3)
 RING_CLASS_NAMES = ("background", "inside_red", "inside_blue")
@@ -86,6 +87,17 @@ PLACEMENT_TRIES = 50
 def info(name: str, class_names, palette, mean, std) -> DatasetInfo:
     return DatasetInfo(name=name, num_classes=len(class_names), class_names=tuple(class_names),
                        palette=tuple(palette), mean=tuple(mean), std=tuple(std))
+
+
+def defaults(image_size: tuple[int, int]) -> GeneratedDefaults:
+    """Every planted task's split sizes, at `image_size`, drawn at one scale (see above)."""
+    return GeneratedDefaults(num_samples={"train": 128, "val": 16, "test": 16},
+                             image_size=image_size, scale_range=(1.0, 1.0))
+
+
+def operation_answer(operation: str) -> str:
+    """The planted answer of a task that plants `operation` (checked by `operation_wins`)."""
+    return f"{operation} is the decoded cell's most frequent operation"
 
 
 BRIGHT_BLOB, DARK_BLOB = 1, 2
@@ -142,8 +154,10 @@ def spark_scene(rng: np.random.Generator, height: int, width: int
     placed: list[tuple[int, int]] = []
     for _ in range(rng.integers(SPARKS_PER_IMAGE[0], SPARKS_PER_IMAGE[1] + 1)):
         for _ in range(PLACEMENT_TRIES):
-            y, x = rng.integers(0, height - SPARK_SIZE + 1), rng.integers(0, width - SPARK_SIZE + 1)
-            if all(max(abs(y - q), abs(x - p)) > 2 * SPARK_REACH + SPARK_SIZE for q, p in placed):
+            y = rng.integers(0, height - SPARK_SIZE + 1)
+            x = rng.integers(0, width - SPARK_SIZE + 1)
+            if all(max(abs(y - q), abs(x - p)) > 2 * SPARK_REACH + SPARK_SIZE
+                   for q, p in placed):
                 break
         else:
             continue

@@ -6,12 +6,10 @@ from __future__ import annotations
 from functools import partial
 
 from dataloaders.datasets import planted
-from dataloaders.datasets.generated import GeneratedDefaults
 
 INFO = planted.info("planted_context", planted.RING_CLASS_NAMES, planted.RING_PALETTE,
                     planted.RING_MEAN, planted.RING_STD)
-DEFAULTS = GeneratedDefaults(num_samples={"train": 128, "val": 16, "test": 16},
-                             image_size=(128, 128), scale_range=(1.0, 1.0))
+DEFAULTS = planted.defaults((128, 128))
 generate = partial(planted.ring_scene, radius_range=(0.18, 0.34), rings=(2, 4))
 
 COARSE_LEVEL = 2  # stride 16

@@ -5,16 +5,14 @@ See dataloaders/datasets/planted.py for the scenes, the reasoning and its refuta
 from __future__ import annotations
 
 from dataloaders.datasets import planted
-from dataloaders.datasets.generated import GeneratedDefaults
 
 INFO = planted.info("planted_operation", planted.BLOB_CLASS_NAMES, planted.BLOB_PALETTE,
                     planted.BLOB_MEAN, planted.BLOB_STD)
-DEFAULTS = GeneratedDefaults(num_samples={"train": 128, "val": 16, "test": 16},
-                             image_size=(64, 64), scale_range=(1.0, 1.0))
+DEFAULTS = planted.defaults((64, 64))
 generate = planted.blob_scene
 
 PLANTED_OPERATION = "avg_pool_3x3"
-PLANTED_ANSWER = f"{PLANTED_OPERATION} is the decoded cell's most frequent operation"
+PLANTED_ANSWER = planted.operation_answer(PLANTED_OPERATION)
 # Fixed architectures retrained to check that the task needs what it plants, whatever the
 # search does: (network path, cell) by name; one fine path, one operation on every edge, the
 # blocks chained (as deep as the cell) or all reading the cell's two inputs ("shallow").

@@ -6,16 +6,14 @@ it (docs/search_learning/README.md, "Controls")."""
 from __future__ import annotations
 
 from dataloaders.datasets import planted
-from dataloaders.datasets.generated import GeneratedDefaults
 
 INFO = planted.info("planted_sparks", planted.SPARK_CLASS_NAMES, planted.SPARK_PALETTE,
                     planted.SPARK_MEAN, planted.SPARK_STD)
-DEFAULTS = GeneratedDefaults(num_samples={"train": 128, "val": 16, "test": 16},
-                             image_size=(96, 96), scale_range=(1.0, 1.0))
+DEFAULTS = planted.defaults((96, 96))
 generate = planted.spark_scene
 
 PLANTED_OPERATION = "max_pool_3x3"
-PLANTED_ANSWER = f"{PLANTED_OPERATION} is the decoded cell's most frequent operation"
+PLANTED_ANSWER = planted.operation_answer(PLANTED_OPERATION)
 FINE_PATH = (0,) * 8
 # Fixed architectures retrained to check that the task needs what it plants, whatever the
 # search does: (network path, cell) by name. The planted operation and skip_connect with the
