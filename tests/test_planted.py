@@ -105,10 +105,19 @@ def test_sparks_label_the_square_around_them_by_their_colour():
             assert abs(image[near].std() - image[far].std()) < 4
 
 
-def test_sparks_are_farther_than_the_stem_and_a_few_operations_reach():
+def test_sparks_label_pixels_beyond_the_stem_and_four_operations():
     # The stem reaches 5 pixels; each 3 x 3 operation at stride 4 one feature pixel (4 pixels)
-    # more. A pixel at the reach needs the spark carried over 4-5 feature pixels.
-    assert planted.SPARK_REACH >= 5 + 4 * 4
+    # more. Labelled pixels lie farther than that from every spark of their colour.
+    height, width = planted_sparks.DEFAULTS.image_size
+    beyond = total = 0
+    for index in range(4):
+        image, mask = planted_sparks.generate(np.random.default_rng([0, 0, index]),
+                                              height, width)
+        r, g, b = (image[..., c].astype(int) for c in range(3))
+        sparks = (r - np.maximum(g, b) > 80) | (b - np.maximum(r, g) > 80)
+        beyond += ((mask != planted.BACKGROUND) & ~chebyshev_dilation(sparks, 5 + 4 * 4)).sum()
+        total += mask.size
+    assert beyond > 0.05 * total  # a 50 x 50 square has 564 such pixels
 
 
 def farthest_from_a_ring(image, mask) -> float:
