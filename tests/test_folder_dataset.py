@@ -141,20 +141,11 @@ def test_every_stage_runs_on_a_folder_dataset(tmp_path):
 
 def cli_error(capsys, stage, *argv):
     """Run entry point `stage` ("search" or "retrain") in this process; expect exit 2 and
-    return the one error line."""
-    import train
-    import train_autodeeplab
-    from config_utils import search_args, train_args
+    return the one error line (tests/test_reliability's helpers)."""
+    from tests.test_reliability import error_line, retrain, search
 
-    main, parser = {"search": (train_autodeeplab.main, search_args.get_args_parser),
-                    "retrain": (train.main, train_args.get_args_parser)}[stage]
     logging.getLogger().handlers.clear()  # an earlier test's, writing to its closed capture
-    with pytest.raises(SystemExit) as exit_info:
-        main(parser().parse_args(list(map(str, argv))))
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err and err[-1].startswith("error: ") and "Traceback" not in "\n".join(err)
-    return err[-1]
+    return error_line(capsys, {"search": search, "retrain": retrain}[stage], *argv)
 
 
 TINY = {"search": ["--filter-multiplier", "2", "--num-layers", "3", "--steps", "2",

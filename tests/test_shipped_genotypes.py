@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 def test_every_shipped_genotype_loads_and_says_how_it_was_found():
     shipped = shipped_genotypes()
     assert {"autodeeplab", "camvid-cpu-s0", "camvid-cpu-s1", "planted-context",
-            "planted-operation"} <= set(shipped)
+            "planted-operation", "planted-sparks"} <= set(shipped)
     for name, path in shipped.items():
         found = json.loads(path.read_text())["found"]
         assert isinstance(found, str) and len(found) > 40, name
