@@ -1,44 +1,74 @@
 """Decode a search checkpoint into the architecture retraining reads (paper section 3.3).
 
     python decode_autodeeplab.py --resume RUN/checkpoint.pth.tar [--out-dir DIR]
+    python decode_autodeeplab.py --resume RUN/checkpoint.pth.tar --select perturbation
 
 Writes genotype.json, network_path.npy, network_path_space.npy, genotype.npy and
-architecture.png into DIR (default: the checkpoint's folder) and prints a summary.
+architecture.png into DIR (default: the checkpoint's folder) and prints a summary. With
+`--select perturbation` the cell is chosen by DARTS-PT's perturbation on the search's
+validation images (engine/perturbation.py), whose scores go to perturbation.json.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from config_utils.decode_args import get_args_parser
+from config_utils.decode_args import DEFAULT_SCORE_BATCH, get_args_parser
 from engine.genotype_io import save_genotype_arrays
 from engine.search_checkpoint import load_search_architecture
 from modeling.decoding import (arch_probabilities, format_summary, genotype_from_probabilities,
                                path_probability, top_k_paths)
-from modeling.genotypes import GENOTYPE_JSON
+from modeling.genotypes import GENOTYPE_JSON, Genotype
 from utils.checkpoint import write_json
-from utils.errors import exit_on_user_error
+from utils.errors import UserError, exit_on_user_error
+from utils.run import select_device
 
 PICTURE = "architecture.png"
+SCORES_JSON = "perturbation.json"
+SCORING_FLAGS = ("data_root", "max_images", "batch_size", "batch_norm", "device")
 
 
 @exit_on_user_error
 def main(args) -> None:
-    arch = load_search_architecture(args.resume, trust=args.trust_checkpoint)
+    scores = None
+    if args.select == "perturbation":
+        from engine.perturbation import score_search_checkpoint  # loads the data stack
+
+        arch, scores = score_search_checkpoint(
+            args.resume, device=select_device(args.device), data_root=args.data_root,
+            max_images=args.max_images, batch_size=args.batch_size or DEFAULT_SCORE_BATCH,
+            batch_statistics=args.batch_norm != "running", trust=args.trust_checkpoint)
+    else:
+        given = [name for name in SCORING_FLAGS if getattr(args, name) is not None]
+        if given:
+            raise UserError(f"--{given[0].replace('_', '-')} applies only with --select "
+                            "perturbation; drop it or add --select perturbation")
+        arch = load_search_architecture(args.resume, trust=args.trust_checkpoint)
     out_dir = Path(args.out_dir) if args.out_dir else arch.path.parent
     weights, probs = arch_probabilities(arch.alphas, arch.betas, arch.edge_logits)
     genotype = genotype_from_probabilities(weights, probs)
+    alpha_cell = genotype.cell
+    if scores is not None:
+        from engine.perturbation import decode_cell_by_perturbation
+
+        genotype = Genotype(genotype.network_path, decode_cell_by_perturbation(scores))
     path_prob = path_probability(probs, genotype.network_path)
 
     # genotype.json is the contract; the extra "source" entry records where it came from.
     record = genotype.to_json()
     record["path_probability"] = path_prob
+    record["cell_selection"] = args.select
     source = {"checkpoint": str(arch.path), "epoch": arch.epoch,
               "global_step": arch.global_step, "model_args": arch.model_args}
     record["source"] = json.loads(json.dumps(source, default=str))  # any odd value as text
     written = [out_dir / GENOTYPE_JSON]
     write_json(record, written[0])
     written += save_genotype_arrays(genotype, out_dir)
+    if scores is not None:
+        written.append(out_dir / SCORES_JSON)
+        write_json({**scores.to_json(), "cell": genotype.to_json()["cell"],
+                    "alpha_cell": [[list(pair) for pair in block] for block in alpha_cell],
+                    "checkpoint": str(arch.path)}, written[-1])
     if args.plot:
         from engine.visualize import plot_architecture  # matplotlib only when drawing
 
@@ -51,6 +81,10 @@ def main(args) -> None:
     print(f"checkpoint {arch.path}: epoch {arch.epoch}, global step {arch.global_step}; "
           f"supernet {shape}")
     print(format_summary(genotype, weights, probs, top_k_paths(probs, args.top_k)))
+    if scores is not None:
+        from engine.perturbation import format_scores
+
+        print(format_scores(scores, genotype.cell, alpha_cell))
     print("wrote " + ", ".join(str(path) for path in written))
 
 

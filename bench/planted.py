@@ -21,6 +21,13 @@ folders.
 
     .venv/bin/python bench/planted.py --controls --seeds 0 1   # no search: fixed architectures
 
+    .venv/bin/python bench/planted.py --perturbation --tasks sparks -- --skip-dropout 0.5
+
+`--perturbation` decodes each search's cell again, by DARTS-PT's perturbation
+(`decode_autodeeplab.py --select perturbation`, engine/perturbation.py) instead of by the
+alphas, and records in --perturbation-csv whether that cell holds the planted answer, beside
+the alphas' verdict. A search whose run folder is missing (another machine) is run first.
+
 `--controls` checks the tasks themselves: it retrains each task's CONTROLS, fixed
 architectures with and without the planted choice, with train.py and the task's retraining
 defaults, and records their val mIoU in --controls-csv. A task plants a choice only if the
@@ -30,9 +37,12 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import re
 import subprocess
 import sys
+import time
+from collections import Counter
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,14 +54,17 @@ from bench.common import (append_row, cell_text, machine, read_rows,  # noqa: E4
                           resume_or_start, search_summary)
 from dataloaders import dataset_info  # noqa: E402
 from dataloaders.datasets import planted_context, planted_operation, planted_sparks  # noqa: E402
-from engine.genotype_io import save_genotype  # noqa: E402
-from modeling.genotypes import Genotype  # noqa: E402
+from engine.genotype_io import read_genotype, save_genotype  # noqa: E402
+from modeling.genotypes import GENOTYPE_JSON, Genotype  # noqa: E402
 
 TASKS = {"context": planted_context, "operation": planted_operation, "sparks": planted_sparks}
 FIELDS = ("task", "seed", "flags", "found", "network_path", "cell", "mean_levels",
           "top_operation", "alpha_entropy",
           "alpha_uniform", "beta_entropy", "beta_uniform", "path_margin", "op_gap_mean",
           "op_gap_min", "val_miou", "seconds", "torch", "machine")
+PERTURBATION_FIELDS = ("task", "seed", "flags", "found", "found_by_alphas", "cell",
+                       "top_operation", "pairs_shared_with_alphas", "base_loss",
+                       "rise_without_everywhere", "images", "seconds", "torch", "machine")
 CONTROL_FIELDS = ("task", "control", "seed", "flags", "network_path", "cell", "val_miou",
                   "seconds", "torch", "machine")
 
@@ -75,6 +88,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--controls-csv",
                    default=str(REPO / "docs" / "search_learning" / "planted_controls.csv"),
                    help="results of --controls, one row per architecture and seed")
+    p.add_argument("--perturbation", action="store_true",
+                   help="instead of recording searches, decode each search's cell by "
+                        "perturbation (decode_autodeeplab.py --select perturbation; the "
+                        "search runs first if its folder is missing); rows to "
+                        "--perturbation-csv")
+    p.add_argument("--perturbation-csv",
+                   default=str(REPO / "docs" / "search_learning" / "planted_perturbation.csv"),
+                   help="results of --perturbation, one row per search")
     p.add_argument("extra", nargs="*", help="more train_autodeeplab.py flags (after --)")
     return p
 
@@ -121,6 +142,68 @@ def run_task(task: str, seed: int, extra: list[str], run_dir: Path) -> dict:
             "torch": torch.__version__, "machine": machine()}
 
 
+def run_perturbation(task: str, seed: int, extra: list[str], run_dir: Path) -> dict:
+    """Decode the cell of search (`task`, `seed`, `extra`) by perturbation; the result row,
+    with the alphas' decode of the same search beside it."""
+    module = TASKS[task]
+    run = run_folder(run_dir, f"{task}-seed{seed}", extra)
+    # Resuming a finished search trains nothing; a missing one is searched first.
+    run_script("train_autodeeplab.py", ["--dataset", module.INFO.name, "--seed", str(seed)],
+               run, extra, "search.log")
+    out = run / "perturbation"
+    out.mkdir(exist_ok=True)
+    command = [sys.executable, str(REPO / "decode_autodeeplab.py"), "--resume",
+               str(run / "checkpoint.pth.tar"), "--select", "perturbation", "--out-dir",
+               str(out), "--no-plot"]
+    print(" ".join(command), flush=True)
+    start = time.time()
+    with (out / "decode.log").open("w") as log:
+        done = subprocess.run(command, cwd=REPO, stdout=log, stderr=subprocess.PIPE, text=True)
+    if done.returncode != 0:
+        sys.exit(f"decode failed ({done.returncode}):\n{done.stderr[-2000:]}")
+    seconds = time.time() - start
+    genotype = read_genotype(out / GENOTYPE_JSON)
+    by_alphas, _ = search_summary(run / "checkpoint.pth.tar")
+    scores = json.loads((out / "perturbation.json").read_text())
+    ops = Counter(op for block in genotype.cell for _, op in block).most_common()
+    shared = sum(len(set(a) & set(b)) for a, b in zip(genotype.cell, by_alphas.cell))
+    rises = sorted(((v, name) for name, v in scores["everywhere"].items() if v is not None),
+                   reverse=True)
+    return {"task": task, "seed": seed, "flags": " ".join(extra),
+            "found": module.planted_answer_found(genotype.network_path, genotype.cell),
+            "found_by_alphas": module.planted_answer_found(by_alphas.network_path,
+                                                           by_alphas.cell),
+            "cell": cell_text(genotype),
+            "top_operation": " ".join(op for op, n in ops if n == ops[0][1]),
+            "pairs_shared_with_alphas": shared, "base_loss": round(scores["base_loss"], 4),
+            "rise_without_everywhere": " ".join(f"{name}:{v:+.4f}" for v, name in rises),
+            "images": scores["images"], "seconds": round(seconds, 1),
+            "torch": torch.__version__, "machine": machine()}
+
+
+def perturbation(args) -> None:
+    out = Path(args.perturbation_csv)
+    rows = read_rows(out)
+    flags = " ".join(args.extra)
+    done = {(r["task"], int(r["seed"]), r["flags"]) for r in rows}
+    for task in args.tasks:
+        for seed in args.seeds:
+            if (task, seed, flags) in done:
+                continue
+            row = run_perturbation(task, seed, args.extra, Path(args.run_dir))
+            append_row(out, row, PERTURBATION_FIELDS)
+            rows.append({k: str(v) for k, v in row.items()})
+            print(f"{task} seed {seed}: found {row['found']} by perturbation "
+                  f"({row['top_operation']}), {row['found_by_alphas']} by the alphas, "
+                  f"{row['seconds']} s", flush=True)
+    for task in args.tasks:
+        mine = [r for r in rows if r["task"] == task and r["flags"] == flags
+                and int(r["seed"]) in args.seeds]
+        print(f"{task}: planted answer found by perturbation in "
+              f"{sum(r['found'] == 'True' for r in mine)} of {len(mine)} seeds, by the alphas "
+              f"in {sum(r['found_by_alphas'] == 'True' for r in mine)}")
+
+
 def run_control(task: str, name: str, seed: int, extra: list[str], run_dir: Path) -> dict:
     """Retrain control architecture `name` of `task` with the dataset's retraining defaults;
     the result row (val mIoU of the last iteration)."""
@@ -162,8 +245,12 @@ def controls(args) -> None:
 
 
 def main(args) -> None:
+    if args.controls and args.perturbation:
+        sys.exit("error: --controls and --perturbation are two separate series; give one")
     if args.controls:
         return controls(args)
+    if args.perturbation:
+        return perturbation(args)
     out = Path(args.csv)
     rows = read_rows(out)
     flags = " ".join(args.extra)

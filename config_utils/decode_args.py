@@ -6,12 +6,21 @@ import argparse
 from config_utils.common import HelpFormatter
 
 DEFAULT_TOP_K = 5
+SELECTIONS = ("alphas", "perturbation")
+DEFAULT_SCORE_BATCH = 8
 
 
 def _non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
 
 
@@ -34,4 +43,27 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--trust-checkpoint", action="store_true",
                         help="load a checkpoint holding pickled Python objects (it can run "
                              "code: only for files from a source you trust)")
+    g = parser.add_argument_group(
+        "selection by perturbation (DARTS-PT, Wang et al. 2021; not the paper's decode)")
+    g.add_argument("--select", choices=SELECTIONS, default="alphas",
+                   help="how the cell's operations and inputs are chosen: by the alphas' "
+                        "weights (the paper, section 3.3), or by how far the supernet's "
+                        "validation loss rises when each is removed (needs the search's data; "
+                        "engine/perturbation.py). The path is always decoded from the betas")
+    g.add_argument("--data-root", default=None, metavar="DIR",
+                   help="with --select perturbation: the dataset's folder, if it moved since "
+                        "the search (default: where the search read it)")
+    g.add_argument("--max-images", type=_positive_int, default=None, metavar="N",
+                   help="with --select perturbation: score on the first N validation images "
+                        "(default: all; the time grows with N)")
+    g.add_argument("--batch-size", type=_positive_int, default=None,
+                   help="with --select perturbation: validation images per forward pass "
+                        f"(default: {DEFAULT_SCORE_BATCH})")
+    g.add_argument("--batch-norm", choices=("batch", "running"), default=None,
+                   help="with --select perturbation: normalise with each batch's statistics "
+                        "(DARTS-PT: the running ones were gathered with every operation in "
+                        "place) or with the running ones (default: batch)")
+    g.add_argument("--device", default=None,
+                   help="with --select perturbation: cpu, cuda or cuda:N (default: cuda when "
+                        "available, else cpu)")
     return parser

@@ -12,6 +12,7 @@ import torch
 from modeling.genotypes import ARRAY_OPERATIONS
 from modeling.operations import PRIMITIVES
 from modeling.search_space import DIRECTIONS, NUM_LEVELS, num_edges
+from modeling.supernet import AutoDeepLabSearch, SupernetConfig
 from utils.checkpoint import SEARCH_KIND, SEARCH_VERSION, load_checkpoint
 from utils.errors import UserError
 
@@ -71,15 +72,9 @@ def searched_over(state: dict, path, resume: bool = False) -> list[str]:
                     f"code that searched it")
 
 
-def load_search_architecture(path: str | os.PathLike, *,
-                             trust: bool = False) -> SearchArchitecture:
-    """Read alphas, betas and model_args from a search checkpoint on the CPU.
-
-    Any checkpoint of train_autodeeplab.py works (any epoch's, or best.pth.tar). Every
-    problem (missing, truncated, another kind, no alphas/betas, shapes that disagree with
-    model_args) is a UserError naming the file. `trust` as in `load_checkpoint`.
-    """
-    path = Path(path)
+def _read_search_checkpoint(path: Path, trust: bool) -> dict:
+    """A search checkpoint's contents, on the CPU; a UserError naming the file when it is
+    missing, unreadable, of another kind or of a version decode cannot read."""
     try:
         state = load_checkpoint(path, trust=trust)
     except (IndexError, KeyError, TypeError, AttributeError, UnicodeDecodeError,
@@ -95,6 +90,22 @@ def load_search_architecture(path: str | os.PathLike, *,
     if state.get("version") not in DECODABLE_VERSIONS:
         raise UserError(f"checkpoint {path} has version {state.get('version')!r}; this decode "
                         f"reads versions {', '.join(map(str, DECODABLE_VERSIONS))}")
+    return state
+
+
+def load_search_architecture(path: str | os.PathLike, *,
+                             trust: bool = False) -> SearchArchitecture:
+    """Read alphas, betas and model_args from a search checkpoint on the CPU.
+
+    Any checkpoint of train_autodeeplab.py works (any epoch's, or best.pth.tar). Every
+    problem (missing, truncated, another kind, no alphas/betas, shapes that disagree with
+    model_args) is a UserError naming the file. `trust` as in `load_checkpoint`.
+    """
+    path = Path(path)
+    return _architecture(path, _read_search_checkpoint(path, trust))
+
+
+def _architecture(path: Path, state: dict) -> SearchArchitecture:
     model = state.get("model")
     missing = [name for name in ("alphas", "betas")
                if not isinstance(model, dict) or name not in model]
@@ -130,3 +141,33 @@ def load_search_architecture(path: str | os.PathLike, *,
     return SearchArchitecture(path=path, alphas=alphas, betas=betas, model_args=dict(model_args),
                               epoch=state.get("epoch"), global_step=state.get("global_step"),
                               edge_logits=edge_logits)
+
+
+def load_search_supernet(path: str | os.PathLike, *, trust: bool = False
+                         ) -> tuple[SearchArchitecture, AutoDeepLabSearch, dict]:
+    """`load_search_architecture`'s architecture, the trained supernet (on the CPU) and the
+    flags it was searched with, to score the supernet on data (engine/perturbation.py).
+    Beyond that function's checks, the checkpoint must be of this version, with its alphas in
+    the operation table's order and a supernet this code builds; otherwise a UserError
+    naming the file."""
+    path = Path(path)
+    state = _read_search_checkpoint(path, trust)
+    arch = _architecture(path, state)
+    fix = "decode it without --select perturbation, or with the code that searched it"
+    if state["version"] != SEARCH_VERSION:
+        raise UserError(f"checkpoint {path} has version {state['version']}, whose supernet "
+                        f"this code does not build; {fix}")
+    if list(state.get("primitives", ARRAY_OPERATIONS)) != list(PRIMITIVES):
+        raise UserError(f"checkpoint {path} orders its operations differently from the "
+                        f"operation table (modeling/operations.py); {fix}")
+    args = state.get("args")
+    if not isinstance(args, dict) or "dataset" not in args:
+        raise UserError(f"checkpoint {path} does not record the flags of its search; {fix}")
+    try:
+        model = AutoDeepLabSearch(SupernetConfig(**state["model_args"]))
+        model.load_state_dict(state["model"])
+    except (TypeError, ValueError, RuntimeError) as err:
+        first = (str(err).strip().splitlines() or [""])[0][:200]
+        raise UserError(f"checkpoint {path}: its supernet cannot be rebuilt ({first}); "
+                        f"{fix}") from err
+    return arch, model, args

@@ -26,15 +26,25 @@ log = logging.getLogger("search")
 STREAM_A, STREAM_B, STREAM_VAL = 1, 2, 3
 
 
+def _data_options(args) -> dict:
+    return dict(data_root=args.data_root, crop_size=args.crop_size, resize=args.resize,
+                seed=args.seed, max_samples=args.max_samples, use_sbd=args.use_sbd)
+
+
+def build_val_set(args):
+    """The validation images of a search with flags `args` (whole images, not augmented):
+    what its val mIoU is measured on."""
+    return build_dataset(args.dataset, "val", train=False, image_size=args.image_size,
+                         **_data_options(args))
+
+
 def build_data(args, device, dist_info: DistInfo, split=None):
     """Train set with its A/B split and loaders, and the validation loader (or None).
 
     Under torchrun every process makes the same split and loads its own share of A, of B
     (reshuffled every pass) and of the validation images."""
-    common = dict(data_root=args.data_root, crop_size=args.crop_size, resize=args.resize,
-                  seed=args.seed, max_samples=args.max_samples, use_sbd=args.use_sbd)
     train_set = build_dataset(args.dataset, "train", train=True, num_samples=args.num_samples,
-                              image_size=args.image_size, **common)
+                              image_size=args.image_size, **_data_options(args))
     if split is None:
         per_half = args.batch_size * dist_info.world_size  # one batch per process
         if len(train_set) < 2 * per_half:
@@ -61,9 +71,7 @@ def build_data(args, device, dist_info: DistInfo, split=None):
                             **loader_args)
     val_loader = None
     if not args.no_val:
-        val_set = build_dataset(args.dataset, "val", train=False, image_size=args.image_size,
-                                **common)
-        val_loader = build_loader(rank_share(val_set, dist_info), batch_size=1,
+        val_loader = build_loader(rank_share(build_val_set(args), dist_info), batch_size=1,
                                   shuffle=False, workers=args.workers,
                                   device=device, drop_last=False,
                                   seed=derive_seed(args.seed, STREAM_VAL))

@@ -179,10 +179,17 @@ class AutoDeepLabSearch(nn.Module):
             return None
         return normalize_edge_weights(self.edge_logits, self.config.steps)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """images: (N, 3, H, W) -> logits (N, num_classes, H, W)."""
+    def forward(self, images: torch.Tensor,
+                operation_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """images: (N, 3, H, W) -> logits (N, num_classes, H, W).
+
+        `operation_mask` (E, ops), 0 or 1, multiplies the normalised alphas: a 0 removes that
+        operation from that edge's mixture and leaves the others' weights as they are
+        (selection by perturbation, engine/perturbation.py). None: the whole supernet."""
         cfg = self.config
         alphas = self.normalized_alphas()  # (E, ops)
+        if operation_mask is not None:
+            alphas = alphas * operation_mask.to(alphas.dtype)
         # Per incoming transition of every node, in `beta_slices` order.
         betas = self.normalized_betas().reshape(-1)[self.beta_index]
         edge_weights = self.normalized_edge_weights()  # (E,) or None
