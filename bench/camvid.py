@@ -6,6 +6,11 @@ on the val split.
     .venv/bin/python bench/camvid.py --protocol gpu --device cuda
     .venv/bin/python bench/camvid.py --protocol smoke        # a few iterations (the test suite)
 
+With `--perturbation`, each search is also decoded with `decode_autodeeplab.py --select
+perturbation` (DARTS-PT's selection of the cell by the rise of the supernet's validation loss;
+same network path) on the protocol's first `perturbation_images` val images, and that network
+is retrained too: group "searched-perturbation", arch `searched-pt-sK`.
+
 Stages: retrain the paper's architecture; then `--num-random` random architectures and, for
 each of `--search-seeds`, a search, its decode and the retraining of the searched network,
 alternating (6 random and 3 seeds: r1 r2 s0 r3 r4 s1 r5 r6 s2), so that a series stopped
@@ -79,7 +84,7 @@ PROTOCOLS = {
         retrain=["--resize", "120", "--crop-size", "96", "--batch-size", "8",
                  "--filter-multiplier", "8", "--iters", "1200", "--eval-interval", "300",
                  "--warmup-iters", "50", "--lr", "0.05", "--workers", "1"],
-        eval_size=(120, 160)),
+        eval_size=(120, 160), perturbation_images=24),
     # One GPU: full 360 x 480 resolution, the paper's search settings (40 epochs, architecture
     # from epoch 20, F = 8, batch 2, crop 321), a long retraining at the paper's S width.
     "gpu": dict(
@@ -89,7 +94,7 @@ PROTOCOLS = {
         retrain=["--crop-size", "321", "--batch-size", "8", "--filter-multiplier", "20",
                  "--iters", "20000", "--eval-interval", "2000", "--warmup-iters", "1000",
                  "--lr", "0.05", "--workers", "4"],
-        eval_size=(360, 480)),
+        eval_size=(360, 480), perturbation_images=None),
     # The test suite's smoke run: a few iterations of everything.
     "smoke": dict(
         search=["--resize", "48", "--crop-size", "32", "--batch-size", "2", "--max-samples", "8",
@@ -98,8 +103,9 @@ PROTOCOLS = {
         retrain=["--resize", "48", "--crop-size", "32", "--batch-size", "2", "--max-samples", "8",
                  "--filter-multiplier", "2", "--iters", "4", "--eval-interval", "2",
                  "--warmup-iters", "1", "--workers", "0"],
-        eval_size=(48, 64)),
+        eval_size=(48, 64), perturbation_images=4),
 }
+GROUPS = ("searched", "searched-perturbation", "random", "paper")
 RESULT_FIELDS = ("arch", "group", "search_seed", "seed", "miou", "pixel_acc",
                  *(f"iou_{name}" for name in CLASS_NAMES), "miou_curve", "params_m",
                  "multi_adds_g", "train_s", "network_path", "cell", "retrain_flags", "machine")
@@ -128,6 +134,9 @@ def get_args_parser():
                    help="architectures drawn uniformly from the search space")
     p.add_argument("--seeds", type=int, nargs="+", default=[0],
                    help="retraining seeds; every architecture is retrained once per seed")
+    p.add_argument("--perturbation", action="store_true",
+                   help="also decode each search's cell by perturbation (DARTS-PT) and "
+                        "retrain that network (group searched-perturbation)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if present)")
     return p
 
@@ -196,6 +205,29 @@ def search(protocol, data, out: Path, results: Path, seed: int) -> Genotype:
         "seconds": round(sum(float(r["seconds"]) for r in epochs), 1),
         "search_flags": " ".join(protocol["search"]), "machine": machine()}, SEARCH_FIELDS)
     save_genotype(genotype, genotype_path)  # last: its presence marks the search as recorded
+    return genotype
+
+
+def perturbation_genotype(protocol, data, out: Path, results: Path, seed: int) -> Genotype:
+    """Search `seed`'s cell chosen by perturbation (the path is the search's); kept in
+    --results-dir with its scores. A recorded genotype is used as it is."""
+    genotype_path = results / "genotypes" / f"searched-pt-s{seed}.json"
+    if genotype_path.exists():
+        return read_genotype(genotype_path)
+    decoded = out / f"search-s{seed}" / "perturbation"
+    argv = ["--resume", str(out / f"search-s{seed}" / "checkpoint.pth.tar"), "--select",
+            "perturbation", "--out-dir", str(decoded), "--no-plot",
+            *data[data.index("--data-root"):data.index("--data-root") + 2]]
+    if protocol["perturbation_images"]:
+        argv += ["--max-images", str(protocol["perturbation_images"])]
+    if "--device" in data:
+        argv += data[data.index("--device"):data.index("--device") + 2]
+    run_stage(f"decode seed {seed} by perturbation", "decode_autodeeplab.py", argv,
+              out / "logs" / f"search-s{seed}.log")
+    shutil.copyfile(decoded / "perturbation.json",
+                    results / "genotypes" / f"searched-pt-s{seed}.perturbation.json")
+    genotype = read_genotype(decoded / "genotype.json")
+    save_genotype(genotype, genotype_path)  # last: its presence marks the decode as recorded
     return genotype
 
 
@@ -269,21 +301,24 @@ def mean_spread(values: list[float]) -> str:
 def verdict(rows: list[dict]) -> list[str]:
     """Group means and whether the searched networks beat the random ones by more than the
     spread of either group."""
-    groups = {g: [float(r["miou"]) for r in rows if r["group"] == g]
-              for g in ("searched", "random", "paper")}
+    groups = {g: [float(r["miou"]) for r in rows if r["group"] == g] for g in GROUPS}
     lines = ["| group | networks x seeds | val mIoU (%) |", "|---|---|---|"]
     lines += [f"| {g} | {len(v)} | {mean_spread(v)} |" for g, v in groups.items() if v]
-    searched, random = groups["searched"], groups["random"]
-    if len(searched) >= 2 and len(random) >= 2:
-        gap = statistics.mean(searched) - statistics.mean(random)
-        spread = max(statistics.stdev(searched), statistics.stdev(random))
-        beats = "yes" if gap > spread else "no"
-        lines += ["", f"Searched minus random: {100 * gap:+.1f} points; the larger standard "
-                      f"deviation of the two groups is {100 * spread:.1f}. Searched beats "
-                      f"random by more than the spread: **{beats}**."]
-    else:
-        lines += ["", "Searched against random: not yet decided (needs at least two rows in "
-                      "each group)."]
+    random = groups["random"]
+    for group, name in (("searched", "Searched"),
+                        ("searched-perturbation", "Searched, cell by perturbation,")):
+        searched = groups[group]
+        if len(searched) >= 2 and len(random) >= 2:
+            gap = statistics.mean(searched) - statistics.mean(random)
+            spread = max(statistics.stdev(searched), statistics.stdev(random))
+            beats = "yes" if gap > spread else "no"
+            lines += ["", f"{name} minus random: {100 * gap:+.1f} points; the larger "
+                          f"standard deviation of the two groups is {100 * spread:.1f}. "
+                          f"{name.rstrip(',')} beats random by more than the spread: "
+                          f"**{beats}**."]
+        elif group == "searched":
+            lines += ["", "Searched against random: not yet decided (needs at least two rows "
+                          "in each group)."]
     return lines
 
 
@@ -352,7 +387,7 @@ def plot(rows: list[dict], searches: list[dict], results: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colours = {"searched": "tab:red", "random": "tab:grey", "paper": "tab:blue"}
+    colours = dict(zip(GROUPS, ("tab:red", "tab:orange", "tab:grey", "tab:blue")))
     fig, ax = plt.subplots(figsize=(6, 4))
     for r in rows:
         curve = parse_curve(r["miou_curve"]) if r["miou_curve"] else {}
@@ -360,7 +395,8 @@ def plot(rows: list[dict], searches: list[dict], results: Path) -> None:
             ax.plot(list(curve), [100 * v for v in curve.values()], marker="o", ms=3,
                     color=colours[r["group"]], alpha=0.8, lw=2 if r["group"] != "random" else 1)
     for group, colour in colours.items():
-        ax.plot([], [], color=colour, label=group)
+        if any(r["group"] == group for r in rows):
+            ax.plot([], [], color=colour, label=group)
     ax.set(xlabel="retraining iteration", ylabel="val mIoU (%)",
            title="retraining on CamVid, equal budget")
     ax.legend()
@@ -373,8 +409,8 @@ def plot(rows: list[dict], searches: list[dict], results: Path) -> None:
         mine = [r for r in rows if r["group"] == group]
         ax.scatter([float(r["multi_adds_g"]) for r in mine],
                    [100 * float(r["miou"]) for r in mine], color=colour, label=group,
-                   marker="*" if group == "searched" else "o",
-                   s=120 if group == "searched" else 40)
+                   marker="*" if group.startswith("searched") else "o",
+                   s=120 if group.startswith("searched") else 40)
     ax.set(xlabel="Multi-Adds (G) at the evaluation size", ylabel="val mIoU (%)",
            title="retrained on CamVid, equal budget")
     ax.legend(fontsize=8)
@@ -449,6 +485,9 @@ def main(args) -> Path:
             seed = args.search_seeds[turn]
             stage(f"searched-s{seed}", "searched", seed,
                   search(protocol, data, out, results, seed))
+            if args.perturbation:
+                stage(f"searched-pt-s{seed}", "searched-perturbation", seed,
+                      perturbation_genotype(protocol, data, out, results, seed))
     summarise(results, command)
     print((results / "results.md").read_text())
     print(f"results in {results}")

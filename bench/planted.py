@@ -181,24 +181,31 @@ def run_perturbation(task: str, seed: int, extra: list[str], run_dir: Path) -> d
             "torch": torch.__version__, "machine": machine()}
 
 
-def perturbation(args) -> None:
-    out = Path(args.perturbation_csv)
+def series(args, out: Path, fields, run_one, brief) -> list[dict]:
+    """Run `run_one(task, seed, extra, run_dir)` for every task and seed of `args` whose row
+    (task, seed, extra flags) is not yet in CSV `out`, appending each row as it finishes and
+    printing its `brief` fields; the rows of this setting, recorded before or now."""
     rows = read_rows(out)
     flags = " ".join(args.extra)
     done = {(r["task"], int(r["seed"]), r["flags"]) for r in rows}
     for task in args.tasks:
+        dataset_info(TASKS[task].INFO.name)  # registered under that name
         for seed in args.seeds:
             if (task, seed, flags) in done:
                 continue
-            row = run_perturbation(task, seed, args.extra, Path(args.run_dir))
-            append_row(out, row, PERTURBATION_FIELDS)
+            row = run_one(task, seed, args.extra, Path(args.run_dir))
+            append_row(out, row, fields)
             rows.append({k: str(v) for k, v in row.items()})
-            print(f"{task} seed {seed}: found {row['found']} by perturbation "
-                  f"({row['top_operation']}), {row['found_by_alphas']} by the alphas, "
-                  f"{row['seconds']} s", flush=True)
+            print(f"{task} seed {seed}: " + ", ".join(f"{k} {row[k]}" for k in brief),
+                  flush=True)
+    return [r for r in rows if r["flags"] == flags and int(r["seed"]) in args.seeds]
+
+
+def perturbation(args) -> None:
+    rows = series(args, Path(args.perturbation_csv), PERTURBATION_FIELDS, run_perturbation,
+                  ("found", "found_by_alphas", "top_operation", "seconds"))
     for task in args.tasks:
-        mine = [r for r in rows if r["task"] == task and r["flags"] == flags
-                and int(r["seed"]) in args.seeds]
+        mine = [r for r in rows if r["task"] == task]
         print(f"{task}: planted answer found by perturbation in "
               f"{sum(r['found'] == 'True' for r in mine)} of {len(mine)} seeds, by the alphas "
               f"in {sum(r['found_by_alphas'] == 'True' for r in mine)}")
@@ -251,23 +258,10 @@ def main(args) -> None:
         return controls(args)
     if args.perturbation:
         return perturbation(args)
-    out = Path(args.csv)
-    rows = read_rows(out)
-    flags = " ".join(args.extra)
-    done = {(r["task"], int(r["seed"]), r["flags"]) for r in rows}
+    rows = series(args, Path(args.csv), FIELDS, run_task,
+                  ("found", "network_path", "alpha_entropy", "seconds"))
     for task in args.tasks:
-        dataset_info(TASKS[task].INFO.name)  # registered under that name
-        for seed in args.seeds:
-            if (task, seed, flags) in done:
-                continue
-            row = run_task(task, seed, args.extra, Path(args.run_dir))
-            append_row(out, row, FIELDS)
-            rows.append({k: str(v) for k, v in row.items()})
-            print(f"{task} seed {seed}: found {row['found']}, path {row['network_path']}, "
-                  f"alpha entropy {row['alpha_entropy']}, {row['seconds']} s", flush=True)
-    for task in args.tasks:
-        mine = [r for r in rows if r["task"] == task and r["flags"] == flags
-                and int(r["seed"]) in args.seeds]
+        mine = [r for r in rows if r["task"] == task]
         found = sum(r["found"] == "True" for r in mine)
         print(f"{task}: planted answer ({TASKS[task].PLANTED_ANSWER}) found in {found} of "
               f"{len(mine)} seeds")

@@ -1,6 +1,7 @@
 """bench/camvid.py, the CamVid evidence protocol, at its smoke size: every stage through the
 public command lines, the table and plots, a second run that finds everything done."""
 import csv
+import json
 import shutil
 import subprocess
 import sys
@@ -21,13 +22,16 @@ def bench(*argv, timeout=900):
 def test_smoke_protocol_records_rows_table_plots_and_continues(tmp_path, camvid_root):
     out, results = tmp_path / "runs", tmp_path / "results"
     argv = ["--protocol", "smoke", "--num-random", "1", "--search-seeds", "0",
-            "--data-root", camvid_root, "--out-dir", out, "--results-dir", results]
+            "--data-root", camvid_root, "--out-dir", out, "--results-dir", results,
+            "--perturbation"]
     first = bench(*argv)
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
     rows = list(csv.DictReader(open(results / "results.csv")))
-    # The paper first, then random and searched stages alternate.
-    assert [r["arch"] for r in rows] == ["paper", "random-1", "searched-s0"]
-    assert [r["group"] for r in rows] == ["paper", "random", "searched"]
+    # The paper first, then random and searched stages alternate; each search's network
+    # with its cell chosen by perturbation follows it.
+    assert [r["arch"] for r in rows] == ["paper", "random-1", "searched-s0", "searched-pt-s0"]
+    assert [r["group"] for r in rows] == ["paper", "random", "searched",
+                                          "searched-perturbation"]
     class_columns = [k for k in rows[0] if k.startswith("iou_")]
     assert len(class_columns) == 11 and "iou_Sky" in class_columns
     for row in rows:
@@ -42,8 +46,12 @@ def test_smoke_protocol_records_rows_table_plots_and_continues(tmp_path, camvid_
     assert {len(r["network_path"].split()) for r in rows[1:]} == {3}
     searches = list(csv.DictReader(open(results / "search.csv")))
     assert [s["search_seed"] for s in searches] == ["0"]
-    assert searches[0]["network_path"] == rows[2]["network_path"]
-    for name in ("paper", "random-1", "searched-s0"):
+    assert searches[0]["network_path"] == rows[2]["network_path"] == rows[3]["network_path"]
+    scores = json.loads((results / "genotypes" / "searched-pt-s0.perturbation.json").read_text())
+    assert scores["images"] == 4 and scores["checkpoint"].endswith("checkpoint.pth.tar")
+    assert json.loads((results / "genotypes" / "searched-pt-s0.json").read_text())["cell"] == \
+        scores["cell"]
+    for name in ("paper", "random-1", "searched-s0", "searched-pt-s0"):
         assert (results / "genotypes" / f"{name}.json").exists(), name
     table = (results / "results.md").read_text()
     assert "| random-1 |" in table and "Sky" in table and "not yet decided" in table
@@ -77,6 +85,11 @@ def test_verdict_compares_the_gap_with_the_larger_spread():
     assert "**no**" in close
     assert "not yet decided" in "\n".join(verdict(rows_of("searched", [0.4])
                                                   + rows_of("random", [0.3, 0.2])))
+    both = "\n".join(verdict(rows_of("searched", [0.30, 0.40]) + rows_of("random", [0.31, 0.35])
+                             + rows_of("searched-perturbation", [0.50, 0.51])))
+    assert "Searched, cell by perturbation, minus random: +17.5 points" in both
+    assert "Searched, cell by perturbation beats random by more than the spread: **yes**" in both
+    assert "| searched-perturbation | 2 | 50.5 ± 0.7 |" in both
 
 
 def test_ranking_stability_is_tau_of_each_evaluation_against_the_last():

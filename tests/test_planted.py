@@ -203,6 +203,22 @@ def test_bench_planted_checks_each_seed_once_against_the_planted_answer(tmp_path
     with out.open(newline="") as f:
         assert len(list(csv.DictReader(f))) == len(BENCH_TASKS)
 
+    # --perturbation decodes the recorded search again, by perturbation, beside the alphas.
+    scored = tmp_path / "perturbation.csv"
+    pt = [sys.executable, str(REPO / "bench" / "planted.py"), "--perturbation", "--tasks",
+          "sparks", "--seeds", "0", "--perturbation-csv", str(scored), "--run-dir",
+          str(tmp_path / "runs"), "--", *tiny]
+    done = subprocess.run(pt, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    with scored.open(newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    cell = json.loads(row["cell"])
+    assert row["found"] == str(planted_sparks.planted_answer_found((0, 0, 0), cell))
+    assert row["found_by_alphas"] == next(r["found"] for r in rows if r["task"] == "sparks")
+    assert int(row["images"]) == 16 and 0 <= int(row["pairs_shared_with_alphas"]) <= 4
+    assert len(row["rise_without_everywhere"].split()) == 7  # every operation but none
+    assert "found by perturbation in" in done.stdout
+
 
 def test_controls_make_the_planted_choice_or_not():
     # The controls are valid architectures, and each task has one that holds its planted answer
