@@ -6,7 +6,8 @@
 Writes genotype.json, network_path.npy, network_path_space.npy, genotype.npy and
 architecture.png into DIR (default: the checkpoint's folder) and prints a summary. With
 `--select perturbation` the cell is chosen by DARTS-PT's perturbation on the search's
-validation images (engine/perturbation.py), whose scores go to perturbation.json.
+validation images (engine/perturbation.py), whose scores go to perturbation.json; DIR then
+defaults to the checkpoint's perturbation/ folder.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from utils.run import select_device
 
 PICTURE = "architecture.png"
 SCORES_JSON = "perturbation.json"
+PERTURBATION_DIR = "perturbation"
 SCORING_FLAGS = ("data_root", "max_images", "batch_size", "batch_norm", "device")
 
 
@@ -44,7 +46,9 @@ def main(args) -> None:
             raise UserError(f"--{given[0].replace('_', '-')} applies only with --select "
                             "perturbation; drop it or add --select perturbation")
         arch = load_search_architecture(args.resume, trust=args.trust_checkpoint)
-    out_dir = Path(args.out_dir) if args.out_dir else arch.path.parent
+    # A cell chosen by perturbation goes beside the alphas' decode, not over it.
+    out_dir = (Path(args.out_dir) if args.out_dir else
+               arch.path.parent / PERTURBATION_DIR if scores is not None else arch.path.parent)
     weights, probs = arch_probabilities(arch.alphas, arch.betas, arch.edge_logits)
     genotype = genotype_from_probabilities(weights, probs)
     alpha_cell = genotype.cell

@@ -34,7 +34,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="search checkpoint of train_autodeeplab.py (any epoch's "
                              "checkpoint.pth.tar or best.pth.tar)")
     parser.add_argument("--out-dir", default=None, metavar="DIR",
-                        help="folder for the outputs; default: the checkpoint's folder")
+                        help="folder for the outputs; default: the checkpoint's folder (with "
+                             "--select perturbation its perturbation/ subfolder)")
     parser.add_argument("--top-k", type=_non_negative_int, default=DEFAULT_TOP_K,
                         help="how many paths to list, the decoded one included "
                              "(0: list none)")
@@ -56,7 +57,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-images", type=_positive_int, default=None, metavar="N",
                    help="with --select perturbation: score on the first N validation images "
                         "(default: all; the time grows with N)")
-    g.add_argument("--batch-size", type=_positive_int, default=None,
+    g.add_argument("--batch-size", type=_positive_int, default=None, metavar="N",
                    help="with --select perturbation: validation images per forward pass "
                         f"(default: {DEFAULT_SCORE_BATCH})")
     g.add_argument("--batch-norm", choices=("batch", "running"), default=None,

@@ -220,9 +220,10 @@ def format_scores(scores: PerturbationScores, cell, alpha_cell) -> str:
     operation's score everywhere, and how far the cell differs from the alphas' (`cell` and
     `alpha_cell` as `decode_cell_by_perturbation` returns them)."""
     statistics = "batch" if scores.batch_statistics else "running"
-    lines = [f"cell chosen by perturbation on {scores.images} validation images ({statistics} "
-             f"batch-norm statistics; supernet loss {scores.base_loss:.4f}), per block: input "
-             "operation (loss rise without that operation on that edge / without the edge):"]
+    lines = [f"cell chosen by perturbation on {scores.images} validation images (batch norms "
+             f"on {statistics} statistics; supernet loss {scores.base_loss:.4f}), per block: "
+             "input operation (loss rise without that operation on that edge / without the "
+             "edge):"]
     for block, pairs in enumerate(cell):
         parts = []
         for inp, op in pairs:

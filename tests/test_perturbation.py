@@ -184,3 +184,19 @@ def test_one_image_with_batch_statistics_is_refused_with_the_fix(tmp_path, capsy
     assert "a batch of 1 image(s) of size (96, 96) is left" in line  # whole val images
     assert "--max-images" in line and "--batch-norm running" in line
     assert not (tmp_path / "genotype.json").exists()
+
+
+def test_by_default_the_perturbation_decode_goes_beside_the_alphas_one(tmp_path, capsys,
+                                                                      finished_search):
+    run = tmp_path / "run"
+    run.mkdir()
+    checkpoint = run / "checkpoint.pth.tar"
+    checkpoint.write_bytes(finished_search.read_bytes())
+    decode("--resume", checkpoint, "--no-plot")
+    by_alphas = (run / "genotype.json").read_text()
+    decode("--resume", checkpoint, "--select", "perturbation", "--no-plot", "--max-images", 2)
+    assert (run / "genotype.json").read_text() == by_alphas  # not overwritten
+    record = json.loads((run / "perturbation" / "genotype.json").read_text())
+    assert record["cell_selection"] == "perturbation"
+    assert (run / "perturbation" / "perturbation.json").exists()
+    assert f"wrote {run / 'perturbation' / 'genotype.json'}" in capsys.readouterr().out
