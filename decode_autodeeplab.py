@@ -46,9 +46,9 @@ def main(args) -> None:
             raise UserError(f"--{given[0].replace('_', '-')} applies only with --select "
                             "perturbation; drop it or add --select perturbation")
         arch = load_search_architecture(args.resume, trust=args.trust_checkpoint)
-    # A cell chosen by perturbation goes beside the alphas' decode, not over it.
-    out_dir = (Path(args.out_dir) if args.out_dir else
-               arch.path.parent / PERTURBATION_DIR if scores is not None else arch.path.parent)
+    out_dir = Path(args.out_dir) if args.out_dir else arch.path.parent
+    if scores is not None and not args.out_dir:  # beside the alphas' decode, not over it
+        out_dir = out_dir / PERTURBATION_DIR
     weights, probs = arch_probabilities(arch.alphas, arch.betas, arch.edge_logits)
     genotype = genotype_from_probabilities(weights, probs)
     alpha_cell = genotype.cell

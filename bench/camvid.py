@@ -217,11 +217,11 @@ def perturbation_genotype(protocol, data, out: Path, results: Path, seed: int) -
     decoded = out / f"search-s{seed}" / "perturbation"
     argv = ["--resume", str(out / f"search-s{seed}" / "checkpoint.pth.tar"), "--select",
             "perturbation", "--out-dir", str(decoded), "--no-plot",
-            *data[data.index("--data-root"):data.index("--data-root") + 2]]
+            "--data-root", flag_value(data, "--data-root")]
     if protocol["perturbation_images"]:
         argv += ["--max-images", str(protocol["perturbation_images"])]
     if "--device" in data:
-        argv += data[data.index("--device"):data.index("--device") + 2]
+        argv += ["--device", flag_value(data, "--device")]
     run_stage(f"decode seed {seed} by perturbation", "decode_autodeeplab.py", argv,
               out / "logs" / f"search-s{seed}.log")
     shutil.copyfile(decoded / "perturbation.json",

@@ -55,6 +55,7 @@ from bench.common import (append_row, cell_text, machine, read_rows,  # noqa: E4
 from dataloaders import dataset_info  # noqa: E402
 from dataloaders.datasets import planted_context, planted_operation, planted_sparks  # noqa: E402
 from engine.genotype_io import read_genotype, save_genotype  # noqa: E402
+from engine.perturbation import shared_pairs  # noqa: E402
 from modeling.genotypes import GENOTYPE_JSON, Genotype  # noqa: E402
 
 TASKS = {"context": planted_context, "operation": planted_operation, "sparks": planted_sparks}
@@ -166,7 +167,6 @@ def run_perturbation(task: str, seed: int, extra: list[str], run_dir: Path) -> d
     by_alphas, _ = search_summary(run / "checkpoint.pth.tar")
     scores = json.loads((out / "perturbation.json").read_text())
     ops = Counter(op for block in genotype.cell for _, op in block).most_common()
-    shared = sum(len(set(a) & set(b)) for a, b in zip(genotype.cell, by_alphas.cell))
     rises = sorted(((v, name) for name, v in scores["everywhere"].items() if v is not None),
                    reverse=True)
     return {"task": task, "seed": seed, "flags": " ".join(extra),
@@ -175,7 +175,7 @@ def run_perturbation(task: str, seed: int, extra: list[str], run_dir: Path) -> d
                                                            by_alphas.cell),
             "cell": cell_text(genotype),
             "top_operation": " ".join(op for op, n in ops if n == ops[0][1]),
-            "pairs_shared_with_alphas": shared, "base_loss": round(scores["base_loss"], 4),
+            "pairs_shared_with_alphas": shared_pairs(genotype.cell, by_alphas.cell), "base_loss": round(scores["base_loss"], 4),
             "rise_without_everywhere": " ".join(f"{name}:{v:+.4f}" for v, name in rises),
             "images": scores["images"], "seconds": round(seconds, 1),
             "torch": torch.__version__, "machine": machine()}

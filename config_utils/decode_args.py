@@ -10,18 +10,14 @@ SELECTIONS = ("alphas", "perturbation")
 DEFAULT_SCORE_BATCH = 8
 
 
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+def _int_at_least(minimum: int):
+    """An argparse type: an int of at least `minimum`."""
+    def integer(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+    return integer
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -36,7 +32,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out-dir", default=None, metavar="DIR",
                         help="folder for the outputs; default: the checkpoint's folder (with "
                              "--select perturbation its perturbation/ subfolder)")
-    parser.add_argument("--top-k", type=_non_negative_int, default=DEFAULT_TOP_K,
+    parser.add_argument("--top-k", type=_int_at_least(0), default=DEFAULT_TOP_K,
                         help="how many paths to list, the decoded one included "
                              "(0: list none)")
     parser.add_argument("--plot", action=argparse.BooleanOptionalAction, default=True,
@@ -54,10 +50,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--data-root", default=None, metavar="DIR",
                    help="with --select perturbation: the dataset's folder, if it moved since "
                         "the search (default: where the search read it)")
-    g.add_argument("--max-images", type=_positive_int, default=None, metavar="N",
+    g.add_argument("--max-images", type=_int_at_least(1), default=None, metavar="N",
                    help="with --select perturbation: score on the first N validation images "
                         "(default: all; the time grows with N)")
-    g.add_argument("--batch-size", type=_positive_int, default=None, metavar="N",
+    g.add_argument("--batch-size", type=_int_at_least(1), default=None, metavar="N",
                    help="with --select perturbation: validation images per forward pass "
                         f"(default: {DEFAULT_SCORE_BATCH})")
     g.add_argument("--batch-norm", choices=("batch", "running"), default=None,

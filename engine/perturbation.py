@@ -31,7 +31,8 @@ from tqdm import tqdm
 from dataloaders import IGNORE_INDEX, build_loader
 from engine.search_checkpoint import SearchArchitecture, load_search_supernet
 from engine.search_setup import build_val_set
-from modeling.genotypes import INPUTS_PER_BLOCK, input_name
+from modeling.decoding import cell_from_scores
+from modeling.genotypes import input_name
 from modeling.operations import PRIMITIVES
 from modeling.search_space import edge_offset
 from utils.errors import UserError
@@ -171,18 +172,15 @@ def perturbation_scores(model, batches, autocast=nullcontext, log=print,
 
 def decode_cell_by_perturbation(scores: PerturbationScores) -> list[list[tuple[int, str]]]:
     """Per block the two inputs whose removal raises the loss most, each with the operation
-    whose removal raises it most; the format and tie order of `modeling.decoding.decode_cell`
-    (lower input, then lower operation index first)."""
-    operation = np.where(np.isnan(scores.operation), -np.inf, scores.operation)
-    best_op = operation.argmax(axis=1)
-    cell, block = [], 0
-    while edge_offset(block) < len(scores.edge):
-        start = edge_offset(block)
-        inputs = sorted(range(2 + block), key=lambda i: (-scores.edge[start + i], i))
-        kept = sorted(inputs[:INPUTS_PER_BLOCK])
-        cell.append([(i, PRIMITIVES[best_op[start + i]]) for i in kept])
-        block += 1
-    return cell
+    whose removal raises it most (`modeling.decoding.cell_from_scores`, the alphas' rule and
+    tie order)."""
+    return cell_from_scores(np.where(np.isnan(scores.operation), -np.inf, scores.operation),
+                            scores.edge)
+
+
+def shared_pairs(cell, other) -> int:
+    """How many (input, operation) pairs two decoded cells share, block by block."""
+    return sum(len(set(map(tuple, a)) & set(map(tuple, b))) for a, b in zip(cell, other))
 
 
 def score_search_checkpoint(path, *, device: torch.device, data_root: str | None = None,
@@ -235,9 +233,6 @@ def format_scores(scores: PerturbationScores, cell, alpha_cell) -> str:
     ranked = sorted(SCORED, key=lambda o: -scores.everywhere[o])
     lines.append("loss rise without one operation on every edge: " + ", ".join(
         f"{PRIMITIVES[o]} {scores.everywhere[o]:+.4f}" for o in ranked))
-    pairs = [set(map(tuple, block)) for block in cell]
-    same = sum(len(ours & set(map(tuple, theirs))) for ours, theirs in zip(pairs, alpha_cell))
-    total = sum(len(block) for block in cell)
-    lines.append(f"the alphas' cell (the paper's decode) shares {same} of these {total} "
-                 "(input, operation) pairs")
+    lines.append(f"the alphas' cell (the paper's decode) shares {shared_pairs(cell, alpha_cell)} "
+                 f"of these {sum(len(block) for block in cell)} (input, operation) pairs")
     return "\n".join(lines)

@@ -176,14 +176,21 @@ def decode_cell(weights) -> list[list[tuple[int, str]]]:
         raise ValueError(f"weights must have shape (E, {len(PRIMITIVES)}), got {weights.shape}")
     if not np.isfinite(weights).all():
         raise ValueError("weights must be finite")
-    steps = steps_for_edges(weights.shape[0])
     # `none` can carry most weight on an edge (DARTS' known failure); it is never a choice.
     real = weights.copy()
     real[:, NONE_INDEX] = -np.inf
-    best_op = real.argmax(axis=1)  # first maximum: lower operation index wins ties
-    strength = real.max(axis=1)
+    return cell_from_scores(real, real.max(axis=1))
+
+
+def cell_from_scores(operation_scores, edge_scores) -> list[list[tuple[int, str]]]:
+    """Per block the two inputs of highest `edge_scores` (E,), each with its operation of
+    highest `operation_scores` (E, ops); the format of `decode_cell`. Ties go to the lower
+    input index and the lower operation index. `decode_cell` scores by the alphas, selection
+    by perturbation (engine/perturbation.py) by the loss each removal costs."""
+    best_op = np.asarray(operation_scores).argmax(axis=1)  # first maximum wins ties
+    strength = np.asarray(edge_scores)
     cell = []
-    for block in range(steps):
+    for block in range(steps_for_edges(len(strength))):
         start = edge_offset(block)
         inputs = sorted(range(2 + block), key=lambda i: (-strength[start + i], i))
         kept = sorted(inputs[:INPUTS_PER_BLOCK])
