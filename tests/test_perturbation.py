@@ -200,3 +200,43 @@ def test_by_default_the_perturbation_decode_goes_beside_the_alphas_one(tmp_path,
     assert record["cell_selection"] == "perturbation"
     assert (run / "perturbation" / "perturbation.json").exists()
     assert f"wrote {run / 'perturbation' / 'genotype.json'}" in capsys.readouterr().out
+
+
+# ------------------------------------------- DARTS-PT's progressive form (bench exploration)
+
+
+def test_progressive_selection_without_tuning_starts_from_the_one_shot_scores():
+    """Its first edge is scored on the untouched supernet: the one-shot scores of that edge;
+    each edge keeps its largest rise, each block two inputs."""
+    from bench.progressive_perturbation import progressive_selection
+    model = tiny_model(seed=3).double()  # loss differences far above rounding
+    batches = random_batches()
+    one_shot = perturbation_scores(model, batches, show_progress=False)
+    cell, decisions = progressive_selection(model, batches, tune=lambda mask: None,
+                                            log=lambda line: None)
+    first = decisions[0]["rises"]
+    assert [first[PRIMITIVES[o]] for o in range(len(PRIMITIVES)) if o != NONE] == \
+        pytest.approx([v for v in one_shot.operation[0] if not np.isnan(v)], abs=1e-6)
+    edges = model.alphas.shape[0]
+    assert len(decisions) == edges + len(cell)
+    for decision in decisions[:edges]:
+        rises = decision["rises"]
+        assert decision["kept"] == max(rises, key=rises.get) and "none" not in rises
+    for block, pairs in enumerate(cell):
+        assert [i for i, _ in pairs] == decisions[edges + block]["kept"]
+        assert len(pairs) == 2 and all(0 <= i < block + 2 for i, _ in pairs)
+        assert all(op == decisions[edge_offset(block) + i]["kept"] for i, op in pairs)
+
+
+def test_progressive_script_fine_tunes_and_records_its_decisions(tmp_path, finished_search):
+    from bench.progressive_perturbation import main as progressive_main
+    before = torch.load(finished_search, map_location="cpu", weights_only=False)["model"]
+    record = progressive_main([str(finished_search), "--tune-steps", "1", "--max-images", "4",
+                               "--batch-size", "2", "--json", str(tmp_path / "p.json")])
+    assert json.loads((tmp_path / "p.json").read_text())["cell"] == \
+        [[list(pair) for pair in block] for block in record["cell"]]
+    assert record["images"] == 4 and np.isfinite(record["final_loss"])
+    assert record["alpha_cell"] == genotype_from_arch(before["alphas"], before["betas"]).cell
+    assert "found" not in record  # not a planted task
+    after = torch.load(finished_search, map_location="cpu", weights_only=False)["model"]
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the checkpoint is untouched
