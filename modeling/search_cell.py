@@ -85,9 +85,11 @@ class AffineFreeBN(nn.Module):
             # The CPU batch-norm backward reads its weight as if it were dense (torch 2.13):
             # a stride-0 view (one edge's alpha expanded) would give wrong gradients.
             scale = scale.contiguous()
-        # Slices of the buffers are views: training updates the module's own statistics.
-        return F.batch_norm(x, self.running_mean[channels], self.running_var[channels], scale,
-                            None, self.training, BN_MOMENTUM, BN_EPS)
+        mean, var = self.running_mean, self.running_var
+        if channels != slice(None):  # not slicing all saves two operator calls
+            # Slices of the buffers are views: training updates the module's own statistics.
+            mean, var = mean[channels], var[channels]
+        return F.batch_norm(x, mean, var, scale, None, self.training, BN_MOMENTUM, BN_EPS)
 
 
 def _conv_weight(num_edges: int, channels: int, in_per_group: int, k: int) -> nn.Parameter:
@@ -286,6 +288,12 @@ class SharedSourceOps(nn.Module):
         return out, free
 
 
+def cast(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """x in `dtype`: x itself when it is already, without an operator call (`x.to(dtype)` is
+    one even then, and every call costs host time: thousands per step, docs/gpus.md)."""
+    return x if x.dtype == dtype else x.to(dtype)
+
+
 def nhwc(x: torch.Tensor) -> torch.Tensor:
     """(N, C, H, W) -> its channels-last memory as an (N, H, W, C) view (copies only if the
     tensor is not channels-last already)."""
@@ -378,8 +386,8 @@ class SeparableConv(torch.autograd.Function):
         x, dw_weight, pw_weight, *kept = ctx.saved_tensors
         needs_x, needs_dw, needs_pw = ctx.needs_input_grad[:3]
         # Under autocast the forward ran in the grad's dtype: so does the recomputation.
-        depthwise = kept[0] if kept else depthwise_conv(x.to(grad.dtype),
-                                                        dw_weight.to(grad.dtype), ctx.repeat)
+        depthwise = kept[0] if kept else depthwise_conv(cast(x, grad.dtype),
+                                                        cast(dw_weight, grad.dtype), ctx.repeat)
         grad_depthwise, grad_pw = pointwise_grads(depthwise, pw_weight, ctx.groups, grad,
                                                   needs_x or needs_dw, needs_pw, ctx.paths)
         grad_x = grad_dw = None
@@ -415,8 +423,8 @@ def depthwise_grads(x, weight, repeat, grad, needs_x: bool, needs_w: bool,
     """
     outer, groups, inner = repeat
     x_dtype, w_dtype = x.dtype, weight.dtype
-    x = x.to(grad.dtype).contiguous(memory_format=torch.channels_last)  # what oneDNN reads
-    weight = weight.to(grad.dtype)
+    x = cast(x, grad.dtype).contiguous(memory_format=torch.channels_last)  # what oneDNN reads
+    weight = cast(weight, grad.dtype)
     grad = grad.contiguous(memory_format=torch.channels_last)
     n, channels, h, w = x.shape
     repeated = outer * inner > 1
@@ -431,10 +439,10 @@ def depthwise_grads(x, weight, repeat, grad, needs_x: bool, needs_w: bool,
             c = channels // groups
             grad_x = to_nchw(nhwc(grad_x).view(n, h, w, outer, groups, inner, c)
                              .sum(dim=(3, 5)).view(n, h, w, channels))
-        grad_x = grad_x.to(x_dtype)
+        grad_x = cast(grad_x, x_dtype)
     if needs_w:
-        grad_w = _depthwise_weight_grad(x, grad, weight, repeat,
-                                        onednn_weight_grads).to(w_dtype)
+        grad_w = cast(_depthwise_weight_grad(x, grad, weight, repeat, onednn_weight_grads),
+                      w_dtype)
     return grad_x, grad_w
 
 
@@ -486,7 +494,7 @@ def grouped_pointwise(x: torch.Tensor, weight: torch.Tensor, groups: int,
     (autocast off: the caller's dtype, as given).
     """
     with torch.autocast(x.device.type, enabled=False):
-        per_block = _per_block(weight.to(x.dtype), groups, paths.block_diagonal_max_channels)
+        per_block = _per_block(cast(weight, x.dtype), groups, paths.block_diagonal_max_channels)
         return _blockwise_matmul(x, per_block.transpose(1, 2), paths.strided_output_min_rows)
 
 
@@ -497,11 +505,11 @@ def pointwise_grads(x, weight, groups: int, grad, needs_x: bool, needs_w: bool,
     grad = grad.contiguous(memory_format=torch.channels_last)
     t, k, c_out, c_in = weight.shape
     grad_x = grad_w = None
-    per_block = _per_block(weight.to(grad.dtype), groups, paths.block_diagonal_max_channels)
+    per_block = _per_block(cast(weight, grad.dtype), groups, paths.block_diagonal_max_channels)
     if needs_x:
-        grad_x = _blockwise_matmul(grad, per_block, paths.strided_output_min_rows).to(x_dtype)
+        grad_x = cast(_blockwise_matmul(grad, per_block, paths.strided_output_min_rows), x_dtype)
     if needs_w:
-        x = x.to(grad.dtype).contiguous(memory_format=torch.channels_last)
+        x = cast(x, grad.dtype).contiguous(memory_format=torch.channels_last)
         block_out, block_in = per_block.shape[1:]
         full = torch.bmm(_blocks(grad, block_out).transpose(1, 2), _blocks(x, block_in))
         if block_out == c_out:
@@ -509,7 +517,7 @@ def pointwise_grads(x, weight, groups: int, grad, needs_x: bool, needs_w: bool,
         else:  # block-diagonal over the edges: the edges' own blocks are its diagonal
             grad_w = (full.view(t, groups, k, c_out, k, c_in).diagonal(dim1=2, dim2=4)
                       .sum(dim=1).permute(0, 3, 1, 2))
-        grad_w = grad_w.to(w_dtype)
+        grad_w = cast(grad_w, w_dtype)
     return grad_x, grad_w
 
 

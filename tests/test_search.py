@@ -10,7 +10,7 @@ import torch
 
 import train_autodeeplab
 from config_utils.search_args import get_args_parser
-from engine.search import split_train_set
+from engine.search import clip_gradients, split_train_set
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--dataset", "synthetic", "--filter-multiplier", "2", "--num-layers", "3", "--steps",
@@ -34,6 +34,25 @@ def test_split_is_disjoint_complete_and_seeded():
     a2, _ = split_train_set(11, seed=3)
     a3, _ = split_train_set(11, seed=4)
     assert (a == a2).all() and not (a == a3).all()
+
+
+@pytest.mark.parametrize("max_norm", [0.5, 1e6])  # clipped, and left as they are
+def test_clip_gradients_equals_torch_clip_grad_norm_bit_for_bit(max_norm):
+    def parameters():
+        generator = torch.Generator().manual_seed(0)
+        params = [torch.nn.Parameter(torch.randn(shape, generator=generator))
+                  for shape in [(3, 4), (5,), (2, 3, 3, 3), (7, 1)]]
+        for p in params:
+            p.grad = 10 * torch.randn(p.shape, generator=generator)
+        return params + [torch.nn.Parameter(torch.zeros(2))]  # one without a gradient
+
+    ours, theirs = parameters(), parameters()
+    clip_gradients(ours, max_norm)
+    norm = torch.nn.utils.clip_grad_norm_(theirs, max_norm)
+    assert (norm > max_norm) == (max_norm == 0.5)
+    assert ours[-1].grad is None
+    for a, b in zip(ours[:-1], theirs[:-1]):
+        assert torch.equal(a.grad, b.grad)
 
 
 def test_short_search_lowers_training_loss(tmp_path):
