@@ -59,7 +59,7 @@ def get_args_parser():
     p.add_argument("--tune-lr", type=float, default=0.005, help="fine-tuning learning rate")
     p.add_argument("--max-images", type=int, default=16, help="validation images scored on")
     p.add_argument("--batch-size", type=int, default=8, help="validation images per batch")
-    p.add_argument("--seed", type=int, default=0, help="seed of the fine-tuning's batches")
+    p.add_argument("--seed", type=int, default=0, help="torch seed (skip dropout while fine-tuning); the batches are the search's")
     p.add_argument("--json", default=None,
                    help="output (default: progressive.json beside the checkpoint)")
     return p
@@ -94,7 +94,7 @@ class FineTuner:
 def progressive_selection(model, batches, tune, log=print) -> tuple[list, list]:
     """The cell chosen progressively (module docstring), as (input, operation) pairs per
     block, and the decisions: for each edge and then each block, the loss rises scored and
-    the validation loss after fine-tuning."""
+    the validation loss they rise from."""
     mask = torch.ones_like(model.alphas).detach()
     num_edges = model.alphas.shape[0]
     chosen, decisions = {}, []
