@@ -175,7 +175,8 @@ def run_perturbation(task: str, seed: int, extra: list[str], run_dir: Path) -> d
                                                            by_alphas.cell),
             "cell": cell_text(genotype),
             "top_operation": " ".join(op for op, n in ops if n == ops[0][1]),
-            "pairs_shared_with_alphas": shared_pairs(genotype.cell, by_alphas.cell), "base_loss": round(scores["base_loss"], 4),
+            "pairs_shared_with_alphas": shared_pairs(genotype.cell, by_alphas.cell),
+            "base_loss": round(scores["base_loss"], 4),
             "rise_without_everywhere": " ".join(f"{name}:{v:+.4f}" for v, name in rises),
             "images": scores["images"], "seconds": round(seconds, 1),
             "torch": torch.__version__, "machine": machine()}

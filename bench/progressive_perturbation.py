@@ -41,13 +41,11 @@ from engine.perturbation import SCORED, mean_loss, shared_pairs, stacked_batches
 from engine.search import weight_step  # noqa: E402
 from engine.search_checkpoint import load_search_supernet  # noqa: E402
 from engine.search_setup import build_data, build_val_set  # noqa: E402
-from modeling.decoding import genotype_from_arch  # noqa: E402
+from modeling.decoding import genotype_from_arch, kept_inputs  # noqa: E402
 from modeling.operations import PRIMITIVES  # noqa: E402
 from modeling.search_space import edge_offset  # noqa: E402
 from utils.checkpoint import load_checkpoint  # noqa: E402
 from utils.distributed import DistInfo  # noqa: E402
-
-INPUTS_KEPT = 2  # per block, as the paper's decode
 
 
 def get_args_parser():
@@ -127,7 +125,7 @@ def progressive_selection(model, batches, tune, log=print) -> tuple[list, list]:
             changed = mask.clone()
             changed[e] = 0
             rises.append(rise(changed, base))
-        kept = sorted(sorted(range(len(rises)), key=lambda i: -rises[i])[:INPUTS_KEPT])
+        kept = kept_inputs(rises)
         for i, e in enumerate(edges):
             if i not in kept:
                 mask[e] = 0
@@ -153,8 +151,8 @@ def main(argv=None) -> dict:
     tune = FineTuner(model, search_args, load_checkpoint(path)["split"], args.tune_lr,
                      args.tune_steps)
     start = time.time()
-    whole = mean_loss(model, batches)
     cell, decisions = progressive_selection(model, batches, tune)
+    whole = decisions[0]["loss_before"]  # the first edge is scored on the whole supernet
     final = mean_loss(model, batches, _cell_mask(model, cell))
     by_alphas = genotype_from_arch(arch.alphas, arch.betas, arch.edge_logits)
     record = {"checkpoint": str(path), "tune_steps": args.tune_steps, "tune_lr": args.tune_lr,

@@ -192,10 +192,16 @@ def cell_from_scores(operation_scores, edge_scores) -> list[list[tuple[int, str]
     cell = []
     for block in range(steps_for_edges(len(strength))):
         start = edge_offset(block)
-        inputs = sorted(range(2 + block), key=lambda i: (-strength[start + i], i))
-        kept = sorted(inputs[:INPUTS_PER_BLOCK])
+        kept = kept_inputs(strength[start:start + 2 + block])
         cell.append([(i, PRIMITIVES[best_op[start + i]]) for i in kept])
     return cell
+
+
+def kept_inputs(block_scores) -> list[int]:
+    """The block's INPUTS_PER_BLOCK inputs of highest score (one per input), in index order;
+    ties go to the lower input index."""
+    ranked = sorted(range(len(block_scores)), key=lambda i: (-block_scores[i], i))
+    return sorted(ranked[:INPUTS_PER_BLOCK])
 
 
 # --- raw parameters -> genotype --------------------------------------------------------------

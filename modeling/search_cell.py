@@ -79,14 +79,15 @@ class AffineFreeBN(nn.Module):
         self.register_buffer("running_mean", torch.zeros(channels))
         self.register_buffer("running_var", torch.ones(channels))
 
-    def forward(self, x, scale=None, channels: slice = slice(None)):
-        """`channels`: x holds only these of the module's channels (their statistics)."""
+    def forward(self, x, scale=None, channels: slice | None = None):
+        """`channels`: x holds only these of the module's channels (their statistics); None:
+        all of them."""
         if scale is not None:
             # The CPU batch-norm backward reads its weight as if it were dense (torch 2.13):
             # a stride-0 view (one edge's alpha expanded) would give wrong gradients.
             scale = scale.contiguous()
         mean, var = self.running_mean, self.running_var
-        if channels != slice(None):  # not slicing all saves two operator calls
+        if channels is not None:
             # Slices of the buffers are views: training updates the module's own statistics.
             mean, var = mean[channels], var[channels]
         return F.batch_norm(x, mean, var, scale, None, self.training, BN_MOMENTUM, BN_EPS)
