@@ -138,7 +138,7 @@ SPARK_PALETTE = RING_PALETTE
 # std 0.136 per channel).
 SPARK_MEAN, SPARK_STD = RING_MEAN, RING_STD
 SPARK_COLOURS = {NEAR_RED: (235, 40, 40), NEAR_BLUE: (40, 80, 235)}
-SPARK_SIZE = 2  # pixels, square
+SPARK_SIZE = 4  # pixels, square (2 until 2026-12-01: see docs/search_learning/README.md)
 SPARK_REACH = 24  # pixels: a pixel is near a spark within this Chebyshev distance
 SPARKS_PER_IMAGE = (2, 4)
 
