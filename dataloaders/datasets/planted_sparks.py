@@ -1,5 +1,5 @@
-"""Planted task "sparks": tiny red and blue points in grey noise, each labelling the square
-around it by its colour, built to need max_pool_3x3 at the fine levels. See
+"""Planted task "sparks": small red and blue squares in grey noise, each labelling the square
+around it by its colour, built so that max_pool_3x3 at the fine levels serves it best. See
 dataloaders/datasets/planted.py for the scenes and the reasoning; retrained controls confirm
 it (docs/search_learning/README.md, "Controls")."""
 
