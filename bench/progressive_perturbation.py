@@ -57,7 +57,8 @@ def get_args_parser():
     p.add_argument("--tune-lr", type=float, default=0.005, help="fine-tuning learning rate")
     p.add_argument("--max-images", type=int, default=16, help="validation images scored on")
     p.add_argument("--batch-size", type=int, default=8, help="validation images per batch")
-    p.add_argument("--seed", type=int, default=0, help="torch seed (skip dropout while fine-tuning); the batches are the search's")
+    p.add_argument("--seed", type=int, default=0,
+                   help="torch seed (skip dropout while fine-tuning); the batches are the search's")
     p.add_argument("--json", default=None,
                    help="output (default: progressive.json beside the checkpoint)")
     return p
