@@ -2,12 +2,15 @@
 
     python decode_autodeeplab.py --resume RUN/checkpoint.pth.tar [--out-dir DIR]
     python decode_autodeeplab.py --resume RUN/checkpoint.pth.tar --select perturbation
+    python decode_autodeeplab.py --resume RUN/checkpoint.pth.tar --select pruning
 
 Writes genotype.json, network_path.npy, network_path_space.npy, genotype.npy and
 architecture.png into DIR (default: the checkpoint's folder) and prints a summary. With
 `--select perturbation` the cell is chosen by DARTS-PT's perturbation on the search's
-validation images (engine/perturbation.py), whose scores go to perturbation.json; DIR then
-defaults to the checkpoint's perturbation/ folder.
+validation images (engine/perturbation.py), whose scores go to perturbation.json; with
+`--select pruning` by pruning the supernet on them (engine/pruning.py), whose record goes to
+pruning.json. DIR then defaults to the checkpoint's perturbation/ or pruning/ folder, so the
+alphas' decode beside the checkpoint is kept.
 """
 from __future__ import annotations
 
@@ -25,30 +28,35 @@ from utils.errors import UserError, exit_on_user_error
 from utils.run import select_device
 
 PICTURE = "architecture.png"
-SCORES_JSON = "perturbation.json"
-PERTURBATION_DIR = "perturbation"
 SCORING_FLAGS = ("data_root", "max_images", "batch_size", "batch_norm", "device")
 
 
 @exit_on_user_error
 def main(args) -> None:
-    scores = None
-    if args.select == "perturbation":
-        from engine.perturbation import score_search_checkpoint  # loads the data stack
-
-        arch, scores = score_search_checkpoint(
-            args.resume, device=select_device(args.device), data_root=args.data_root,
-            max_images=args.max_images, batch_size=args.batch_size or DEFAULT_SCORE_BATCH,
-            batch_statistics=args.batch_norm != "running", trust=args.trust_checkpoint)
-    else:
+    scores = pruning = None
+    if args.select == "alphas":
         given = [name for name in SCORING_FLAGS if getattr(args, name) is not None]
         if given:
             raise UserError(f"--{given[0].replace('_', '-')} applies only with --select "
-                            "perturbation; drop it or add --select perturbation")
+                            "perturbation or pruning; drop it or add --select")
         arch = load_search_architecture(args.resume, trust=args.trust_checkpoint)
+    else:
+        scoring = dict(device=select_device(args.device), data_root=args.data_root,
+                       max_images=args.max_images,
+                       batch_size=args.batch_size or DEFAULT_SCORE_BATCH,
+                       batch_statistics=args.batch_norm != "running",
+                       trust=args.trust_checkpoint)
+        if args.select == "perturbation":
+            from engine.perturbation import score_search_checkpoint  # loads the data stack
+
+            arch, scores = score_search_checkpoint(args.resume, **scoring)
+        else:
+            from engine.pruning import prune_search_checkpoint
+
+            arch, pruning, alpha_loss = prune_search_checkpoint(args.resume, **scoring)
     out_dir = Path(args.out_dir) if args.out_dir else arch.path.parent
-    if scores is not None and not args.out_dir:  # beside the alphas' decode, not over it
-        out_dir = out_dir / PERTURBATION_DIR
+    if args.select != "alphas" and not args.out_dir:  # beside the alphas' decode, not over it
+        out_dir = out_dir / args.select
     weights, probs = arch_probabilities(arch.alphas, arch.betas, arch.edge_logits)
     genotype = genotype_from_probabilities(weights, probs)
     alpha_cell = genotype.cell
@@ -56,6 +64,8 @@ def main(args) -> None:
         from engine.perturbation import decode_cell_by_perturbation
 
         genotype = Genotype(genotype.network_path, decode_cell_by_perturbation(scores))
+    if pruning is not None:
+        genotype = Genotype(genotype.network_path, pruning.cell)
     path_prob = path_probability(probs, genotype.network_path)
 
     # genotype.json is the contract; the extra "source" entry records where it came from.
@@ -68,11 +78,16 @@ def main(args) -> None:
     written = [out_dir / GENOTYPE_JSON]
     write_json(record, written[0])
     written += save_genotype_arrays(genotype, out_dir)
+    alpha_record = {"alpha_cell": [[list(pair) for pair in block] for block in alpha_cell],
+                    "checkpoint": str(arch.path)}
     if scores is not None:
-        written.append(out_dir / SCORES_JSON)
-        write_json({**scores.to_json(), "cell": genotype.to_json()["cell"],
-                    "alpha_cell": [[list(pair) for pair in block] for block in alpha_cell],
-                    "checkpoint": str(arch.path)}, written[-1])
+        written.append(out_dir / "perturbation.json")
+        write_json({**scores.to_json(), "cell": genotype.to_json()["cell"], **alpha_record},
+                   written[-1])
+    if pruning is not None:
+        written.append(out_dir / "pruning.json")
+        write_json({**pruning.to_json(), "alpha_cell_loss": alpha_loss, **alpha_record},
+                   written[-1])
     if args.plot:
         from engine.visualize import plot_architecture  # matplotlib only when drawing
 
@@ -89,6 +104,10 @@ def main(args) -> None:
         from engine.perturbation import format_scores
 
         print(format_scores(scores, genotype.cell, alpha_cell))
+    if pruning is not None:
+        from engine.pruning import format_pruning
+
+        print(format_pruning(pruning, alpha_cell, alpha_loss))
     print("wrote " + ", ".join(str(path) for path in written))
 
 

@@ -9,7 +9,10 @@ on the val split.
 With `--perturbation`, each search is also decoded with `decode_autodeeplab.py --select
 perturbation` (DARTS-PT's selection of the cell by the rise of the supernet's validation loss;
 same network path) on the protocol's first `perturbation_images` val images, and that network
-is retrained too: group "searched-perturbation", arch `searched-pt-sK`.
+is retrained too: group "searched-perturbation", arch `searched-pt-sK`. `--pruning` does the
+same with `--select pruning` (engine/pruning.py): group "searched-pruning", arch
+`searched-pruning-sK`. A search recorded on another machine is searched again here to be
+decoded.
 
 Stages: retrain the paper's architecture; then `--num-random` random architectures and, for
 each of `--search-seeds`, a search, its decode and the retraining of the searched network,
@@ -105,7 +108,7 @@ PROTOCOLS = {
                  "--warmup-iters", "1", "--workers", "0"],
         eval_size=(48, 64), perturbation_images=4),
 }
-GROUPS = ("searched", "searched-perturbation", "random", "paper")
+GROUPS = ("searched", "searched-perturbation", "searched-pruning", "random", "paper")
 RESULT_FIELDS = ("arch", "group", "search_seed", "seed", "miou", "pixel_acc",
                  *(f"iou_{name}" for name in CLASS_NAMES), "miou_curve", "params_m",
                  "multi_adds_g", "train_s", "network_path", "cell", "retrain_flags", "machine")
@@ -137,6 +140,9 @@ def get_args_parser():
     p.add_argument("--perturbation", action="store_true",
                    help="also decode each search's cell by perturbation (DARTS-PT) and "
                         "retrain that network (group searched-perturbation)")
+    p.add_argument("--pruning", action="store_true",
+                   help="also decode each search's cell by pruning (engine/pruning.py) and "
+                        "retrain that network (group searched-pruning)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if present)")
     return p
 
@@ -179,21 +185,28 @@ def random_architectures(count: int, protocol: dict, results: Path) -> dict[str,
     return archs
 
 
+def searched_supernet(protocol, data, out: Path, seed: int) -> Path:
+    """The run folder of the search with `seed`, searching first if it has not finished here
+    (a recorded series continued on another machine searches again to decode it again)."""
+    run_dir = out / f"search-s{seed}"
+    if not (run_dir / "search.done").exists():
+        argv = [*data, *protocol["search"], "--seed", str(seed)]
+        run_stage(f"search seed {seed}", "train_autodeeplab.py", resume_or_start(run_dir, argv),
+                  out / "logs" / f"search-s{seed}.log")
+        (run_dir / "search.done").touch()
+    return run_dir
+
+
 def search(protocol, data, out: Path, results: Path, seed: int) -> Genotype:
     """Search with `seed` and decode; the genotype is kept in --results-dir and the search's
     summary row in search.csv. A recorded genotype is used as it is."""
     genotype_path = results / "genotypes" / f"searched-s{seed}.json"
     if genotype_path.exists():
         return read_genotype(genotype_path)
-    run_dir = out / f"search-s{seed}"
-    log = out / "logs" / f"search-s{seed}.log"
-    if not (run_dir / "search.done").exists():
-        argv = [*data, *protocol["search"], "--seed", str(seed)]
-        run_stage(f"search seed {seed}", "train_autodeeplab.py", resume_or_start(run_dir, argv),
-                  log)
-        (run_dir / "search.done").touch()
+    run_dir = searched_supernet(protocol, data, out, seed)
     run_stage(f"decode seed {seed}", "decode_autodeeplab.py",
-              ["--resume", str(run_dir / "checkpoint.pth.tar")], log)
+              ["--resume", str(run_dir / "checkpoint.pth.tar")],
+              out / "logs" / f"search-s{seed}.log")
     genotype, summary = search_summary(run_dir / "checkpoint.pth.tar")
     epochs = read_rows(run_dir / "metrics.csv")
     shutil.copyfile(run_dir / "metrics.csv", results / f"search-s{seed}.csv")
@@ -208,24 +221,33 @@ def search(protocol, data, out: Path, results: Path, seed: int) -> Genotype:
     return genotype
 
 
-def perturbation_genotype(protocol, data, out: Path, results: Path, seed: int) -> Genotype:
-    """Search `seed`'s cell chosen by perturbation (the path is the search's); kept in
-    --results-dir with its scores. A recorded genotype is used as it is."""
-    genotype_path = results / "genotypes" / f"searched-pt-s{seed}.json"
+# The cell selections other than the alphas': decode_autodeeplab.py --select NAME, the arch
+# name of the network retrained, and its group.
+SELECTIONS = {"perturbation": ("searched-pt-s{seed}", "searched-perturbation"),
+              "pruning": ("searched-pruning-s{seed}", "searched-pruning")}
+
+
+def selected_genotype(select: str, protocol, data, out: Path, results: Path,
+                      seed: int) -> Genotype:
+    """Search `seed`'s cell chosen by `select` (the path is the search's); kept in
+    --results-dir with the selection's record (`select`.json). A recorded genotype is used as
+    it is."""
+    name = SELECTIONS[select][0].format(seed=seed)
+    genotype_path = results / "genotypes" / f"{name}.json"
     if genotype_path.exists():
         return read_genotype(genotype_path)
-    decoded = out / f"search-s{seed}" / "perturbation"
-    argv = ["--resume", str(out / f"search-s{seed}" / "checkpoint.pth.tar"), "--select",
-            "perturbation", "--out-dir", str(decoded), "--no-plot",
-            "--data-root", flag_value(data, "--data-root")]
+    run_dir = searched_supernet(protocol, data, out, seed)
+    decoded = run_dir / select
+    argv = ["--resume", str(run_dir / "checkpoint.pth.tar"), "--select", select,
+            "--out-dir", str(decoded), "--no-plot", "--data-root", flag_value(data, "--data-root")]
     if protocol["perturbation_images"]:
         argv += ["--max-images", str(protocol["perturbation_images"])]
     if "--device" in data:
         argv += ["--device", flag_value(data, "--device")]
-    run_stage(f"decode seed {seed} by perturbation", "decode_autodeeplab.py", argv,
+    run_stage(f"decode seed {seed} by {select}", "decode_autodeeplab.py", argv,
               out / "logs" / f"search-s{seed}.log")
-    shutil.copyfile(decoded / "perturbation.json",
-                    results / "genotypes" / f"searched-pt-s{seed}.perturbation.json")
+    shutil.copyfile(decoded / f"{select}.json",
+                    results / "genotypes" / f"{name}.{select}.json")
     genotype = read_genotype(decoded / "genotype.json")
     save_genotype(genotype, genotype_path)  # last: its presence marks the decode as recorded
     return genotype
@@ -306,7 +328,8 @@ def verdict(rows: list[dict]) -> list[str]:
     lines += [f"| {g} | {len(v)} | {mean_spread(v)} |" for g, v in groups.items() if v]
     random = groups["random"]
     for group, name in (("searched", "Searched"),
-                        ("searched-perturbation", "Searched, cell by perturbation,")):
+                        ("searched-perturbation", "Searched, cell by perturbation,"),
+                        ("searched-pruning", "Searched, cell by pruning,")):
         searched = groups[group]
         if len(searched) >= 2 and len(random) >= 2:
             gap = statistics.mean(searched) - statistics.mean(random)
@@ -485,9 +508,10 @@ def main(args) -> Path:
             seed = args.search_seeds[turn]
             stage(f"searched-s{seed}", "searched", seed,
                   search(protocol, data, out, results, seed))
-            if args.perturbation:
-                stage(f"searched-pt-s{seed}", "searched-perturbation", seed,
-                      perturbation_genotype(protocol, data, out, results, seed))
+            for select in [name for name in SELECTIONS if getattr(args, name)]:
+                name, group = SELECTIONS[select]
+                stage(name.format(seed=seed), group, seed,
+                      selected_genotype(select, protocol, data, out, results, seed))
     summarise(results, command)
     print((results / "results.md").read_text())
     print(f"results in {results}")

@@ -22,11 +22,14 @@ folders.
     .venv/bin/python bench/planted.py --controls --seeds 0 1   # no search: fixed architectures
 
     .venv/bin/python bench/planted.py --perturbation --tasks sparks -- --skip-dropout 0.5
+    .venv/bin/python bench/planted.py --pruning --tasks sparks
 
 `--perturbation` decodes each search's cell again, by DARTS-PT's perturbation
 (`decode_autodeeplab.py --select perturbation`, engine/perturbation.py) instead of by the
 alphas, and records in --perturbation-csv whether that cell holds the planted answer, beside
-the alphas' verdict. A search whose run folder is missing (another machine) is run first.
+the alphas' verdict. `--pruning` does the same with `--select pruning` (engine/pruning.py),
+into --pruning-csv, with the supernet's loss with only each cell. A search whose run folder
+is missing (another machine) is run first.
 
 `--controls` checks the tasks themselves: it retrains each task's CONTROLS, fixed
 architectures with and without the planted choice, with train.py and the task's retraining
@@ -66,6 +69,9 @@ FIELDS = ("task", "seed", "flags", "found", "network_path", "cell", "mean_levels
 PERTURBATION_FIELDS = ("task", "seed", "flags", "found", "found_by_alphas", "cell",
                        "top_operation", "pairs_shared_with_alphas", "base_loss",
                        "rise_without_everywhere", "images", "seconds", "torch", "machine")
+PRUNING_FIELDS = ("task", "seed", "flags", "found", "found_by_alphas", "cell", "top_operation",
+                  "pairs_shared_with_alphas", "base_loss", "cell_loss", "alpha_cell_loss",
+                  "evaluations", "images", "seconds", "torch", "machine")
 CONTROL_FIELDS = ("task", "control", "seed", "flags", "network_path", "cell", "val_miou",
                   "seconds", "torch", "machine")
 
@@ -97,6 +103,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--perturbation-csv",
                    default=str(REPO / "docs" / "search_learning" / "planted_perturbation.csv"),
                    help="results of --perturbation, one row per search")
+    p.add_argument("--pruning", action="store_true",
+                   help="instead of recording searches, decode each search's cell by pruning "
+                        "(decode_autodeeplab.py --select pruning; the search runs first if its "
+                        "folder is missing); rows to --pruning-csv")
+    p.add_argument("--pruning-csv",
+                   default=str(REPO / "docs" / "search_learning" / "planted_pruning.csv"),
+                   help="results of --pruning, one row per search")
     p.add_argument("extra", nargs="*", help="more train_autodeeplab.py flags (after --)")
     return p
 
@@ -143,18 +156,19 @@ def run_task(task: str, seed: int, extra: list[str], run_dir: Path) -> dict:
             "torch": torch.__version__, "machine": machine()}
 
 
-def run_perturbation(task: str, seed: int, extra: list[str], run_dir: Path) -> dict:
-    """Decode the cell of search (`task`, `seed`, `extra`) by perturbation; the result row,
-    with the alphas' decode of the same search beside it."""
+def run_selection(select: str, task: str, seed: int, extra: list[str], run_dir: Path):
+    """Decode the cell of search (`task`, `seed`, `extra`) with `decode_autodeeplab.py
+    --select select` into the run's `select`/ folder (the search runs first if its folder is
+    missing). Returns (the row's common fields, the decoded genotype, the folder)."""
     module = TASKS[task]
     run = run_folder(run_dir, f"{task}-seed{seed}", extra)
     # Resuming a finished search trains nothing; a missing one is searched first.
     run_script("train_autodeeplab.py", ["--dataset", module.INFO.name, "--seed", str(seed)],
                run, extra, "search.log")
-    out = run / "perturbation"
+    out = run / select
     out.mkdir(exist_ok=True)
     command = [sys.executable, str(REPO / "decode_autodeeplab.py"), "--resume",
-               str(run / "checkpoint.pth.tar"), "--select", "perturbation", "--out-dir",
+               str(run / "checkpoint.pth.tar"), "--select", select, "--out-dir",
                str(out), "--no-plot"]
     print(" ".join(command), flush=True)
     start = time.time()
@@ -165,21 +179,38 @@ def run_perturbation(task: str, seed: int, extra: list[str], run_dir: Path) -> d
     seconds = time.time() - start
     genotype = read_genotype(out / GENOTYPE_JSON)
     by_alphas, _ = search_summary(run / "checkpoint.pth.tar")
-    scores = json.loads((out / "perturbation.json").read_text())
     ops = Counter(op for block in genotype.cell for _, op in block).most_common()
+    row = {"task": task, "seed": seed, "flags": " ".join(extra),
+           "found": module.planted_answer_found(genotype.network_path, genotype.cell),
+           "found_by_alphas": module.planted_answer_found(by_alphas.network_path,
+                                                          by_alphas.cell),
+           "cell": cell_text(genotype),
+           "top_operation": " ".join(op for op, n in ops if n == ops[0][1]),
+           "pairs_shared_with_alphas": shared_pairs(genotype.cell, by_alphas.cell),
+           "seconds": round(seconds, 1), "torch": torch.__version__, "machine": machine()}
+    return row, out
+
+
+def run_perturbation(task: str, seed: int, extra: list[str], run_dir: Path) -> dict:
+    """Decode the cell of search (`task`, `seed`, `extra`) by perturbation; the result row,
+    with the alphas' decode of the same search beside it."""
+    row, out = run_selection("perturbation", task, seed, extra, run_dir)
+    scores = json.loads((out / "perturbation.json").read_text())
     rises = sorted(((v, name) for name, v in scores["everywhere"].items() if v is not None),
                    reverse=True)
-    return {"task": task, "seed": seed, "flags": " ".join(extra),
-            "found": module.planted_answer_found(genotype.network_path, genotype.cell),
-            "found_by_alphas": module.planted_answer_found(by_alphas.network_path,
-                                                           by_alphas.cell),
-            "cell": cell_text(genotype),
-            "top_operation": " ".join(op for op, n in ops if n == ops[0][1]),
-            "pairs_shared_with_alphas": shared_pairs(genotype.cell, by_alphas.cell),
-            "base_loss": round(scores["base_loss"], 4),
+    return {**row, "base_loss": round(scores["base_loss"], 4),
             "rise_without_everywhere": " ".join(f"{name}:{v:+.4f}" for v, name in rises),
-            "images": scores["images"], "seconds": round(seconds, 1),
-            "torch": torch.__version__, "machine": machine()}
+            "images": scores["images"]}
+
+
+def run_pruning(task: str, seed: int, extra: list[str], run_dir: Path) -> dict:
+    """Decode the cell of search (`task`, `seed`, `extra`) by pruning; the result row, with
+    the alphas' decode of the same search and its loss in the supernet beside it."""
+    row, out = run_selection("pruning", task, seed, extra, run_dir)
+    record = json.loads((out / "pruning.json").read_text())
+    return {**row, **{key: round(record[key], 4) for key in
+                      ("base_loss", "cell_loss", "alpha_cell_loss")},
+            "evaluations": record["evaluations"], "images": record["images"]}
 
 
 def series(args, out: Path, fields, run_one, brief) -> list[dict]:
@@ -202,12 +233,12 @@ def series(args, out: Path, fields, run_one, brief) -> list[dict]:
     return [r for r in rows if r["flags"] == flags and int(r["seed"]) in args.seeds]
 
 
-def perturbation(args) -> None:
-    rows = series(args, Path(args.perturbation_csv), PERTURBATION_FIELDS, run_perturbation,
+def selection(args, select: str, out: Path, fields, run_one) -> None:
+    rows = series(args, out, fields, run_one,
                   ("found", "found_by_alphas", "top_operation", "seconds"))
     for task in args.tasks:
         mine = [r for r in rows if r["task"] == task]
-        print(f"{task}: planted answer found by perturbation in "
+        print(f"{task}: planted answer found by {select} in "
               f"{sum(r['found'] == 'True' for r in mine)} of {len(mine)} seeds, by the alphas "
               f"in {sum(r['found_by_alphas'] == 'True' for r in mine)}")
 
@@ -253,12 +284,17 @@ def controls(args) -> None:
 
 
 def main(args) -> None:
-    if args.controls and args.perturbation:
-        sys.exit("error: --controls and --perturbation are two separate series; give one")
+    modes = [f"--{mode}" for mode in ("controls", "perturbation", "pruning")
+             if getattr(args, mode)]
+    if len(modes) > 1:
+        sys.exit(f"error: {' and '.join(modes)} are separate series; give one")
     if args.controls:
         return controls(args)
     if args.perturbation:
-        return perturbation(args)
+        return selection(args, "perturbation", Path(args.perturbation_csv),
+                         PERTURBATION_FIELDS, run_perturbation)
+    if args.pruning:
+        return selection(args, "pruning", Path(args.pruning_csv), PRUNING_FIELDS, run_pruning)
     rows = series(args, Path(args.csv), FIELDS, run_task,
                   ("found", "network_path", "alpha_entropy", "seconds"))
     for task in args.tasks:

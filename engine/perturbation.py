@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -124,6 +124,19 @@ def mean_loss(model, batches, operation_mask: torch.Tensor | None = None,
     return total / pixels
 
 
+@contextmanager
+def buffers_kept(model):
+    """Scoring in train mode updates the batch norms' running statistics: put them (every
+    buffer) back as they were on leaving, also after an error."""
+    saved = [b.clone() for b in model.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for b, value in zip(model.buffers(), saved):
+                b.copy_(value)
+
+
 def perturbation_scores(model, batches, autocast=nullcontext, log=print,
                         show_progress: bool = True,
                         batch_statistics: bool = True) -> PerturbationScores:
@@ -132,7 +145,6 @@ def perturbation_scores(model, batches, autocast=nullcontext, log=print,
     `batch_statistics` as in `mean_loss`; the model's buffers are as before afterwards."""
     num_edges = model.alphas.shape[0]
     ones = torch.ones_like(model.alphas).detach()
-    saved_buffers = [b.clone() for b in model.buffers()]
 
     def loss(mask=None) -> float:
         return mean_loss(model, batches, mask, autocast, batch_statistics)
@@ -143,7 +155,7 @@ def perturbation_scores(model, batches, autocast=nullcontext, log=print,
         return mask
 
     start = time.time()
-    try:
+    with buffers_kept(model):
         base = loss()
         removals = num_edges * (len(SCORED) + 1) + len(SCORED)
         log(f"supernet validation loss {base:.4f} ({time.time() - start:.1f}s); scoring "
@@ -162,10 +174,6 @@ def perturbation_scores(model, batches, autocast=nullcontext, log=print,
             for o in SCORED:
                 everywhere[o] = loss(without(slice(None), o)) - base
                 bar.update()
-    finally:
-        with torch.no_grad():
-            for b, saved in zip(model.buffers(), saved_buffers):
-                b.copy_(saved)
     images = sum(len(images) for images, _ in batches)
     return PerturbationScores(base, images, batch_statistics, operation, edge, everywhere)
 
@@ -183,14 +191,12 @@ def shared_pairs(cell, other) -> int:
     return sum(len(set(map(tuple, a)) & set(map(tuple, b))) for a, b in zip(cell, other))
 
 
-def score_search_checkpoint(path, *, device: torch.device, data_root: str | None = None,
-                            max_images: int | None = None, batch_size: int = 8,
-                            batch_statistics: bool = True, trust: bool = False, log=print,
-                            show_progress: bool = True
-                            ) -> tuple[SearchArchitecture, PerturbationScores]:
-    """Score every removal (`perturbation_scores`) of a search checkpoint's supernet on its
-    search's validation images (the first `max_images`; all when None), read from
-    `data_root` if given, else from where the search read them."""
+def load_for_scoring(path, *, device: torch.device, data_root: str | None = None,
+                     max_images: int | None = None, batch_size: int = 8,
+                     batch_statistics: bool = True, trust: bool = False, log=print):
+    """A search checkpoint's architecture and supernet (on `device`) and its search's
+    validation images as scoring batches (`stacked_batches`: the first `max_images`, all when
+    None), read from `data_root` if given, else from where the search read them."""
     arch, model, flags = load_search_supernet(path, trust=trust)
     search_args = argparse.Namespace(**flags)
     if data_root is not None:
@@ -207,8 +213,20 @@ def score_search_checkpoint(path, *, device: torch.device, data_root: str | None
     log(f"scoring the supernet of {arch.path} on "
         f"{sum(len(images) for images, _ in batches)} of {len(val_set)} validation "
         f"images of {search_args.dataset}")
-    scores = perturbation_scores(model.to(device), batches, log=log,
-                                 show_progress=show_progress,
+    return arch, model.to(device), batches
+
+
+def score_search_checkpoint(path, *, device: torch.device, data_root: str | None = None,
+                            max_images: int | None = None, batch_size: int = 8,
+                            batch_statistics: bool = True, trust: bool = False, log=print,
+                            show_progress: bool = True
+                            ) -> tuple[SearchArchitecture, PerturbationScores]:
+    """Score every removal (`perturbation_scores`) of a search checkpoint's supernet on its
+    search's validation images (`load_for_scoring`)."""
+    arch, model, batches = load_for_scoring(
+        path, device=device, data_root=data_root, max_images=max_images,
+        batch_size=batch_size, batch_statistics=batch_statistics, trust=trust, log=log)
+    scores = perturbation_scores(model, batches, log=log, show_progress=show_progress,
                                  batch_statistics=batch_statistics)
     return arch, scores
 

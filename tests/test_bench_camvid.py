@@ -69,6 +69,22 @@ def test_smoke_protocol_records_rows_table_plots_and_continues(tmp_path, camvid_
     assert list(csv.DictReader(open(results / "results.csv"))) == rows
     assert (results / "genotypes" / "random-1.json").read_text() == genotype
 
+    # A selection added later, on a machine without the run folders: the search is run
+    # again to be decoded, and only the new network is retrained.
+    later = bench(*argv, "--pruning")
+    assert later.returncode == 0, later.stdout[-2000:] + later.stderr[-2000:]
+    assert "search seed 0" in later.stdout and "retrain searched-s0" not in later.stdout
+    now = list(csv.DictReader(open(results / "results.csv")))
+    assert now[:4] == rows
+    assert [(r["arch"], r["group"]) for r in now[4:]] == [("searched-pruning-s0",
+                                                           "searched-pruning")]
+    assert now[4]["network_path"] == rows[2]["network_path"]  # the same search, again
+    record = json.loads((results / "genotypes" / "searched-pruning-s0.pruning.json").read_text())
+    assert record["images"] == 4
+    assert json.loads((results / "genotypes" / "searched-pruning-s0.json").read_text())[
+        "cell"] == record["cell"]
+    assert len(list(csv.DictReader(open(results / "search.csv")))) == 1
+
 
 def rows_of(group, mious, curves=None):
     return [{"arch": f"{group}-{i}", "group": group, "miou": str(m),

@@ -219,6 +219,22 @@ def test_bench_planted_checks_each_seed_once_against_the_planted_answer(tmp_path
     assert len(row["rise_without_everywhere"].split()) == 7  # every operation but none
     assert "found by perturbation in" in done.stdout
 
+    # --pruning likewise, with the supernet's loss with only each cell.
+    pruned = tmp_path / "pruning.csv"
+    pr = [sys.executable, str(REPO / "bench" / "planted.py"), "--pruning", "--tasks", "sparks",
+          "--seeds", "0", "--pruning-csv", str(pruned), "--run-dir", str(tmp_path / "runs"),
+          "--", *tiny]
+    done = subprocess.run(pr, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    with pruned.open(newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    cell = json.loads(row["cell"])
+    assert row["found"] == str(planted_sparks.planted_answer_found((0, 0, 0), cell))
+    assert row["found_by_alphas"] == next(r["found"] for r in rows if r["task"] == "sparks")
+    assert float(row["cell_loss"]) > 0 and float(row["alpha_cell_loss"]) > 0
+    assert int(row["evaluations"]) >= 2 + 5 * 7  # two whole supernets, every pair once
+    assert "found by pruning in" in done.stdout
+
 
 def test_controls_make_the_planted_choice_or_not():
     # The controls are valid architectures, and each task has one that holds its planted answer
