@@ -31,6 +31,12 @@ the alphas' verdict. `--pruning` does the same with `--select pruning` (engine/p
 into --pruning-csv, with the supernet's loss with only each cell. A search whose run folder
 is missing (another machine) is run first.
 
+    .venv/bin/python bench/planted.py --retrain alphas pruning --tasks sparks
+
+`--retrain` retrains each search's network as each named selection decodes it, with train.py
+and the task's retraining defaults (as the controls), and records its val mIoU in
+--retrain-csv: whether a decode's planted answer also retrains better.
+
 `--controls` checks the tasks themselves: it retrains each task's CONTROLS, fixed
 architectures with and without the planted choice, with train.py and the task's retraining
 defaults, and records their val mIoU in --controls-csv. A task plants a choice only if the
@@ -42,6 +48,7 @@ import argparse
 import csv
 import json
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -72,6 +79,9 @@ PERTURBATION_FIELDS = ("task", "seed", "flags", "found", "found_by_alphas", "cel
 PRUNING_FIELDS = ("task", "seed", "flags", "found", "found_by_alphas", "cell", "top_operation",
                   "pairs_shared_with_alphas", "base_loss", "cell_loss", "alpha_cell_loss",
                   "evaluations", "images", "seconds", "torch", "machine")
+RETRAIN_FIELDS = ("task", "seed", "flags", "selection", "found", "network_path", "cell",
+                  "val_miou", "seconds", "torch", "machine")
+SELECTIONS = ("alphas", "perturbation", "pruning")
 CONTROL_FIELDS = ("task", "control", "seed", "flags", "network_path", "cell", "val_miou",
                   "seconds", "torch", "machine")
 
@@ -110,6 +120,17 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--pruning-csv",
                    default=str(REPO / "docs" / "search_learning" / "planted_pruning.csv"),
                    help="results of --pruning, one row per search")
+    p.add_argument("--retrain", nargs="+", choices=SELECTIONS, metavar="SELECTION",
+                   help="instead of recording searches, retrain each search's network as "
+                        "decoded by these selections (alphas, perturbation, pruning; a missing "
+                        "search or decode runs first) with train.py and the task's retraining "
+                        "defaults, the search's seed as the retraining's; rows to --retrain-csv")
+    p.add_argument("--train-flags", default="", metavar="FLAGS",
+                   help="with --retrain: more train.py flags, as one string (the extra flags "
+                        "after -- name the searches)")
+    p.add_argument("--retrain-csv",
+                   default=str(REPO / "docs" / "search_learning" / "planted_retrain.csv"),
+                   help="results of --retrain, one row per search and selection")
     p.add_argument("extra", nargs="*", help="more train_autodeeplab.py flags (after --)")
     return p
 
@@ -243,6 +264,64 @@ def selection(args, select: str, out: Path, fields, run_one) -> None:
               f"in {sum(r['found_by_alphas'] == 'True' for r in mine)}")
 
 
+def decoded_genotype(select: str, task: str, seed: int, extra: list[str], run_dir: Path) -> Path:
+    """The genotype.json of search (`task`, `seed`, `extra`) decoded by `select`, in the run's
+    `select`/ folder; the search and the decode run first if missing."""
+    run = run_folder(run_dir, f"{task}-seed{seed}", extra)
+    path = run / select / GENOTYPE_JSON
+    if path.exists():
+        return path
+    if select != "alphas":
+        run_selection(select, task, seed, extra, run_dir)
+        return path
+    run_script("train_autodeeplab.py", ["--dataset", TASKS[task].INFO.name, "--seed", str(seed)],
+               run, extra, "search.log")
+    path.parent.mkdir(exist_ok=True)
+    save_genotype(search_summary(run / "checkpoint.pth.tar")[0], path)
+    return path
+
+
+def run_retrain(task: str, seed: int, extra: list[str], run_dir: Path, select: str,
+                train_flags: list[str]) -> dict:
+    """Retrain search (`task`, `seed`, `extra`)'s network decoded by `select` with the
+    dataset's retraining defaults, `train_flags` and the search's seed; the result row (val
+    mIoU of the last iteration)."""
+    module = TASKS[task]
+    path = decoded_genotype(select, task, seed, extra, run_dir)
+    genotype = read_genotype(path)
+    run = path.parent / "retrain"
+    run_script("train.py", ["--dataset", module.INFO.name, "--genotype", str(path),
+                            "--seed", str(seed)], run, train_flags, "train.log")
+    miou, seconds = run_metrics(run)
+    return {"task": task, "seed": seed, "flags": " ".join(extra), "selection": select,
+            "found": module.planted_answer_found(genotype.network_path, genotype.cell),
+            "network_path": " ".join(map(str, genotype.network_path)),
+            "cell": cell_text(genotype), "val_miou": round(miou, 4),
+            "seconds": round(seconds, 1), "torch": torch.__version__, "machine": machine()}
+
+
+def retrain(args) -> None:
+    out = Path(args.retrain_csv)
+    rows = read_rows(out)
+    flags = " ".join(args.extra)
+    done = {(r["task"], int(r["seed"]), r["flags"], r["selection"]) for r in rows}
+    for task in args.tasks:
+        for select in args.retrain:
+            for seed in args.seeds:
+                if (task, seed, flags, select) not in done:
+                    row = run_retrain(task, seed, args.extra, Path(args.run_dir), select,
+                                      shlex.split(args.train_flags))
+                    append_row(out, row, RETRAIN_FIELDS)
+                    rows.append({k: str(v) for k, v in row.items()})
+            mine = [r for r in rows if r["task"] == task and r["selection"] == select
+                    and r["flags"] == flags and int(r["seed"]) in args.seeds]
+            mious = [float(r["val_miou"]) for r in mine]
+            print(f"{task}, decoded by {select}: planted answer in "
+                  f"{sum(r['found'] == 'True' for r in mine)} of {len(mine)}; retrained val mIoU "
+                  + " ".join(f"{v:.3f}" for v in mious)
+                  + f" (mean {sum(mious) / len(mious):.3f})", flush=True)
+
+
 def run_control(task: str, name: str, seed: int, extra: list[str], run_dir: Path) -> dict:
     """Retrain control architecture `name` of `task` with the dataset's retraining defaults;
     the result row (val mIoU of the last iteration)."""
@@ -284,7 +363,7 @@ def controls(args) -> None:
 
 
 def main(args) -> None:
-    modes = [f"--{mode}" for mode in ("controls", "perturbation", "pruning")
+    modes = [f"--{mode}" for mode in ("controls", "perturbation", "pruning", "retrain")
              if getattr(args, mode)]
     if len(modes) > 1:
         sys.exit(f"error: {' and '.join(modes)} are separate series; give one")
@@ -295,6 +374,8 @@ def main(args) -> None:
                          PERTURBATION_FIELDS, run_perturbation)
     if args.pruning:
         return selection(args, "pruning", Path(args.pruning_csv), PRUNING_FIELDS, run_pruning)
+    if args.retrain:
+        return retrain(args)
     rows = series(args, Path(args.csv), FIELDS, run_task,
                   ("found", "network_path", "alpha_entropy", "seconds"))
     for task in args.tasks:

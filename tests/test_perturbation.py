@@ -186,14 +186,20 @@ def test_one_image_with_batch_statistics_is_refused_with_the_fix(tmp_path, capsy
     assert not (tmp_path / "genotype.json").exists()
 
 
-def test_by_default_the_perturbation_decode_goes_beside_the_alphas_one(tmp_path, capsys,
-                                                                      finished_search):
-    run = tmp_path / "run"
+def decoded_by_alphas(run, finished_search):
+    """A copy of the finished search's checkpoint in folder `run`, decoded by the alphas
+    there; the checkpoint's path and the alphas' genotype.json as text."""
     run.mkdir()
     checkpoint = run / "checkpoint.pth.tar"
     checkpoint.write_bytes(finished_search.read_bytes())
     decode("--resume", checkpoint, "--no-plot")
-    by_alphas = (run / "genotype.json").read_text()
+    return checkpoint, (run / "genotype.json").read_text()
+
+
+def test_by_default_the_perturbation_decode_goes_beside_the_alphas_one(tmp_path, capsys,
+                                                                      finished_search):
+    run = tmp_path / "run"
+    checkpoint, by_alphas = decoded_by_alphas(run, finished_search)
     decode("--resume", checkpoint, "--select", "perturbation", "--no-plot", "--max-images", 2)
     assert (run / "genotype.json").read_text() == by_alphas  # not overwritten
     record = json.loads((run / "perturbation" / "genotype.json").read_text())

@@ -203,37 +203,47 @@ def test_bench_planted_checks_each_seed_once_against_the_planted_answer(tmp_path
     with out.open(newline="") as f:
         assert len(list(csv.DictReader(f))) == len(BENCH_TASKS)
 
-    # --perturbation decodes the recorded search again, by perturbation, beside the alphas.
-    scored = tmp_path / "perturbation.csv"
-    pt = [sys.executable, str(REPO / "bench" / "planted.py"), "--perturbation", "--tasks",
-          "sparks", "--seeds", "0", "--perturbation-csv", str(scored), "--run-dir",
-          str(tmp_path / "runs"), "--", *tiny]
-    done = subprocess.run(pt, cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    with scored.open(newline="") as f:
-        (row,) = list(csv.DictReader(f))
-    cell = json.loads(row["cell"])
-    assert row["found"] == str(planted_sparks.planted_answer_found((0, 0, 0), cell))
-    assert row["found_by_alphas"] == next(r["found"] for r in rows if r["task"] == "sparks")
-    assert int(row["images"]) == 16 and 0 <= int(row["pairs_shared_with_alphas"]) <= 4
-    assert len(row["rise_without_everywhere"].split()) == 7  # every operation but none
-    assert "found by perturbation in" in done.stdout
+    # --perturbation and --pruning decode the recorded search again, beside the alphas.
+    for select in ("perturbation", "pruning"):
+        decoded = tmp_path / f"{select}.csv"
+        command = [sys.executable, str(REPO / "bench" / "planted.py"), f"--{select}",
+                   "--tasks", "sparks", "--seeds", "0", f"--{select}-csv", str(decoded),
+                   "--run-dir", str(tmp_path / "runs"), "--", *tiny]
+        done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        with decoded.open(newline="") as f:
+            (row,) = list(csv.DictReader(f))
+        cell = json.loads(row["cell"])
+        assert row["found"] == str(planted_sparks.planted_answer_found((0, 0, 0), cell))
+        assert row["found_by_alphas"] == next(r["found"] for r in rows
+                                              if r["task"] == "sparks")
+        assert int(row["images"]) == 16 and 0 <= int(row["pairs_shared_with_alphas"]) <= 4
+        assert f"found by {select} in" in done.stdout
+    # perturbation: the rise without each operation everywhere; pruning: the cells' losses
+    (scored,) = list(csv.DictReader((tmp_path / "perturbation.csv").open(newline="")))
+    assert len(scored["rise_without_everywhere"].split()) == 7  # every operation but none
+    (pruned,) = list(csv.DictReader((tmp_path / "pruning.csv").open(newline="")))
+    assert float(pruned["cell_loss"]) > 0 and float(pruned["alpha_cell_loss"]) > 0
+    assert int(pruned["evaluations"]) >= 2 + 5 * 7  # two whole supernets, every pair once
 
-    # --pruning likewise, with the supernet's loss with only each cell.
-    pruned = tmp_path / "pruning.csv"
-    pr = [sys.executable, str(REPO / "bench" / "planted.py"), "--pruning", "--tasks", "sparks",
-          "--seeds", "0", "--pruning-csv", str(pruned), "--run-dir", str(tmp_path / "runs"),
-          "--", *tiny]
-    done = subprocess.run(pr, cwd=REPO, capture_output=True, text=True, timeout=600)
+    # --retrain retrains each decoded network once, with the given train.py flags.
+    retrained = tmp_path / "retrain.csv"
+    command = [sys.executable, str(REPO / "bench" / "planted.py"), "--retrain", "alphas",
+               "pruning", "--tasks", "sparks", "--seeds", "0", "--retrain-csv", str(retrained),
+               "--run-dir", str(tmp_path / "runs"), "--train-flags",
+               "--iters 2 --eval-interval 2 --max-samples 4 --filter-multiplier 2 "
+               "--crop-size 32", "--", *tiny]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    with pruned.open(newline="") as f:
-        (row,) = list(csv.DictReader(f))
-    cell = json.loads(row["cell"])
-    assert row["found"] == str(planted_sparks.planted_answer_found((0, 0, 0), cell))
-    assert row["found_by_alphas"] == next(r["found"] for r in rows if r["task"] == "sparks")
-    assert float(row["cell_loss"]) > 0 and float(row["alpha_cell_loss"]) > 0
-    assert int(row["evaluations"]) >= 2 + 5 * 7  # two whole supernets, every pair once
-    assert "found by pruning in" in done.stdout
+    rows = list(csv.DictReader(retrained.open(newline="")))
+    assert [r["selection"] for r in rows] == ["alphas", "pruning"]
+    assert rows[1]["cell"] == pruned["cell"] and rows[1]["found"] == pruned["found"]
+    for row in rows:
+        assert row["network_path"] == rows[0]["network_path"]  # the betas' path, both times
+        assert 0.0 <= float(row["val_miou"]) <= 1.0 and float(row["seconds"]) > 0
+    assert "decoded by pruning: planted answer in" in done.stdout
+    again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "train.py" not in again.stdout
 
 
 def test_controls_make_the_planted_choice_or_not():

@@ -15,7 +15,7 @@ from modeling.decoding import cell_from_scores, genotype_from_arch
 from modeling.genotypes import Genotype
 from modeling.operations import PRIMITIVES
 from modeling.search_space import edge_offset, num_edges
-from tests.test_perturbation import decode, random_batches
+from tests.test_perturbation import decode, decoded_by_alphas, random_batches
 from tests.test_reliability import finished_search, search  # noqa: F401 (fixture)
 from tests.test_supernet import TINY, tiny_model
 
@@ -134,13 +134,9 @@ def test_pruning_a_supernet_scores_the_cell_it_returns_and_keeps_its_buffers():
 
 def test_decode_select_pruning_writes_the_cell_it_pruned(tmp_path, capsys, finished_search):
     run = tmp_path / "run"
-    run.mkdir()
-    checkpoint = run / "checkpoint.pth.tar"
-    checkpoint.write_bytes(finished_search.read_bytes())
-    decode("--resume", checkpoint, "--no-plot")
-    by_alphas = (run / "genotype.json").read_text()
+    checkpoint, alphas_json = decoded_by_alphas(run, finished_search)
     decode("--resume", checkpoint, "--select", "pruning", "--max-images", 2, "--no-plot")
-    assert (run / "genotype.json").read_text() == by_alphas  # beside it, not over it
+    assert (run / "genotype.json").read_text() == alphas_json  # beside it, not over it
     out = run / "pruning"
     record = json.loads((out / "pruning.json").read_text())
     genotype = read_genotype(out / "genotype.json")
