@@ -410,7 +410,8 @@ def plot(rows: list[dict], searches: list[dict], results: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colours = dict(zip(GROUPS, ("tab:red", "tab:orange", "tab:grey", "tab:blue")))
+    colours = dict(zip(GROUPS, ("tab:red", "tab:orange", "tab:green", "tab:grey", "tab:blue"),
+                       strict=True))
     fig, ax = plt.subplots(figsize=(6, 4))
     for r in rows:
         curve = parse_curve(r["miou_curve"]) if r["miou_curve"] else {}

@@ -34,8 +34,9 @@ is missing (another machine) is run first.
     .venv/bin/python bench/planted.py --retrain alphas pruning --tasks sparks
 
 `--retrain` retrains each search's network as each named selection decodes it, with train.py
-and the task's retraining defaults (as the controls), and records its val mIoU in
---retrain-csv: whether a decode's planted answer also retrains better.
+and the task's retraining defaults (as the controls), seeded with the search's seed or with
+each of --retrain-seeds, and records its val mIoU in --retrain-csv: whether a decode's planted
+answer also retrains better.
 
 `--controls` checks the tasks themselves: it retrains each task's CONTROLS, fixed
 architectures with and without the planted choice, with train.py and the task's retraining
@@ -79,8 +80,8 @@ PERTURBATION_FIELDS = ("task", "seed", "flags", "found", "found_by_alphas", "cel
 PRUNING_FIELDS = ("task", "seed", "flags", "found", "found_by_alphas", "cell", "top_operation",
                   "pairs_shared_with_alphas", "base_loss", "cell_loss", "alpha_cell_loss",
                   "evaluations", "images", "seconds", "torch", "machine")
-RETRAIN_FIELDS = ("task", "seed", "flags", "selection", "found", "network_path", "cell",
-                  "val_miou", "seconds", "torch", "machine")
+RETRAIN_FIELDS = ("task", "seed", "flags", "selection", "retrain_seed", "found", "network_path",
+                  "cell", "val_miou", "seconds", "torch", "machine")
 SELECTIONS = ("alphas", "perturbation", "pruning")
 CONTROL_FIELDS = ("task", "control", "seed", "flags", "network_path", "cell", "val_miou",
                   "seconds", "torch", "machine")
@@ -124,7 +125,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="instead of recording searches, retrain each search's network as "
                         "decoded by these selections (alphas, perturbation, pruning; a missing "
                         "search or decode runs first) with train.py and the task's retraining "
-                        "defaults, the search's seed as the retraining's; rows to --retrain-csv")
+                        "defaults; rows to --retrain-csv")
+    p.add_argument("--retrain-seeds", type=int, nargs="+", default=None, metavar="N",
+                   help="with --retrain: the retrainings' seeds, each network once per seed "
+                        "(default: the search's own seed)")
     p.add_argument("--train-flags", default="", metavar="FLAGS",
                    help="with --retrain: more train.py flags, as one string (the extra flags "
                         "after -- name the searches)")
@@ -282,18 +286,19 @@ def decoded_genotype(select: str, task: str, seed: int, extra: list[str], run_di
 
 
 def run_retrain(task: str, seed: int, extra: list[str], run_dir: Path, select: str,
-                train_flags: list[str]) -> dict:
+                retrain_seed: int, train_flags: list[str]) -> dict:
     """Retrain search (`task`, `seed`, `extra`)'s network decoded by `select` with the
-    dataset's retraining defaults, `train_flags` and the search's seed; the result row (val
-    mIoU of the last iteration)."""
+    dataset's retraining defaults, `train_flags` and `retrain_seed`; the result row (val mIoU
+    of the last iteration)."""
     module = TASKS[task]
     path = decoded_genotype(select, task, seed, extra, run_dir)
     genotype = read_genotype(path)
-    run = path.parent / "retrain"
+    run = path.parent / f"retrain-seed{retrain_seed}"
     run_script("train.py", ["--dataset", module.INFO.name, "--genotype", str(path),
-                            "--seed", str(seed)], run, train_flags, "train.log")
+                            "--seed", str(retrain_seed)], run, train_flags, "train.log")
     miou, seconds = run_metrics(run)
     return {"task": task, "seed": seed, "flags": " ".join(extra), "selection": select,
+            "retrain_seed": retrain_seed,
             "found": module.planted_answer_found(genotype.network_path, genotype.cell),
             "network_path": " ".join(map(str, genotype.network_path)),
             "cell": cell_text(genotype), "val_miou": round(miou, 4),
@@ -304,17 +309,22 @@ def retrain(args) -> None:
     out = Path(args.retrain_csv)
     rows = read_rows(out)
     flags = " ".join(args.extra)
-    done = {(r["task"], int(r["seed"]), r["flags"], r["selection"]) for r in rows}
+    done = {(r["task"], int(r["seed"]), r["flags"], r["selection"], int(r["retrain_seed"]))
+            for r in rows}
     for task in args.tasks:
         for select in args.retrain:
             for seed in args.seeds:
-                if (task, seed, flags, select) not in done:
+                for retrain_seed in args.retrain_seeds or [seed]:
+                    if (task, seed, flags, select, retrain_seed) in done:
+                        continue
                     row = run_retrain(task, seed, args.extra, Path(args.run_dir), select,
-                                      shlex.split(args.train_flags))
+                                      retrain_seed, shlex.split(args.train_flags))
                     append_row(out, row, RETRAIN_FIELDS)
                     rows.append({k: str(v) for k, v in row.items()})
             mine = [r for r in rows if r["task"] == task and r["selection"] == select
-                    and r["flags"] == flags and int(r["seed"]) in args.seeds]
+                    and r["flags"] == flags and int(r["seed"]) in args.seeds
+                    and (args.retrain_seeds is None or int(r["retrain_seed"])
+                         in args.retrain_seeds)]
             mious = [float(r["val_miou"]) for r in mine]
             print(f"{task}, decoded by {select}: planted answer in "
                   f"{sum(r['found'] == 'True' for r in mine)} of {len(mine)}; retrained val mIoU "

@@ -236,7 +236,8 @@ def test_bench_planted_checks_each_seed_once_against_the_planted_answer(tmp_path
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     rows = list(csv.DictReader(retrained.open(newline="")))
-    assert [r["selection"] for r in rows] == ["alphas", "pruning"]
+    assert [(r["selection"], r["retrain_seed"]) for r in rows] == [("alphas", "0"),
+                                                                  ("pruning", "0")]
     assert rows[1]["cell"] == pruned["cell"] and rows[1]["found"] == pruned["found"]
     for row in rows:
         assert row["network_path"] == rows[0]["network_path"]  # the betas' path, both times
@@ -244,6 +245,12 @@ def test_bench_planted_checks_each_seed_once_against_the_planted_answer(tmp_path
     assert "decoded by pruning: planted answer in" in done.stdout
     again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "train.py" not in again.stdout
+    more = subprocess.run([*command[:5], "--retrain-seeds", "0", "5", *command[5:]], cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+    assert more.returncode == 0, more.stdout[-2000:] + more.stderr[-2000:]
+    rows = list(csv.DictReader(retrained.open(newline="")))
+    assert [(r["selection"], r["retrain_seed"]) for r in rows[2:]] == [("alphas", "5"),
+                                                                      ("pruning", "5")]
 
 
 def test_controls_make_the_planted_choice_or_not():
@@ -283,38 +290,46 @@ def test_bench_planted_controls_retrain_each_fixed_architecture_once(tmp_path):
     assert again.returncode == 0 and "train.py" not in again.stdout
 
 
-# A short planted_context search (about a minute on 2 cores): enough architecture steps for the
-# betas to lean towards the coarse levels the task needs, not enough for a decided decode.
-SHORT_CONTEXT_SEARCH = ["--epochs", "3", "--alpha-epoch", "1", "--num-samples", "48",
+# Short planted_context searches (about 40 s each on 2 cores): enough architecture steps for
+# the betas to lean towards the coarse levels the task needs, not enough for a decided decode.
+SHORT_CONTEXT_SEARCH = ["--epochs", "5", "--alpha-epoch", "1", "--num-samples", "48",
                         "--image-size", "96", "96", "--crop-size", "64", "--num-layers", "6",
                         "--no-val"]
-# The expected last-layer level rose by 0.023 and 0.020 above uniform betas' on seeds 0 and 1
-# of SHORT_CONTEXT_SEARCH (2-core CPU, 39 s each; 0 if nothing is learnt). The bound is half
-# the smaller rise. At this length the rise is a lean, not the planted answer: the full
-# searches of bench/planted.py decide the path.
-MIN_LEVEL_RISE = 0.01
+SHORT_SEARCH_SEEDS = (0, 1, 2)
+# One short search's lean is not reliable across CPUs: the float rounding of another CPU's
+# kernels changes the run. With 3 epochs, seed 0's expected last-layer level rose by 0.023 above
+# uniform betas' on one 2-core machine and fell by 0.003 on another. With 5 epochs, seeds 0-4
+# on the second machine gave +0.191, -0.007, +0.077, +0.084 and +0.003 (0 if nothing is
+# learnt). So the test asks for the mean over SHORT_SEARCH_SEEDS, +0.087 there, to exceed
+# MIN_LEVEL_RISE, and for every run's alphas and betas to move. At this length the rise is a
+# lean, not the planted answer: the full searches of bench/planted.py decide the path.
+MIN_LEVEL_RISE = 0.02
 
 
 @pytest.mark.slow
-def test_a_short_planted_search_moves_the_betas_towards_coarse_levels(tmp_path):
+def test_short_planted_searches_move_the_betas_towards_coarse_levels(tmp_path):
     # If the architecture step stopped learning (no gradient, no Adam step, betas detached),
     # the betas would stay uniform and the expected last-layer level at its uniform value.
     from modeling.decoding import arch_probabilities, level_distribution, mean_entropies
     from modeling.search_space import NUM_LEVELS, normalize_betas, transition_mask
 
-    run = tmp_path / "search"
-    res = subprocess.run([sys.executable, str(REPO / "train_autodeeplab.py"), "--dataset",
-                          "planted_context", "--out-dir", str(run), *SHORT_CONTEXT_SEARCH],
-                         cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
-    checkpoint = torch.load(run / "checkpoint.pth.tar", weights_only=False)
-    weights, probs = arch_probabilities(checkpoint["model"]["alphas"],
-                                        checkpoint["model"]["betas"])
-    layers = probs.shape[0]
-    uniform = normalize_betas(torch.zeros(layers, NUM_LEVELS, 3),
-                              torch.from_numpy(transition_mask(layers))).numpy()
-    levels = np.arange(NUM_LEVELS)
-    rise = level_distribution(probs)[-1] @ levels - level_distribution(uniform)[-1] @ levels
-    alpha_h, alpha_uniform, beta_h, beta_uniform = mean_entropies(weights, probs)
-    assert rise > MIN_LEVEL_RISE
-    assert beta_h < beta_uniform and alpha_h < alpha_uniform
+    rises = []
+    for seed in SHORT_SEARCH_SEEDS:
+        run = tmp_path / f"search-seed{seed}"
+        res = subprocess.run([sys.executable, str(REPO / "train_autodeeplab.py"), "--dataset",
+                              "planted_context", "--out-dir", str(run), "--seed", str(seed),
+                              *SHORT_CONTEXT_SEARCH],
+                             cwd=REPO, capture_output=True, text=True, timeout=600)
+        assert res.returncode == 0, res.stderr[-3000:]
+        checkpoint = torch.load(run / "checkpoint.pth.tar", weights_only=False)
+        weights, probs = arch_probabilities(checkpoint["model"]["alphas"],
+                                            checkpoint["model"]["betas"])
+        layers = probs.shape[0]
+        uniform = normalize_betas(torch.zeros(layers, NUM_LEVELS, 3),
+                                  torch.from_numpy(transition_mask(layers))).numpy()
+        levels = np.arange(NUM_LEVELS)
+        rises.append(level_distribution(probs)[-1] @ levels
+                     - level_distribution(uniform)[-1] @ levels)
+        alpha_h, alpha_uniform, beta_h, beta_uniform = mean_entropies(weights, probs)
+        assert beta_h < beta_uniform and alpha_h < alpha_uniform, seed
+    assert np.mean(rises) > MIN_LEVEL_RISE, rises
