@@ -268,6 +268,15 @@ def selection(args, select: str, out: Path, fields, run_one) -> None:
               f"in {sum(r['found_by_alphas'] == 'True' for r in mine)}")
 
 
+def retrained_fields(genotype: Genotype, run: Path) -> dict:
+    """The result fields of `genotype` retrained in folder `run`: its architecture, the val
+    mIoU of the last iteration, the time and the machine."""
+    miou, seconds = run_metrics(run)
+    return {"network_path": " ".join(map(str, genotype.network_path)),
+            "cell": cell_text(genotype), "val_miou": round(miou, 4),
+            "seconds": round(seconds, 1), "torch": torch.__version__, "machine": machine()}
+
+
 def decoded_genotype(select: str, task: str, seed: int, extra: list[str], run_dir: Path) -> Path:
     """The genotype.json of search (`task`, `seed`, `extra`) decoded by `select`, in the run's
     `select`/ folder; the search and the decode run first if missing."""
@@ -296,13 +305,10 @@ def run_retrain(task: str, seed: int, extra: list[str], run_dir: Path, select: s
     run = path.parent / f"retrain-seed{retrain_seed}"
     run_script("train.py", ["--dataset", module.INFO.name, "--genotype", str(path),
                             "--seed", str(retrain_seed)], run, train_flags, "train.log")
-    miou, seconds = run_metrics(run)
     return {"task": task, "seed": seed, "flags": " ".join(extra), "selection": select,
             "retrain_seed": retrain_seed,
             "found": module.planted_answer_found(genotype.network_path, genotype.cell),
-            "network_path": " ".join(map(str, genotype.network_path)),
-            "cell": cell_text(genotype), "val_miou": round(miou, 4),
-            "seconds": round(seconds, 1), "torch": torch.__version__, "machine": machine()}
+            **retrained_fields(genotype, run)}
 
 
 def retrain(args) -> None:
@@ -342,11 +348,8 @@ def run_control(task: str, name: str, seed: int, extra: list[str], run_dir: Path
     save_genotype(genotype, run / "control.json")
     run_script("train.py", ["--dataset", module.INFO.name, "--genotype", str(run / "control.json"),
                             "--seed", str(seed)], run, extra, "train.log")
-    miou, seconds = run_metrics(run)
     return {"task": task, "control": name, "seed": seed, "flags": " ".join(extra),
-            "network_path": " ".join(map(str, genotype.network_path)),
-            "cell": cell_text(genotype), "val_miou": round(miou, 4),
-            "seconds": round(seconds, 1), "torch": torch.__version__, "machine": machine()}
+            **retrained_fields(genotype, run)}
 
 
 def controls(args) -> None:
