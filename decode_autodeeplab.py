@@ -38,7 +38,8 @@ def main(args) -> None:
         given = [name for name in SCORING_FLAGS if getattr(args, name) is not None]
         if given:
             raise UserError(f"--{given[0].replace('_', '-')} applies only with --select "
-                            "perturbation or pruning; drop it or add --select")
+                            "perturbation or pruning; drop it, or add --select pruning or "
+                            "--select perturbation")
         arch = load_search_architecture(args.resume, trust=args.trust_checkpoint)
     else:
         scoring = dict(device=select_device(args.device), data_root=args.data_root,
