@@ -54,7 +54,7 @@ def main(args) -> None:
         else:
             from engine.pruning import prune_search_checkpoint
 
-            arch, pruning, alpha_loss = prune_search_checkpoint(args.resume, **scoring)
+            arch, pruning, loss_of_cell = prune_search_checkpoint(args.resume, **scoring)
     out_dir = Path(args.out_dir) if args.out_dir else arch.path.parent
     if args.select != "alphas" and not args.out_dir:  # beside the alphas' decode, not over it
         out_dir = out_dir / args.select
@@ -66,6 +66,7 @@ def main(args) -> None:
 
         genotype = Genotype(genotype.network_path, decode_cell_by_perturbation(scores))
     if pruning is not None:
+        alpha_loss = loss_of_cell(alpha_cell)
         genotype = Genotype(genotype.network_path, pruning.cell)
     path_prob = path_probability(probs, genotype.network_path)
 

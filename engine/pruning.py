@@ -40,8 +40,7 @@ import torch
 
 from engine.perturbation import (SCORED, buffers_kept, load_for_scoring, mean_loss,
                                  shared_pairs)
-from engine.search_checkpoint import SearchArchitecture
-from modeling.decoding import genotype_from_arch, steps_for_edges
+from modeling.decoding import steps_for_edges
 from modeling.genotypes import INPUTS_PER_BLOCK, input_name
 from modeling.operations import PRIMITIVES
 from modeling.search_space import edge_offset, num_edges
@@ -77,12 +76,13 @@ def cell_mask(cell, shape) -> np.ndarray:
     return mask
 
 
-def prune(loss, steps: int, log=print) -> tuple[list, float, list, int]:
+def prune(loss, steps: int, log=print) -> tuple[list, float, float, list, int]:
     """Greedy backward elimination (module docstring) of a cell of `steps` blocks.
 
     loss: maps a boolean (E, ops) array of the pairs left (`none` never left) to the
-    validation loss. Returns (cell, its loss, removals as (edge, operation name, rise), the
-    number of `loss` calls). Ties go to the lower edge and operation index."""
+    validation loss. Returns (cell, the loss with every pair left, the cell's loss, removals
+    as (edge, operation name, rise), the number of `loss` calls). Ties go to the lower edge
+    and operation index."""
     alive = np.zeros((num_edges(steps), len(PRIMITIVES)), dtype=bool)
     alive[:, SCORED] = True
     blocks = [range(edge_offset(b), edge_offset(b) + 2 + b) for b in range(steps)]
@@ -100,7 +100,8 @@ def prune(loss, steps: int, log=print) -> tuple[list, float, list, int]:
         alive[edge, op] = True
         return value
 
-    current, calls, removed = loss(alive), 1, []
+    start = current = loss(alive)
+    calls, removed = 1, []
     # (rise, edge, op, how many pairs had gone when it was scored): a lazy priority queue
     heap = []
     for edge, op in zip(*np.nonzero(alive)):
@@ -124,7 +125,7 @@ def prune(loss, steps: int, log=print) -> tuple[list, float, list, int]:
             f"{int(alive.sum())} pairs left, {calls} evaluations")
     cell = [[(e - blocks[b][0], PRIMITIVES[int(np.flatnonzero(alive[e])[0])])
              for e in blocks[b] if alive[e].any()] for b in range(steps)]
-    return cell, current, removed, calls
+    return cell, start, current, removed, calls
 
 
 def prune_supernet(model, batches, autocast=nullcontext, log=print,
@@ -136,31 +137,32 @@ def prune_supernet(model, batches, autocast=nullcontext, log=print,
         return mean_loss(model, batches, mask, autocast, batch_statistics)
 
     start = time.time()
+    pairs = len(SCORED) * model.alphas.shape[0]
+    log(f"pruning {pairs} (input, operation) pairs, starting from the whole supernet")
     with buffers_kept(model):
-        base = loss(np.ones(tuple(model.alphas.shape), dtype=bool))
-        log(f"supernet validation loss {base:.4f} ({time.time() - start:.1f}s per evaluation); "
-            f"pruning {len(SCORED) * model.alphas.shape[0]} (input, operation) pairs")
-        cell, cell_loss, removals, calls = prune(loss, steps_for_edges(model.alphas.shape[0]),
-                                                 log=log)
-    log(f"pruned in {time.time() - start:.0f}s, {calls + 1} evaluations")
+        cell, base, cell_loss, removals, calls = prune(
+            loss, steps_for_edges(model.alphas.shape[0]), log=log)
+    log(f"pruned in {time.time() - start:.0f}s, {calls} evaluations "
+        f"({(time.time() - start) / calls:.1f}s each); supernet validation loss {base:.4f}")
     images = sum(len(images) for images, _ in batches)
-    return Pruning(cell, base, cell_loss, removals, calls + 1, images, batch_statistics)
+    return Pruning(cell, base, cell_loss, removals, calls, images, batch_statistics)
 
 
-def prune_search_checkpoint(path, *, device: torch.device, log=print, **scoring
-                            ) -> tuple[SearchArchitecture, Pruning, float]:
+def prune_search_checkpoint(path, *, device: torch.device, log=print, **scoring):
     """`prune_supernet` a search checkpoint's supernet on its search's validation images
-    (`engine.perturbation.load_for_scoring` and its keyword arguments); also the loss of the
-    alphas' cell in the same supernet, for comparison."""
+    (`engine.perturbation.load_for_scoring` and its keyword arguments). Returns (the search's
+    architecture, the `Pruning`, and a function giving any cell's loss in the same supernet on
+    the same images, to compare other cells with)."""
     arch, model, batches = load_for_scoring(path, device=device, log=log, **scoring)
     statistics = scoring.get("batch_statistics", True)
     pruning = prune_supernet(model, batches, log=log, batch_statistics=statistics)
-    alpha_cell = genotype_from_arch(arch.alphas, arch.betas, arch.edge_logits).cell
-    mask = torch.as_tensor(cell_mask(alpha_cell, tuple(model.alphas.shape)),
-                           dtype=model.alphas.dtype, device=device)
-    with buffers_kept(model):
-        alpha_loss = mean_loss(model, batches, mask, batch_statistics=statistics)
-    return arch, pruning, alpha_loss
+
+    def cell_loss(cell) -> float:
+        mask = torch.as_tensor(cell_mask(cell, tuple(model.alphas.shape)),
+                               dtype=model.alphas.dtype, device=device)
+        with buffers_kept(model):
+            return mean_loss(model, batches, mask, batch_statistics=statistics)
+    return arch, pruning, cell_loss
 
 
 def format_pruning(pruning: Pruning, alpha_cell, alpha_loss: float) -> str:

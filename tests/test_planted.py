@@ -224,7 +224,7 @@ def test_bench_planted_checks_each_seed_once_against_the_planted_answer(tmp_path
     assert len(scored["rise_without_everywhere"].split()) == 7  # every operation but none
     (pruned,) = list(csv.DictReader((tmp_path / "pruning.csv").open(newline="")))
     assert float(pruned["cell_loss"]) > 0 and float(pruned["alpha_cell_loss"]) > 0
-    assert int(pruned["evaluations"]) >= 2 + 5 * 7  # two whole supernets, every pair once
+    assert int(pruned["evaluations"]) >= 1 + 5 * 7  # the whole supernet, every pair once
 
     # --retrain retrains each decoded network once, with the given train.py flags.
     retrained = tmp_path / "retrain.csv"

@@ -73,7 +73,8 @@ def test_lazy_pruning_removes_what_full_rescoring_removes(seed):
         calls.append(1)
         return loss(alive)
 
-    cell, cell_loss, removals, evaluations = prune(counted, 3, log=quiet)
+    cell, base_loss, cell_loss, removals, evaluations = prune(counted, 3, log=quiet)
+    assert base_loss == loss(np.isin(np.arange(len(PRIMITIVES)), SCORED)[None].repeat(9, 0))
     assert cell == plain_greedy(loss, 3)
     assert evaluations == len(calls)
     assert cell_loss == pytest.approx(loss(cell_mask(cell, (9, len(PRIMITIVES))) > 0))
@@ -109,7 +110,7 @@ def test_pruning_keeps_an_operation_whose_copies_stand_in_for_each_other():
     one_shot = cell_from_scores(rises, rises.max(axis=1))
     assert not any(op == "max_pool_3x3" for block in one_shot for _, op in block)
 
-    cell, cell_loss, _, _ = prune(loss, steps, log=quiet)
+    cell, _, cell_loss, _, _ = prune(loss, steps, log=quiet)
     assert [sum(op == "max_pool_3x3" for _, op in block) for block in cell] == [1] * steps
     assert cell_loss == pytest.approx(loss(cell_mask(cell, own.shape) > 0))
     assert cell_loss < own.sum()  # no block lost it: that alone would cost 1 > 10 * 0.05
