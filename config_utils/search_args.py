@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 from config_utils import common
 from config_utils.common import (HelpFormatter, dataset_default_help, dataset_help,
@@ -15,6 +16,7 @@ PAPER_DEFAULTS = dict(
     weight_decay=3e-4, arch_lr=3e-3, arch_weight_decay=1e-3, alpha_epoch=20,
     filter_multiplier=8, block_multiplier=5, steps=5, num_layers=12, eval_interval=1,
     grad_clip=5.0, workers=4, seed=0, partial_channels=1, supernet="fast", skip_dropout=0.0,
+    beta_decay=0.0,
 )
 # Ten times the paper's architecture learning rate, for searches of a few hundred steps: at
 # the paper's 3e-3 the alphas and betas move by hundredths in such a search (docs/search_learning/
@@ -133,6 +135,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--skip-dropout", type=float, default=None, metavar="RATE",
                    help="dropout on every skip_connect while searching, against a collapse to "
                         "skip connections (P-DARTS; not in the paper) " + dflt("skip_dropout"))
+    g.add_argument("--beta-decay", type=float, default=None, metavar="WEIGHT",
+                   help="beta-DARTS' Beta-Decay regulariser of the alphas (the cell's operation "
+                        "weights, not the network-level betas), its weight growing linearly "
+                        "from 0 towards WEIGHT over the epochs; 0: off (not in the paper) "
+                        + dflt("beta_decay"))
     common.add_amp_args(g, "the weight and the architecture step")
 
     g = p.add_argument_group("run")
@@ -177,6 +184,9 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--partial-channels {args.partial_channels} must divide "
                         f"--filter-multiplier {args.filter_multiplier}")
     common.require_non_negative(args, ("alpha_epoch", "checkpoint_interval"))
+    if not (math.isfinite(args.beta_decay) and args.beta_decay >= 0.0):
+        raise UserError(f"--beta-decay {args.beta_decay} must be 0 (off) or positive: the "
+                        "regulariser's final weight")
     if not 0.0 <= args.skip_dropout < 1.0:
         raise UserError(f"--skip-dropout {args.skip_dropout} must be in [0, 1): a rate")
 

@@ -36,13 +36,32 @@ def split_train_set(num_samples: int, seed: int) -> tuple[np.ndarray, np.ndarray
     return np.sort(perm[:half]), np.sort(perm[half:])
 
 
+def beta_decay_weight(final: float, epoch: int, epochs: int) -> float:
+    """The weight of the Beta-Decay term in `epoch` (0-based) of a search of `epochs`: it
+    grows linearly from 0 in the first epoch towards `final` (beta-DARTS, Ye et al., CVPR
+    2022; its released code adds 0.5 per epoch)."""
+    return final * epoch / epochs
+
+
+def beta_decay(alphas: torch.Tensor) -> torch.Tensor:
+    """beta-DARTS' Beta-Decay regulariser of the cell's operation logits (E, ops): the mean
+    over the edges of the log-sum-exp of each edge's logits. Its gradient on each logit is
+    that operation's softmax weight over E, so it pulls hardest on the operations that
+    lead, which keeps the mixing weights from running away (the paper argues it against
+    the collapse to parameter-free operations). Not the network-level betas."""
+    return torch.logsumexp(alphas.float(), dim=-1).mean()
+
+
 class Architect:
-    """Owns the architecture optimiser and its one first-order step (DARTS; paper section 4.1)."""
+    """Owns the architecture optimiser and its one first-order step (DARTS; paper section 4.1),
+    with beta-DARTS' regulariser on the alphas when `beta_decay` > 0 (not in the paper)."""
 
     def __init__(self, model, criterion, lr: float, weight_decay: float,
-                 autocast=nullcontext, scaler: torch.amp.GradScaler | None = None):
+                 autocast=nullcontext, scaler: torch.amp.GradScaler | None = None,
+                 beta_decay: float = 0.0, epochs: int = 1):
         self.model = model
         self.criterion = criterion
+        self.beta_decay, self.epochs = beta_decay, epochs  # the final weight and the schedule
         self.autocast = autocast  # --amp: torch.autocast on CUDA
         # fp16 loss scaling of the architecture step, its own scale (a disabled scaler passes
         # everything through)
@@ -55,9 +74,10 @@ class Architect:
         # defaults (DARTS' 0.5 for the first moment is not in Auto-DeepLab's text).
         self.optimizer = torch.optim.Adam(self.arch_params, lr=lr, weight_decay=weight_decay)
 
-    def step(self, images: torch.Tensor, targets: torch.Tensor) -> float:
-        """One Adam step of alphas and betas on a B batch; gradients of nothing else
-        (averaged over the processes under torchrun)."""
+    def step(self, images: torch.Tensor, targets: torch.Tensor, epoch: int = 0) -> float:
+        """One Adam step of alphas and betas on a B batch, in search epoch `epoch` (0-based;
+        it sets the Beta-Decay weight); gradients of nothing else (averaged over the
+        processes under torchrun). Returns the B batch's loss, without the regulariser."""
         self.optimizer.zero_grad(set_to_none=True)
         # The weights are constants here: autograd then records nothing that only their
         # gradients would need (less work and memory), custom functions included.
@@ -67,7 +87,9 @@ class Architect:
         try:
             with self.autocast():
                 loss = self.criterion(self.model(images), targets)
-            self.scaler.scale(loss).backward(inputs=self.arch_params)
+            weight = beta_decay_weight(self.beta_decay, epoch, self.epochs)
+            total = loss + weight * beta_decay(self.model.alphas) if weight else loss
+            self.scaler.scale(total).backward(inputs=self.arch_params)
         finally:
             for p in trainable:
                 p.requires_grad_(True)
@@ -225,7 +247,7 @@ def train_one_epoch(parts, loader_a, *, epoch: int, arch_active: bool, device: t
         if arch_active:
             images_b, targets_b = b_stream.next()
             arch_loss = architect.step(images_b.to(device, non_blocking=True),
-                                       targets_b.to(device, non_blocking=True))
+                                       targets_b.to(device, non_blocking=True), epoch)
             if not math.isfinite(arch_loss):
                 raise NonFiniteLoss(f"architecture loss is {arch_loss} at iteration "
                                     f"{global_step} (epoch {epoch})")

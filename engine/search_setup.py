@@ -117,7 +117,7 @@ class SearchParts:
         autocast, weight_scaler = amp_context(args.amp, args.amp_dtype, device)
         arch_scaler = torch.amp.GradScaler("cuda", enabled=weight_scaler.is_enabled())
         architect = Architect(model, criterion, args.arch_lr, args.arch_weight_decay, autocast,
-                              arch_scaler)
+                              arch_scaler, beta_decay=args.beta_decay, epochs=args.epochs)
         return cls(model, criterion, weight_optimizer, scheduler, architect, BStream(loader_b),
                    autocast, weight_scaler, arch_scaler)
 

@@ -113,6 +113,34 @@ def test_arch_step_gradients_equal_a_full_backwards_and_leave_the_weights_as_the
         assert p.requires_grad and p.grad is None
 
 
+@pytest.mark.parametrize("epoch", [0, 3])
+def test_beta_decay_adds_its_weight_times_the_alphas_softmax_over_the_edges(epoch):
+    """beta-DARTS: the gradient of the mean log-sum-exp over E edges is softmax(alphas) / E,
+    weighted final * epoch / epochs (0 in the first epoch); the betas' gradient is the
+    cross-entropy's alone, and so is the loss the step reports."""
+    from engine.search import Architect
+    from modeling.search_space import normalize_alphas
+    from modeling.supernet import AutoDeepLabSearch, SupernetConfig
+    torch.manual_seed(0)
+    model = AutoDeepLabSearch(SupernetConfig(num_classes=3, num_layers=3, filter_multiplier=2,
+                                             block_multiplier=2, steps=2)).double()
+    with torch.no_grad():
+        model.alphas.normal_(0, 1)
+    images = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    targets = torch.randint(0, 3, (2, 32, 32))
+    criterion = torch.nn.CrossEntropyLoss()
+    plain = criterion(model(images), targets)
+    expected = torch.autograd.grad(plain, model.arch_parameters())
+    architect = Architect(model, criterion, lr=0.0, weight_decay=0.0, beta_decay=8.0, epochs=4)
+    assert architect.step(images, targets, epoch) == pytest.approx(plain.item(), rel=1e-12)
+    weight = 8.0 * epoch / 4
+    edges = model.alphas.shape[0]
+    softmax = normalize_alphas(model.alphas.detach())
+    torch.testing.assert_close(model.alphas.grad, expected[0] + weight * softmax / edges,
+                               rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(model.betas.grad, expected[1], rtol=1e-9, atol=1e-12)
+
+
 def test_resume_equals_uninterrupted(tmp_path):
     common = ["--epochs", "3", "--alpha-epoch", "1", "--max-samples", "8", "--eval-interval", "2"]
     full = run_search(tmp_path, *common, name="full")
@@ -160,6 +188,8 @@ def test_plain_supernet_searches_and_its_checkpoint_keeps_it(tmp_path):
     (["--partial-channels", "0"], "--partial-channels must be positive"),
     (["--skip-dropout", "1"], "--skip-dropout 1.0 must be in [0, 1)"),
     (["--skip-dropout", "-0.1"], "--skip-dropout -0.1 must be in [0, 1)"),
+    (["--beta-decay", "-1"], "--beta-decay -1.0 must be 0 (off) or positive"),
+    (["--beta-decay", "nan"], "--beta-decay nan must be 0 (off) or positive"),
     (["--resume", "/nonexistent/checkpoint.pth.tar"], "/nonexistent/checkpoint.pth.tar"),
 ])
 def test_bad_input_ends_in_one_error_line(tmp_path, argv, message):
