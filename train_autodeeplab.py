@@ -16,6 +16,7 @@ from config_utils.common import resume_args
 from config_utils.search_args import (ARCH_KEYS, CURRENT_KEYS, RESUME_SAFE_KEYS, check_args,
                                       explicit_keys, get_args_parser, resolve_defaults)
 from dataloaders import dataset_info
+from engine.cuda_graphs import check_cuda_graphs
 from engine.divergence import NonFiniteLoss, check_finite, diverged_error
 from engine.run_state import TrainingRun
 from engine.search import EpochProgress, evaluate, train_one_epoch
@@ -58,6 +59,7 @@ def run(args, dist_info: DistInfo, dist_device):
                         "(torchrun --nproc_per_node): the batches of an epoch depend on it")
     seed_everything(args.seed)
     device = dist_device or select_device(args.device)
+    check_cuda_graphs(args, device, dist_info.distributed)
     tune_for_fixed_shapes(device)
     dataset_info(args.dataset, args.data_root)  # an unknown name fails here, before any writing
     # Data problems are found before the run folder is made, so a typo leaves no debris.
@@ -98,6 +100,8 @@ def search(run: TrainingRun, checkpoint, info, split, loader_a, loader_b, val_lo
         log.info("resumed from %s at epoch %d, batch %d (step %d)", args.resume, start_epoch,
                  progress.batch if progress else 0, global_step)
     log.info("%s", parts.describe())
+    if args.cuda_graphs:
+        parts.capture_steps(device)
     run.open_outputs(start_epoch, key="epoch")
 
     def state(step: int, position: EpochProgress | None) -> dict:
@@ -118,7 +122,7 @@ def search(run: TrainingRun, checkpoint, info, split, loader_a, loader_b, val_lo
             try:
                 result, global_step = train_one_epoch(
                     parts, loader_a, epoch=epoch, arch_active=epoch >= args.alpha_epoch,
-                    device=device, grad_clip=args.grad_clip, global_step=global_step,
+                    device=device, global_step=global_step,
                     writer=run.writer, show_progress=dist_info.is_main,
                     progress=progress if epoch == start_epoch else None,
                     after_step=lambda step, position: run.after_step(
@@ -140,7 +144,7 @@ def search(run: TrainingRun, checkpoint, info, split, loader_a, loader_b, val_lo
             best_miou = max(best_miou, metrics["miou"]) if metrics else best_miou
             if run.out_dir is not None:
                 report_epoch(model, epoch, args.epochs, result, metrics,
-                             parts.weight_optimizer.param_groups[0]["lr"],
+                             float(parts.weight_optimizer.param_groups[0]["lr"]),
                              parts.architect.stats.summary(), run.metrics_csv, run.writer)
             run.end_interval(global_step, is_best)
     finally:

@@ -13,17 +13,20 @@ recorded and the next check runs:
 - `environment`: torch, CUDA, the GPU, native bf16.
 - `device tests`: the numerical tests (`pytest -m device`) with AUTODEEPLAB_TEST_DEVICE set:
   the fast supernet against the plain one (modeling/plain_supernet.py) at every fast-path
-  threshold, SeparableConv, the pointwise grid, --checkpoint-cells, autocast in bf16 and fp16.
+  threshold, SeparableConv, the pointwise grid, --checkpoint-cells, autocast in bf16 and fp16,
+  and the search's two steps as CUDA graphs against eager ones (tests/test_cuda_graphs.py).
 - `parity`: one forward and backward of a small supernet in float32, bf16 and fp16 autocast
   on the device against the float64 plain supernet on the CPU (relative errors).
 - `search step`: bench/search_step.py at the paper's setting (F = 8, B = 5, L = 12, batch 2,
-  crop 321): float32 with TF32 off and on, bf16 and fp16 autocast; time and peak memory.
+  crop 321): float32 with TF32 off and on, bf16 and fp16 autocast, and float32 and bf16 with
+  both steps as CUDA graphs (--cuda-graphs); time, peak memory and operator calls.
 - `retrain step`: bench/retrain_step.py, Auto-DeepLab-S at crop 769, batch 2, float32
   channels-last (as train.py runs) and contiguous, and bf16.
 - `latency`: bench/latency.py, batch-1 inference of S, M and L at 512 x 1024 and 1024 x 2048
   in float32, bf16 and fp16.
 - `end to end`: a tiny search -> decode -> retrain (interrupted, resumed) -> predict on the
-  device, through the command lines.
+  device, through the command lines, and on CUDA a tiny search with --cuda-graphs (its steps
+  against eager ones are a device test, tests/test_cuda_graphs.py).
 - `ddp`: two processes of train.py under torchrun on the one device, one image each, with
   gloo standing in for NCCL (AUTODEEPLAB_DIST_BACKEND) and torch's SyncBatchNorm on CUDA
   (utils/sync_batchnorm.py elsewhere). One GPU cannot check NCCL itself.
@@ -105,7 +108,7 @@ def environment(args) -> dict:
 def device_tests(args) -> dict:
     selection = ["-k", "fast_supernet_equals and defaults"] if args.tiny else []
     result = run([sys.executable, "-m", "pytest", "-q", "-m", "device", "-p", "no:cacheprovider",
-                  "tests/test_supernet.py", *selection], 900,
+                  "tests/test_supernet.py", "tests/test_cuda_graphs.py", *selection], 900,
                  env={"AUTODEEPLAB_TEST_DEVICE": args.device})
     summary = [line for line in result["output_tail"].splitlines() if " passed" in line
                or " failed" in line or " error" in line]
@@ -173,9 +176,13 @@ def search_step(args) -> dict:
               "2", "--block-multiplier", "2", "--repeats", "1", "--warmup", "1"] if args.tiny
              else ["--crops", "321", "--repeats", "5", "--warmup", "3"])
     variants = {"fp32, TF32 off": ["--tf32", "off"], "fp32, TF32 on": ["--tf32", "on"],
-                "bf16": ["--amp", "bf16"], "fp16": ["--amp", "fp16"]}
+                "bf16": ["--amp", "bf16"], "fp16": ["--amp", "fp16"],
+                "fp32, TF32 off, CUDA graphs": ["--tf32", "off", "--cuda-graphs"],
+                "bf16, CUDA graphs": ["--amp", "bf16", "--cuda-graphs"]}
     if args.tiny:  # one variant per flag is enough to rehearse
         variants = {name: variants[name] for name in ("fp32, TF32 off", "bf16")}
+    if not args.device.startswith("cuda"):  # CUDA graphs, and autocast, need CUDA
+        variants = {name: flags for name, flags in variants.items() if "--cuda-graphs" not in flags}
     rows, ok = {}, True
     for name, flags in variants.items():
         result = run([sys.executable, "bench/search_step.py", "--device", args.device,
@@ -228,6 +235,10 @@ def end_to_end(args, out: Path) -> dict:
                      *device, "--input", str(runs / "images"), "--out-dir",
                      str(runs / "predictions")]),
     ]
+    if args.device.startswith("cuda"):  # 4 epochs of 4 iterations: both graphs replayed
+        stages.append(("search, CUDA graphs", [
+            "train_autodeeplab.py", *TINY_SEARCH, *device, "--cuda-graphs", "--epochs", "4",
+            "--num-samples", "16", "--alpha-epoch", "0", "--out-dir", str(runs / "graphs")]))
     images = run([sys.executable, "write_samples.py", "--dataset", "synthetic", "--out-dir",
                   str(runs / "images"), "--count", "2"], 120)
     results = {"images": images}
@@ -236,6 +247,10 @@ def end_to_end(args, out: Path) -> dict:
         if not results[name]["ok"]:
             break
     ok = all(r["ok"] for r in results.values()) and len(results) == len(stages) + 1
+    if ok and (runs / "graphs" / "search.log").exists():
+        log = (runs / "graphs" / "search.log").read_text()
+        results["graphs captured"] = log.count("captured as a CUDA graph")
+        ok = results["graphs captured"] == 2
     if ok:
         state = torch.load(runs / "retrain" / "checkpoint.pth.tar", map_location="cpu",
                            weights_only=True)

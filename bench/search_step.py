@@ -4,6 +4,7 @@
     .venv/bin/python bench/search_step.py --crops 192 --checkpoint-cells
     .venv/bin/python bench/search_step.py --crops 192 --partial-channels 4
     .venv/bin/python bench/search_step.py --crops 64 --supernet plain   # the DARTS-shaped baseline
+    python3 bench/search_step.py --device cuda --crops 321 --cuda-graphs  # steps as CUDA graphs
 
 Each crop runs in a fresh process, so the peak resident memory (CPU) is that configuration's
 own; on CUDA `torch.cuda.max_memory_allocated` is reported. In the same process the machine's
@@ -43,6 +44,9 @@ def get_args_parser():
     p.add_argument("--supernet", default="fast",
                    choices=getattr(supernet, "IMPLEMENTATIONS", ("fast",)),
                    help="the fast cells, or the plain ones (one module per edge) as baseline")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="both steps as CUDA graphs, as train_autodeeplab.py --cuda-graphs "
+                        "(captured in the untimed steps)")
     return p
 
 
@@ -68,6 +72,19 @@ def build(args, crop: int):
     weight_scaler = new_scaler()
     images = torch.randn(args.batch_size, 3, crop, crop, device=device)
     targets = torch.randint(0, args.num_classes, (args.batch_size, crop, crop), device=device)
+    if getattr(args, "cuda_graphs", False):  # revisions before it lack the flag
+        # As SearchParts.capture_steps: one memory pool, the loss read after each step.
+        from engine.cuda_graphs import GraphedStep, prepare_optimizers
+        from engine.search import weight_step_tensors
+        prepare_optimizers(optimizer, architect.optimizer, device)
+        pool = torch.cuda.graph_pool_handle()
+        graphed_weight = GraphedStep(lambda x, y: weight_step_tensors(
+            model, criterion, optimizer, weights, x, y, grad_clip=5.0, autocast=autocast),
+            "weight", pool=pool)
+        graphed_arch = GraphedStep(architect.step_tensors, "architecture", pool=pool)
+        return (model, criterion, images, targets,
+                lambda: graphed_weight(images, targets).item(),
+                lambda: architect.record(*graphed_arch(images, targets)))
     return (model, criterion, images, targets,
             lambda: weight_step(model, criterion, optimizer, weights, images, targets,
                                 grad_clip=5.0, autocast=autocast, scaler=weight_scaler),
@@ -79,9 +96,14 @@ def measure(args, crop: int) -> dict:
     model, criterion, images, targets, step_weights, step_arch = build(args, crop)
     weights = model.weight_parameters()
 
-    # Timed steps first, so the peak memory is theirs and not the FLOP counter's.
-    w_med, w_min = timed(step_weights, device, args.warmup, args.repeats)
-    a_med, a_min = timed(step_arch, device, args.warmup, args.repeats)
+    # Timed steps first, so the peak memory is theirs and not the FLOP counter's. CUDA graphs
+    # are captured in the untimed steps.
+    warmup = args.warmup
+    if args.cuda_graphs:
+        from engine.cuda_graphs import WARMUP_CALLS
+        warmup = max(warmup, WARMUP_CALLS + 1)
+    w_med, w_min = timed(step_weights, device, warmup, args.repeats)
+    a_med, a_min = timed(step_arch, device, warmup, args.repeats)
     peak = peak_memory_gib(device)
     calls = {"weight_step": count_operator_calls(step_weights),
              "arch_step": count_operator_calls(step_arch)}
@@ -91,7 +113,7 @@ def measure(args, crop: int) -> dict:
         "crop": crop, "batch": args.batch_size, "F": args.filter_multiplier,
         "B": args.block_multiplier, "steps": args.steps, "L": args.num_layers,
         "checkpoint_cells": args.checkpoint_cells, "partial_channels": args.partial_channels,
-        "supernet": args.supernet,
+        "supernet": args.supernet, "cuda_graphs": args.cuda_graphs,
         "device": str(device), "amp": args.amp, "tf32": args.tf32,
         "threads": torch.get_num_threads(),
         "weight_step_s": {"median": round(w_med, 3), "min": round(w_min, 3)},

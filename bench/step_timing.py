@@ -53,7 +53,12 @@ def precision(args, device):
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = \
             args.tf32 == "on"
     enabled = args.amp != "off"
-    autocast, scaler = amp_context(enabled, args.amp if enabled else "bf16", device)
+    graphs = getattr(args, "cuda_graphs", False)  # bench/search_step.py only
+    if graphs and (device.type != "cuda" or args.amp == "fp16"):
+        sys.exit("error: --cuda-graphs needs --device cuda and float32 or --amp bf16 (fp16's "
+                 "loss scaling reads the GPU every step)")
+    autocast, scaler = amp_context(enabled, args.amp if enabled else "bf16", device,
+                                   **({"cache": False} if graphs else {}))
     return autocast, lambda: torch.amp.GradScaler("cuda", enabled=scaler.is_enabled())
 
 

@@ -45,7 +45,8 @@ ARCH_KEYS = ("dataset", "filter_multiplier", "block_multiplier", "steps", "num_l
              "partial_channels", "supernet")
 # Flags that may change on resume without changing what the run computes so far.
 RESUME_SAFE_KEYS = ("epochs", "workers", "device", "out_dir", "eval_interval", "no_val",
-                    "resume", "data_root", "checkpoint_interval", "amp", "amp_dtype")
+                    "resume", "data_root", "checkpoint_interval", "amp", "amp_dtype",
+                    "cuda_graphs")
 # Flags that belong to this invocation only.
 # out_dir: a resumed run stays in its checkpoint's folder (wherever it was moved to)
 # unless --out-dir names another.
@@ -141,6 +142,11 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "from 0 towards WEIGHT over the epochs; 0: off (not in the paper) "
                         + dflt("beta_decay"))
     common.add_amp_args(g, "the weight and the architecture step")
+    g.add_argument("--cuda-graphs", action="store_true",
+                   help="experimental, not yet run on a GPU: capture the weight and the "
+                        "architecture step as CUDA graphs after 3 eager steps, which removes "
+                        "the host's cost of their some 80,000 operator calls (docs/gpus.md); "
+                        "one process on CUDA, float32 or bf16")
 
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=int, default=None, help="seed of everything, the A/B split too "

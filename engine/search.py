@@ -78,6 +78,12 @@ class Architect:
         """One Adam step of alphas and betas on a B batch, in search epoch `epoch` (0-based;
         it sets the Beta-Decay weight); gradients of nothing else (averaged over the
         processes under torchrun). Returns the B batch's loss, without the regulariser."""
+        return self.record(*self.step_tensors(images, targets, epoch))
+
+    def step_tensors(self, images: torch.Tensor, targets: torch.Tensor, epoch: int = 0):
+        """`step` without a host synchronisation, so that it can be captured as a CUDA graph
+        (`engine.cuda_graphs`): (the loss, the architecture gradients, Adam's updates), all
+        tensors, for `record`."""
         self.optimizer.zero_grad(set_to_none=True)
         # The weights are constants here: autograd then records nothing that only their
         # gradients would need (less work and memory), custom functions included.
@@ -98,8 +104,12 @@ class Architect:
         before = [p.detach().clone() for p in self.arch_params]
         self.scaler.step(self.optimizer)  # skipped when fp16 overflowed, and the scale lowered
         self.scaler.update()
-        self.stats.record([p.grad for p in self.arch_params],
-                          [p.detach() - b for p, b in zip(self.arch_params, before)])
+        return (loss.detach(), [p.grad for p in self.arch_params],
+                [p.detach() - b for p, b in zip(self.arch_params, before)])
+
+    def record(self, loss: torch.Tensor, grads, updates) -> float:
+        """The statistics of one step (`step_tensors`' results); returns its loss."""
+        self.stats.record(grads, updates)
         return loss.item()
 
 
@@ -124,11 +134,28 @@ def weight_step(model, criterion, optimizer, weights, images, targets, grad_clip
     A non-finite loss skips the update (the caller stops the run). With an enabled `scaler`
     (fp16) the loss is scaled for the backward pass and the gradients unscaled before
     clipping; a step whose scaled gradients overflowed is skipped and the scale lowered."""
-    scaler = scaler or _PASS_THROUGH
     with autocast():
         loss = criterion(model(images), targets)
-    if not torch.isfinite(loss):
-        return loss.item()
+    if torch.isfinite(loss):
+        update_weights(loss, optimizer, weights, grad_clip, scaler)
+    return loss.item()
+
+
+def weight_step_tensors(model, criterion, optimizer, weights, images, targets,
+                        grad_clip: float, autocast=nullcontext) -> torch.Tensor:
+    """`weight_step` without a host synchronisation, so that it can be captured as a CUDA
+    graph (`engine.cuda_graphs`; no loss scaling there): returns the loss as a tensor, and
+    updates the weights whatever it is (a non-finite loss stops the run all the same)."""
+    with autocast():
+        loss = criterion(model(images), targets)
+    update_weights(loss, optimizer, weights, grad_clip, None)
+    return loss.detach()
+
+
+def update_weights(loss: torch.Tensor, optimizer, weights, grad_clip: float,
+                   scaler: torch.amp.GradScaler | None) -> None:
+    """The backward pass of `loss` to `weights`, their clipping and the optimiser's step."""
+    scaler = scaler or _PASS_THROUGH
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward(inputs=weights)
     average_gradients(weights)
@@ -137,7 +164,6 @@ def weight_step(model, criterion, optimizer, weights, images, targets, grad_clip
         clip_gradients(weights, grad_clip)
     scaler.step(optimizer)
     scaler.update()
-    return loss.item()
 
 
 @dataclass
@@ -205,7 +231,7 @@ class EpochProgress:
 
 
 def train_one_epoch(parts, loader_a, *, epoch: int, arch_active: bool, device: torch.device,
-                    grad_clip: float, global_step: int, writer=None,
+                    global_step: int, writer=None,
                     progress: EpochProgress | None = None, after_step=None,
                     show_progress: bool = True) -> tuple[EpochResult, int]:
     """One search epoch of `parts` (`engine.search_setup.SearchParts`): per A batch a weight
@@ -220,7 +246,6 @@ def train_one_epoch(parts, loader_a, *, epoch: int, arch_active: bool, device: t
     model, architect, b_stream = parts.model, parts.architect, parts.b_stream
     weight_optimizer, scheduler = parts.weight_optimizer, parts.scheduler
     model.train()
-    weights = model.weight_parameters()
     progress = progress or EpochProgress()
     resumed = progress.batch > 0
     loader_a.set_epoch(epoch, start_batch=progress.batch)
@@ -235,8 +260,7 @@ def train_one_epoch(parts, loader_a, *, epoch: int, arch_active: bool, device: t
     for images, targets in bar:
         images = images.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
-        loss = weight_step(model, parts.criterion, weight_optimizer, weights, images, targets,
-                           grad_clip, parts.autocast, parts.weight_scaler)
+        loss = parts.weight_step(images, targets)
         if not math.isfinite(loss):
             raise NonFiniteLoss(f"weight loss is {loss} at iteration {global_step} "
                                 f"(epoch {epoch})")
@@ -246,8 +270,8 @@ def train_one_epoch(parts, loader_a, *, epoch: int, arch_active: bool, device: t
         postfix = {"loss": f"{progress.loss_sum / progress.batch:.3f}"}
         if arch_active:
             images_b, targets_b = b_stream.next()
-            arch_loss = architect.step(images_b.to(device, non_blocking=True),
-                                       targets_b.to(device, non_blocking=True), epoch)
+            arch_loss = parts.arch_step(images_b.to(device, non_blocking=True),
+                                        targets_b.to(device, non_blocking=True), epoch)
             if not math.isfinite(arch_loss):
                 raise NonFiniteLoss(f"architecture loss is {arch_loss} at iteration "
                                     f"{global_step} (epoch {epoch})")
@@ -259,7 +283,8 @@ def train_one_epoch(parts, loader_a, *, epoch: int, arch_active: bool, device: t
                     writer.add_scalar(f"arch_step/{key}", value, global_step)
         if writer is not None:
             writer.add_scalar("train/loss", loss, global_step)
-            writer.add_scalar("train/lr", weight_optimizer.param_groups[0]["lr"], global_step)
+            writer.add_scalar("train/lr", float(weight_optimizer.param_groups[0]["lr"]),
+                              global_step)
         global_step += 1
         bar.set_postfix(postfix)
         if after_step is not None:

@@ -12,7 +12,9 @@ import torch.nn as nn
 from torch.utils.data import Subset
 
 from dataloaders import IGNORE_INDEX, build_dataset, build_loader, derive_seed
-from engine.search import Architect, BStream, split_train_set
+from engine.cuda_graphs import GraphedStep, portable_optimizer_state, prepare_optimizers
+from engine.search import (Architect, BStream, split_train_set, weight_step,
+                           weight_step_tensors)
 from modeling.decoding import (arch_probabilities, decode_margins, genotype_from_probabilities,
                                mean_entropies)
 from modeling.supernet import AutoDeepLabSearch, SupernetConfig
@@ -93,6 +95,9 @@ class SearchParts:
     autocast: object
     weight_scaler: torch.amp.GradScaler
     arch_scaler: torch.amp.GradScaler
+    grad_clip: float
+    # --cuda-graphs: the two steps as CUDA graphs (`capture_steps`), else None
+    graphed_steps: tuple[GraphedStep, GraphedStep] | None = None
 
     @classmethod
     def build(cls, args, num_classes: int, steps_per_epoch: int, loader_b,
@@ -114,18 +119,50 @@ class SearchParts:
                                     args.min_lr)
         # fp16: one loss scale for the weight step and one for the architecture step (bf16
         # and float32: disabled scalers, which pass everything through)
-        autocast, weight_scaler = amp_context(args.amp, args.amp_dtype, device)
+        # A captured step must not reuse autocast's per-step cache of cast weights.
+        autocast, weight_scaler = amp_context(args.amp, args.amp_dtype, device,
+                                              cache=not args.cuda_graphs)
         arch_scaler = torch.amp.GradScaler("cuda", enabled=weight_scaler.is_enabled())
         architect = Architect(model, criterion, args.arch_lr, args.arch_weight_decay, autocast,
                               arch_scaler, beta_decay=args.beta_decay, epochs=args.epochs)
         return cls(model, criterion, weight_optimizer, scheduler, architect, BStream(loader_b),
-                   autocast, weight_scaler, arch_scaler)
+                   autocast, weight_scaler, arch_scaler, args.grad_clip)
+
+    def capture_steps(self, device: torch.device) -> None:
+        """--cuda-graphs: run both steps as CUDA graphs from now on (after any checkpoint
+        was loaded; engine/cuda_graphs.py). They share one memory pool: each runs after
+        the other, in the order of their capture."""
+        prepare_optimizers(self.weight_optimizer, self.architect.optimizer, device)
+        weights = self.model.weight_parameters()
+        pool = torch.cuda.graph_pool_handle()
+        self.graphed_steps = (
+            GraphedStep(lambda images, targets: weight_step_tensors(
+                self.model, self.criterion, self.weight_optimizer, weights, images, targets,
+                self.grad_clip, self.autocast), "weight", pool=pool),
+            # The epoch only sets the Beta-Decay weight, which --cuda-graphs refuses.
+            GraphedStep(lambda images, targets: self.architect.step_tensors(images, targets),
+                        "architecture", pool=pool))
+
+    def weight_step(self, images: torch.Tensor, targets: torch.Tensor) -> float:
+        """One weight step on an A batch (`engine.search.weight_step`); returns its loss."""
+        if self.graphed_steps is not None:
+            return self.graphed_steps[0](images, targets).item()
+        return weight_step(self.model, self.criterion, self.weight_optimizer,
+                           self.model.weight_parameters(), images, targets, self.grad_clip,
+                           self.autocast, self.weight_scaler)
+
+    def arch_step(self, images: torch.Tensor, targets: torch.Tensor, epoch: int) -> float:
+        """One architecture step on a B batch (`Architect.step`); returns its loss."""
+        if self.graphed_steps is not None:
+            return self.architect.record(*self.graphed_steps[1](images, targets))
+        return self.architect.step(images, targets, epoch)
 
     def state_dict(self) -> dict:
         """The checkpoint entries of the supernet and its training."""
         return {"model": self.model.state_dict(), "model_args": self.model.model_args(),
-                "weight_optimizer": self.weight_optimizer.state_dict(),
-                "arch_optimizer": self.architect.optimizer.state_dict(),
+                "weight_optimizer": portable_optimizer_state(self.weight_optimizer.state_dict()),
+                "arch_optimizer": portable_optimizer_state(
+                    self.architect.optimizer.state_dict()),
                 "scheduler": self.scheduler.state_dict(), "b_passes": self.b_stream.passes,
                 "b_consumed": self.b_stream.consumed,
                 "arch_stats": self.architect.stats.state_dict(),

@@ -21,6 +21,9 @@ def test_cuda_gets_autocast_of_the_dtype(name, dtype):
     # Built, not entered: the factory and its arguments are what a CUDA run uses.
     autocast, _ = amp_context(True, name, torch.device("cuda"))
     assert autocast.func is torch.autocast
-    assert autocast.keywords == {"device_type": "cuda", "dtype": dtype}
+    assert autocast.keywords == {"device_type": "cuda", "dtype": dtype, "cache_enabled": True}
+    # Steps captured as CUDA graphs (--cuda-graphs) must not cache cast weights.
+    autocast, _ = amp_context(True, name, torch.device("cuda"), cache=False)
+    assert autocast.keywords["cache_enabled"] is False
     _, scaler = amp_context(False, name, torch.device("cuda"))
     assert not scaler.is_enabled()

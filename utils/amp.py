@@ -26,16 +26,18 @@ def resolve_amp_dtype(dtype_name: str, device: torch.device) -> str:
     return "bf16" if native_bf16 else "fp16"
 
 
-def amp_context(enabled: bool, dtype_name: str, device: torch.device):
+def amp_context(enabled: bool, dtype_name: str, device: torch.device, cache: bool = True):
     """(autocast factory, GradScaler) for `--amp`: a `torch.autocast` of `dtype_name` (or the
     one `resolve_amp_dtype` picks for `auto`) on CUDA, else `nullcontext`; the scaler is enabled
-    for fp16 on CUDA only (bf16 needs none). A disabled scaler passes everything through."""
+    for fp16 on CUDA only (bf16 needs none). A disabled scaler passes everything through.
+    `cache`: autocast's cache of cast weights within one autocast region (off for steps
+    captured as CUDA graphs, as PyTorch requires)."""
     active = enabled and device.type == "cuda"
     if enabled and not active:
         warnings.warn("--amp needs CUDA; running in float32 on the CPU", stacklevel=2)
     dtype = AMP_DTYPES[resolve_amp_dtype(dtype_name, device)]
-    autocast = partial(torch.autocast, device_type=device.type, dtype=dtype) if active \
-        else nullcontext
+    autocast = partial(torch.autocast, device_type=device.type, dtype=dtype,
+                       cache_enabled=cache) if active else nullcontext
     scaler = torch.amp.GradScaler("cuda", enabled=active and dtype == torch.float16)
     return autocast, scaler
 
