@@ -7,8 +7,8 @@ again with one call (https://pytorch.org/docs/stable/notes/cuda.html#cuda-graphs
 removes the host's share.
 
 What a captured step needs, and where this project gives it:
-- static shapes: the search's loaders drop their last incomplete batch, so every batch of a
-  run has one shape; a batch of another shape runs eagerly (`GraphedStep`);
+- static shapes: the search's loaders drop their last incomplete batch and crop every image
+  alike, so every batch of a run has one shape (`GraphedStep` raises on another);
 - no host synchronisation inside the step: `weight_step_tensors` and
   `Architect.step_tensors` (engine/search.py) return tensors and read nothing back; the loss
   is read, and the architecture statistics taken, after the replay;
@@ -87,7 +87,7 @@ class GraphedStep:
     The first `warmup` calls run eagerly on a side stream; the next one captures `fn` on
     static copies of its inputs and replays it; every later call copies its inputs into
     them and replays. The returned tensors are the graph's own: read them before the next
-    call. Inputs of another shape than the captured ones run eagerly. Graphs that share
+    call. Inputs of another shape than the captured ones raise. Graphs that share
     `pool` (`torch.cuda.graph_pool_handle()`) must be replayed in the order they were
     captured, as the search's weight and architecture steps are.
     """
@@ -96,7 +96,6 @@ class GraphedStep:
         self.fn, self.name, self.warmup, self.pool = fn, name, warmup, pool
         self.calls = 0
         self.graph = self.static_inputs = self.outputs = None
-        self.warned = False
 
     def __call__(self, *inputs: torch.Tensor):
         if self.graph is None and self.calls < self.warmup:
@@ -110,12 +109,11 @@ class GraphedStep:
         if self.graph is None:
             self._capture(inputs)
         elif any(s.shape != x.shape for s, x in zip(self.static_inputs, inputs)):
-            if not self.warned:
-                log.warning("%s step: inputs of shape %s, not the captured %s, run without the "
-                            "CUDA graph", self.name, [tuple(x.shape) for x in inputs],
-                            [tuple(s.shape) for s in self.static_inputs])
-                self.warned = True
-            return self.fn(*inputs)
+            # An eager step here would free the graph's gradients into the shared pool.
+            raise RuntimeError(
+                f"{self.name} step: inputs of shape {[tuple(x.shape) for x in inputs]}, but its "
+                f"CUDA graph was captured for {[tuple(s.shape) for s in self.static_inputs]}; "
+                "--cuda-graphs needs batches of one shape")
         else:
             for static, x in zip(self.static_inputs, inputs):
                 static.copy_(x, non_blocking=True)
