@@ -7,8 +7,8 @@ It installs nothing and runs with the machine's own torch, whatever its version:
 often have no package registry. TensorBoard logs fall back to torch's writer where
 tensorboardX is missing (utils/run.py).
 
-Checks, in this order; each runs in its own process with its own time limit, and a failure is
-recorded and the next check runs:
+Checks, in this order (correctness first, then the benchmarks); each runs in its own process
+with its own time limit, and a failure is recorded and the next check runs:
 
 - `environment`: torch, CUDA, the GPU, native bf16.
 - `device tests`: the numerical tests (`pytest -m device`) with AUTODEEPLAB_TEST_DEVICE set:
@@ -17,6 +17,12 @@ recorded and the next check runs:
   and the search's two steps as CUDA graphs against eager ones (tests/test_cuda_graphs.py).
 - `parity`: one forward and backward of a small supernet in float32, bf16 and fp16 autocast
   on the device against the float64 plain supernet on the CPU (relative errors).
+- `end to end`: a tiny search -> decode -> retrain (interrupted, resumed) -> predict on the
+  device, through the command lines, and on CUDA a tiny search with --cuda-graphs (its steps
+  against eager ones are a device test, tests/test_cuda_graphs.py).
+- `ddp`: two processes of train.py under torchrun on the one device, one image each, with
+  gloo standing in for NCCL (AUTODEEPLAB_DIST_BACKEND) and torch's SyncBatchNorm on CUDA
+  (utils/sync_batchnorm.py elsewhere). One GPU cannot check NCCL itself.
 - `search step`: bench/search_step.py at the paper's setting (F = 8, B = 5, L = 12, batch 2,
   crop 321): float32 with TF32 off and on, bf16 and fp16 autocast, and float32 and bf16 with
   both steps as CUDA graphs (--cuda-graphs); time, peak memory and operator calls.
@@ -24,12 +30,6 @@ recorded and the next check runs:
   channels-last (as train.py runs) and contiguous, and bf16.
 - `latency`: bench/latency.py, batch-1 inference of S, M and L at 512 x 1024 and 1024 x 2048
   in float32, bf16 and fp16.
-- `end to end`: a tiny search -> decode -> retrain (interrupted, resumed) -> predict on the
-  device, through the command lines, and on CUDA a tiny search with --cuda-graphs (its steps
-  against eager ones are a device test, tests/test_cuda_graphs.py).
-- `ddp`: two processes of train.py under torchrun on the one device, one image each, with
-  gloo standing in for NCCL (AUTODEEPLAB_DIST_BACKEND) and torch's SyncBatchNorm on CUDA
-  (utils/sync_batchnorm.py elsewhere). One GPU cannot check NCCL itself.
 
 Writes `gpu_check.json` (after every check, so a cut-off run keeps what finished) and
 `gpu_check.md` to --out-dir.
@@ -303,10 +303,12 @@ def report(results: dict, out: Path) -> None:
 def main(args) -> int:
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    # Correctness first, then the benchmarks: a call cut off by its time limit keeps the
+    # answers that matter most (the report is written after every check).
     checks = {"environment": lambda: environment(args), "device tests": lambda: device_tests(args),
-              "parity": lambda: parity(args), "search step": lambda: search_step(args),
-              "retrain step": lambda: retrain_step(args), "latency": lambda: latency(args),
-              "end to end": lambda: end_to_end(args, out), "ddp": lambda: ddp(args, out)}
+              "parity": lambda: parity(args), "end to end": lambda: end_to_end(args, out),
+              "ddp": lambda: ddp(args, out), "search step": lambda: search_step(args),
+              "retrain step": lambda: retrain_step(args), "latency": lambda: latency(args)}
     unknown = set(args.only or ()) - set(checks)
     if unknown:
         sys.exit(f"error: unknown check(s) {', '.join(sorted(unknown))}; the checks are: "
