@@ -12,7 +12,8 @@ import torch.nn as nn
 from torch.utils.data import Subset
 
 from dataloaders import IGNORE_INDEX, build_dataset, build_loader, derive_seed
-from engine.cuda_graphs import GraphedStep, portable_optimizer_state, prepare_optimizers
+from engine.cuda_graphs import (WARMUP_CALLS, GraphedStep, portable_optimizer_state,
+                                prepare_optimizers)
 from engine.search import (Architect, BStream, split_train_set, weight_step,
                            weight_step_tensors)
 from modeling.decoding import (arch_probabilities, decode_margins, genotype_from_probabilities,
@@ -132,6 +133,8 @@ class SearchParts:
         """--cuda-graphs: run both steps as CUDA graphs from now on (after any checkpoint
         was loaded; engine/cuda_graphs.py). They share one memory pool: each runs after
         the other, in the order of their capture."""
+        log.info("--cuda-graphs: both steps become CUDA graphs after %d eager ones "
+                 "(experimental: not yet verified on a GPU, docs/gpus.md)", WARMUP_CALLS)
         prepare_optimizers(self.weight_optimizer, self.architect.optimizer, device)
         weights = self.model.weight_parameters()
         pool = torch.cuda.graph_pool_handle()
