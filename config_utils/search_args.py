@@ -45,12 +45,14 @@ ARCH_KEYS = ("dataset", "filter_multiplier", "block_multiplier", "steps", "num_l
              "partial_channels", "supernet")
 # Flags that may change on resume without changing what the run computes so far.
 RESUME_SAFE_KEYS = ("epochs", "workers", "device", "out_dir", "eval_interval", "no_val",
-                    "resume", "data_root", "checkpoint_interval", "amp", "amp_dtype",
-                    "cuda_graphs")
+                    "resume", "data_root", "checkpoint_interval", "amp", "amp_dtype")
 # Flags that belong to this invocation only.
 # out_dir: a resumed run stays in its checkpoint's folder (wherever it was moved to)
 # unless --out-dir names another.
-CURRENT_KEYS = ("resume", "stop_after_epochs", "out_dir") + common.RUN_SAFETY_CURRENT_KEYS
+# cuda_graphs: a resumed run is graphed only when asked again (its checkpoints are portable),
+# so a graphed run's checkpoint resumes on a CPU without a flag to unset.
+CURRENT_KEYS = ("resume", "stop_after_epochs", "out_dir",
+                "cuda_graphs") + common.RUN_SAFETY_CURRENT_KEYS
 # Mid-epoch checkpoints every 50 iterations: the paper's search takes about 9 s per iteration
 # (3 P100-days for 40 x 743), a few on current GPUs, so a kill loses minutes, not an epoch
 # (743 iterations); a checkpoint of the F=8 supernet (45M weights and their momentum, about
@@ -146,7 +148,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="experimental, not yet run on a GPU: capture the weight and the "
                         "architecture step as CUDA graphs after 3 eager steps, which removes "
                         "the host's cost of their some 80,000 operator calls (docs/gpus.md); "
-                        "one process on CUDA, float32 or bf16")
+                        "one process on CUDA, float32 or bf16; a resumed run uses it only when "
+                        "given again")
 
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=int, default=None, help="seed of everything, the A/B split too "

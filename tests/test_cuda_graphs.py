@@ -199,3 +199,18 @@ def test_graphed_search_steps_equal_eager_ones(device):
     assert losses == pytest.approx(eager_losses, rel=1e-5)
     for a, b in zip(eager_params + eager_buffers, params + buffers):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
+
+
+def test_cuda_graphs_is_asked_for_anew_on_every_resume():
+    # A graphed run's checkpoint resumes on a CPU without a flag to unset, and any run can
+    # be resumed graphed: the flag belongs to the invocation, not to the checkpoint.
+    from config_utils.common import merge_resume_args
+    from config_utils.search_args import (ARCH_KEYS, CURRENT_KEYS, RESUME_SAFE_KEYS,
+                                          get_args_parser)
+    for saved, given in ((True, []), (False, ["--cuda-graphs"])):
+        args = get_args_parser().parse_args(["--resume", "ckpt", *given])
+        merged = merge_resume_args(args, {**vars(args), "cuda_graphs": saved},
+                                   {"resume", *(["cuda_graphs"] if given else [])},
+                                   fixed_keys=ARCH_KEYS, safe_keys=RESUME_SAFE_KEYS,
+                                   current_keys=CURRENT_KEYS)
+        assert merged.cuda_graphs is (not saved)
