@@ -74,14 +74,12 @@ def build(args, crop: int):
     targets = torch.randint(0, args.num_classes, (args.batch_size, crop, crop), device=device)
     if getattr(args, "cuda_graphs", False):  # revisions before it lack the flag
         # As SearchParts.capture_steps: one memory pool, the loss read after each step.
-        from engine.cuda_graphs import GraphedStep, prepare_optimizers
+        from engine.cuda_graphs import graph_search_steps, prepare_optimizers
         from engine.search import weight_step_tensors
         prepare_optimizers(optimizer, architect.optimizer, device)
-        pool = torch.cuda.graph_pool_handle()
-        graphed_weight = GraphedStep(lambda x, y: weight_step_tensors(
+        graphed_weight, graphed_arch = graph_search_steps(lambda x, y: weight_step_tensors(
             model, criterion, optimizer, weights, x, y, grad_clip=5.0, autocast=autocast),
-            "weight", pool=pool)
-        graphed_arch = GraphedStep(architect.step_tensors, "architecture", pool=pool)
+            architect)
         return (model, criterion, images, targets,
                 lambda: graphed_weight(images, targets).item(),
                 lambda: architect.record(*graphed_arch(images, targets)))

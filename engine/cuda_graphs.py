@@ -127,3 +127,13 @@ class GraphedStep:
         with torch.cuda.graph(self.graph, pool=self.pool, capture_error_mode="thread_local"):
             self.outputs = self.fn(*self.static_inputs)
         log.info("%s step captured as a CUDA graph", self.name)
+
+
+def graph_search_steps(weight_step_fn, architect) -> tuple["GraphedStep", "GraphedStep"]:
+    """The search's weight step `weight_step_fn(images, targets)` (`weight_step_tensors`)
+    and `architect`'s step as GraphedSteps sharing one memory pool: each runs after the
+    other, in the order of their capture. The epoch only sets the Beta-Decay weight, which
+    --cuda-graphs refuses."""
+    pool = torch.cuda.graph_pool_handle()
+    return (GraphedStep(weight_step_fn, "weight", pool=pool),
+            GraphedStep(architect.step_tensors, "architecture", pool=pool))

@@ -12,8 +12,8 @@ import torch.nn as nn
 from torch.utils.data import Subset
 
 from dataloaders import IGNORE_INDEX, build_dataset, build_loader, derive_seed
-from engine.cuda_graphs import (WARMUP_CALLS, GraphedStep, portable_optimizer_state,
-                                prepare_optimizers)
+from engine.cuda_graphs import (WARMUP_CALLS, GraphedStep, graph_search_steps,
+                                portable_optimizer_state, prepare_optimizers)
 from engine.search import (Architect, BStream, split_train_set, weight_step,
                            weight_step_tensors)
 from modeling.decoding import (arch_probabilities, decode_margins, genotype_from_probabilities,
@@ -131,27 +131,21 @@ class SearchParts:
 
     def capture_steps(self, device: torch.device) -> None:
         """--cuda-graphs: run both steps as CUDA graphs from now on (after any checkpoint
-        was loaded; engine/cuda_graphs.py). They share one memory pool: each runs after
-        the other, in the order of their capture."""
+        was loaded; engine/cuda_graphs.py)."""
         log.info("--cuda-graphs: both steps become CUDA graphs after %d eager ones "
                  "(experimental: not yet verified on a GPU, docs/gpus.md)", WARMUP_CALLS)
         prepare_optimizers(self.weight_optimizer, self.architect.optimizer, device)
-        weights = self.model.weight_parameters()
-        pool = torch.cuda.graph_pool_handle()
-        self.graphed_steps = (
-            GraphedStep(lambda images, targets: weight_step_tensors(
-                self.model, self.criterion, self.weight_optimizer, weights, images, targets,
-                self.grad_clip, self.autocast), "weight", pool=pool),
-            # The epoch only sets the Beta-Decay weight, which --cuda-graphs refuses.
-            GraphedStep(lambda images, targets: self.architect.step_tensors(images, targets),
-                        "architecture", pool=pool))
+        self.graphed_steps = graph_search_steps(
+            lambda images, targets: weight_step_tensors(
+                self.model, self.criterion, self.weight_optimizer, self.architect.weight_params,
+                images, targets, self.grad_clip, self.autocast), self.architect)
 
     def weight_step(self, images: torch.Tensor, targets: torch.Tensor) -> float:
         """One weight step on an A batch (`engine.search.weight_step`); returns its loss."""
         if self.graphed_steps is not None:
             return self.graphed_steps[0](images, targets).item()
         return weight_step(self.model, self.criterion, self.weight_optimizer,
-                           self.model.weight_parameters(), images, targets, self.grad_clip,
+                           self.architect.weight_params, images, targets, self.grad_clip,
                            self.autocast, self.weight_scaler)
 
     def arch_step(self, images: torch.Tensor, targets: torch.Tensor, epoch: int) -> float:
