@@ -204,27 +204,17 @@ class SharedSourceOps(nn.Module):
     def _separable(self, x: torch.Tensor, stage: int, names, recompute: bool,
                    paths: FastPaths) -> torch.Tensor:
         """Stage `stage` (1 or 2) of the separable types `names`, every edge, in one call
-        (`SeparableConv`; several types: the smaller depthwise filters zero-padded to
-        SEP_KERNEL, exact, the padded taps multiply by zero and their gradient is dropped by
-        the padding's backward).
+        (`SeparableConv`).
 
         Stage 1 reads r, (N, G*C, H, W): channel (group, channel) feeds one depthwise filter
         per (type, edge), as if it were repeated. Stage 2 reads (N, types*G*k*C, H, W): one
         filter per channel. Both return (N, types*G*k*C, H, W), channels (type, group, edge,
         channel), channels-last.
         """
-        g, k, c, t = self.groups, self.num_edges, self.channels, len(names)
-        filters = [getattr(self, f"{name}_dw{stage}") for name in names]
-        if t > 1:
-            filters = [F.pad(f, ((SEP_KERNEL - f.shape[-1]) // 2,) * 4) for f in filters]
-        size = filters[0].shape[-2:]
-        # Every group (incoming state) uses the same weights: repeat the small tensor.
-        depthwise = (torch.stack(filters).view(t, 1, k * c, *size).expand(t, g, k * c, *size)
-                     .reshape(t * g * k * c, 1, *size))
-        pointwise = torch.stack([getattr(self, f"{name}_pw{stage}").view(k, c, c)
-                                 for name in names])  # (types, k, C_out, C_in)
-        return SeparableConv.apply(x, reachable_taps(depthwise, 1, x.shape[-2:]), pointwise,
-                                   (t, g, k) if stage == 1 else (1, 1, 1), g, recompute, paths)
+        spec = SeparableStage(len(names), self.groups, self.num_edges, stage == 1, recompute,
+                              paths)
+        return SeparableConv.apply(x, spec, *(getattr(self, f"{name}_dw{stage}") for name in names),
+                                   *(getattr(self, f"{name}_pw{stage}") for name in names))
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """x: (N, G*C, H, W) channels-last; weights: (k, len(PRIMITIVES)) normalised alphas.
@@ -237,10 +227,6 @@ class SharedSourceOps(nn.Module):
         g, k, c = self.groups, self.num_edges, self.channels
         paths = self.fast_paths or FastPaths.for_device(x.device)
 
-        def edge_scale(names):  # the ops' weights for every (op, group, edge, channel)
-            ops = weights[:, op_columns(names)].t()  # (ops, k), a view in the default order
-            return ops.reshape(len(names), 1, k, 1).expand(len(names), g, k, c).reshape(-1)
-
         # Channels-last throughout: depthwise convolutions run several times faster on it,
         # and (group, edge, channel) is then the innermost, contiguous order.
         r = F.relu(x)  # shared by all four convolution types of all k edges
@@ -251,16 +237,25 @@ class SharedSourceOps(nn.Module):
         # of keeping them (`SeparableConv`): they hold most of the search's memory.
         large = h * w > paths.merged_depthwise_max_pixels
         calls = [(name,) for name in SEP_CONVS] if large else [SEP_CONVS]
+        # The operation weights of every (op, group, edge, channel), the scales of the batch
+        # norms that end the operations: made once, then split per call.
+        scaled = [*calls, *((name,) for name in ATROUS_CONVS)]
+        names = tuple(name for call in scaled for name in call)
+        ops = weights[:, op_columns(names)].t()  # (ops, k), a view in the default order
+        scales = iter(ops.reshape(len(names), 1, k, 1).expand(len(names), g, k, c).reshape(-1)
+                      .split([len(call) * g * k * c for call in scaled]))
         out, first = None, 0
         for names in calls:
             t = len(names)
-            channels = slice(first * g * k * c, (first + t) * g * k * c)  # of the shared BNs
+            # The shared batch norms' channels of these types; None: all of them.
+            channels = None if t == len(SEP_CONVS) else slice(first * g * k * c,
+                                                               (first + t) * g * k * c)
             y = self._separable(r, 1, names, large, paths)
             # Stage 2: per-edge BN, ReLU and depthwise conv, then the pointwise convs again.
             # In place: batch norm's backward needs its input, not its output.
             y = F.relu(self.sep_conv_bn1(y, channels=channels), inplace=True)
             y = self._separable(y, 2, names, large, paths)
-            y = self.sep_conv_bn2(y, edge_scale(names), channels=channels)
+            y = self.sep_conv_bn2(y, next(scales), channels=channels)
             y = nhwc(y).view(n, h, w, t, g, k, c)
             y = y.sum(dim=3) if t > 1 else y.squeeze(3)  # (N, H, W, G, k, C)
             out = y if out is None else out + y
@@ -270,7 +265,7 @@ class SharedSourceOps(nn.Module):
         r_batch = groups_to_batch(r, g)
         for name in ATROUS_CONVS:
             y = batch_to_groups(same_conv(r_batch, getattr(self, name), ATROUS_DILATION), g)
-            out = out + nhwc(getattr(self, f"{name}_bn")(y, edge_scale((name,)))).view(
+            out = out + nhwc(getattr(self, f"{name}_bn")(y, next(scales))).view(
                 n, h, w, g, k, c)
         # Parameter-free operations: one tensor for all k edges, mixed by one small matmul
         # whose output is edge-major, so each edge's term is contiguous (no transposes).
@@ -308,20 +303,41 @@ def to_nchw(x: torch.Tensor) -> torch.Tensor:
 
 def groups_to_batch(x: torch.Tensor, groups: int) -> torch.Tensor:
     """(N, G*C, H, W) channels-last -> (N*G, C, H, W) channels-last: every group an image."""
-    if groups == 1:
-        return x
-    n, gc, h, w = x.shape
-    y = nhwc(x).view(n, h, w, groups, gc // groups).permute(0, 3, 1, 2, 4).contiguous()
-    return to_nchw(y.view(n * groups, h, w, gc // groups))
+    return x if groups == 1 else Regroup.apply(x, groups, True)
 
 
 def batch_to_groups(x: torch.Tensor, groups: int) -> torch.Tensor:
     """The inverse of `groups_to_batch`: (N*G, C, H, W) -> (N, G*C, H, W), channels-last."""
-    if groups == 1:
-        return x
-    ng, c, h, w = x.shape
-    y = nhwc(x).view(ng // groups, groups, h, w, c).permute(0, 2, 3, 1, 4).contiguous()
-    return to_nchw(y.view(ng // groups, h, w, groups * c))
+    return x if groups == 1 else Regroup.apply(x, groups, False)
+
+
+class Regroup(torch.autograd.Function):
+    """`groups_to_batch` (`to_batch`) or `batch_to_groups`, and the other as its backward:
+    one strided view and one copy each way, where a chain of views and a copy would each add
+    their own backward."""
+
+    @staticmethod
+    def forward(ctx, x, groups: int, to_batch: bool):
+        ctx.groups, ctx.to_batch = groups, to_batch
+        return _regroup(x, groups, to_batch)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _regroup(grad, ctx.groups, not ctx.to_batch), None, None
+
+
+def _regroup(x: torch.Tensor, groups: int, to_batch: bool) -> torch.Tensor:
+    x = x.contiguous(memory_format=torch.channels_last)
+    n, c, h, w = x.shape
+    if to_batch:  # memory (N, H, W, G, C) read as (N, G, H, W, C)
+        c = c // groups
+        view = x.as_strided((n, groups, h, w, c), (h * w * groups * c, c, w * groups * c,
+                                                   groups * c, 1), x.storage_offset())
+        return as_channels_last(view.reshape(n * groups, h, w, c))
+    n = n // groups  # memory (N, G, H, W, C) read as (N, H, W, G, C)
+    view = x.as_strided((n, h, w, groups, c), (groups * h * w * c, w * c, c, h * w * c, 1),
+                        x.storage_offset())
+    return as_channels_last(view.reshape(n, h, w, groups * c))
 
 
 def same_conv(x: torch.Tensor, weight: torch.Tensor, dilation: int) -> torch.Tensor:
@@ -351,52 +367,174 @@ def same_padding(weight: torch.Tensor, dilation: int = 1) -> tuple[int, int]:
     return dilation * (weight.shape[-2] // 2), dilation * (weight.shape[-1] // 2)
 
 
-def repeat_channels(x: torch.Tensor, repeat: tuple[int, int, int]) -> torch.Tensor:
+def repeat_channels(x: torch.Tensor, repeat: tuple[int, int, int],
+                    columns: slice | None = None) -> torch.Tensor:
     """(N, G*C, H, W) -> (N, T*G*K*C, H, W) channels-last, channel (t, g, k, c) a copy of
-    x's channel (g, c); `repeat` = (T, G, K). x itself when T = K = 1."""
+    x's channel (g, c); `repeat` = (T, G, K). Only x's `columns` (of W) when given. x itself
+    when T = K = 1 and no columns are cut."""
     outer, groups, inner = repeat
     if outer == inner == 1:
-        return x
+        if columns is None:
+            return x
+        return x[..., columns].contiguous(memory_format=torch.channels_last)
+    x = x.contiguous(memory_format=torch.channels_last)
     n, channels, h, w = x.shape
+    first, last = (0, w) if columns is None else (columns.start, columns.stop)
     c = channels // groups
-    y = nhwc(x).view(n, h, w, 1, groups, 1, c).expand(n, h, w, outer, groups, inner, c)
-    return to_nchw(y.reshape(n, h, w, outer * groups * inner * c))
+    s_n, s_c, s_h, s_w = x.stride()
+    # x's memory seen as (N, H, W', T, G, K, C), the copies (T and K) with stride 0: one view
+    # and one copy, instead of a chain of views.
+    copies = x.as_strided((n, h, last - first, outer, groups, inner, c),
+                          (s_n, s_h, s_w, 0, c * s_c, 0, s_c), x.storage_offset() + first * s_w)
+    return to_nchw(copies.reshape(n, h, last - first, outer * groups * inner * c))
+
+
+@dataclass(frozen=True)
+class SeparableStage:
+    """What a `SeparableConv` call computes besides its tensors: `types` separable types of
+    `edges` edges each, applied to `groups` incoming states; `repeat`: stage 1, whose input
+    channel (group, channel) feeds every (type, edge); `recompute`: keep only the inputs for
+    the backward pass; `paths`: the `FastPaths` to take."""
+
+    types: int
+    groups: int
+    edges: int
+    repeat: bool
+    recompute: bool
+    paths: FastPaths
+
+    @property
+    def repeats(self) -> tuple[int, int, int]:
+        """`repeat_channels`' (T, G, K) of the stage's input."""
+        return (self.types, self.groups, self.edges) if self.repeat else (1, 1, 1)
 
 
 class SeparableConv(torch.autograd.Function):
     """One stage of the separable convolutions of every edge: the depthwise convolution of
-    x's channels repeated by `repeat` (`depthwise_conv`), then the 1x1 convolution of every
-    (type, group, edge) block (`grouped_pointwise`).
+    x's channels repeated per (type, edge) in stage 1 (`depthwise_conv`), then the 1x1
+    convolution of every (type, group, edge) block (`grouped_pointwise`).
 
-    x: (N, G*C, H, W) channels-last; dw_weight: (T*G*K*C, 1, kh, kw), odd; pw_weight: (T, K,
-    C_out, C_in); returns (N, T*G*K*C_out, H, W) channels-last. With `recompute`, only the
-    inputs are kept for the backward pass and the depthwise output, as wide as all edges
-    together, is computed again there: one depthwise convolution more, for the largest
-    tensors of the search that would otherwise be stored. `paths`: the `FastPaths` to take.
+    Called as `apply(x, stage, *depthwise, *pointwise)`: x (N, G*C, H, W) channels-last (stage
+    1) or (N, T*G*K*C, H, W) (stage 2); `stage` a `SeparableStage`; then each type's
+    parameters as the module holds them, depthwise (K*C, 1, k, k), odd k, and pointwise
+    (K*C_out, C_in, 1, 1). Returns (N, T*G*K*C_out, H, W) channels-last, channels (type,
+    group, edge, channel).
+
+    The weights as the convolutions read them (`depthwise_weights`, `pointwise_blocks`:
+    stacked, repeated per group, zero-padded to the largest kernel) are made here, where
+    autograd does not record them, and their gradients go back to the parameters here: one
+    autograd node instead of a dozen views and copies, each with its backward, per call. With `stage.recompute`, only the
+    inputs and these weights are kept for the backward pass and the depthwise output, as wide
+    as all edges together, is computed again there: one depthwise convolution more, for the
+    largest tensors of the search that would otherwise be stored.
     """
 
     @staticmethod
-    def forward(ctx, x, dw_weight, pw_weight, repeat, groups, recompute, paths: FastPaths):
-        ctx.repeat, ctx.groups, ctx.paths = repeat, groups, paths
-        depthwise = depthwise_conv(x, dw_weight, repeat)
-        ctx.save_for_backward(x, dw_weight, pw_weight, *(() if recompute else (depthwise,)))
-        return grouped_pointwise(depthwise, pw_weight, groups, paths)
+    def forward(ctx, x, stage: SeparableStage, *weights):
+        t = stage.types
+        depthwise_weight = depthwise_weights(weights[:t], stage.groups, x.shape[-2:])
+        pointwise_weight = pointwise_blocks(weights[t:], stage.groups, stage.edges,
+                                            stage.paths.block_diagonal_max_channels)
+        depthwise = depthwise_conv(x, depthwise_weight, stage.repeats)
+        ctx.stage, ctx.kernels = stage, [w.shape[-1] for w in weights[:t]]
+        ctx.save_for_backward(x, depthwise_weight, pointwise_weight,
+                              *(() if stage.recompute else (depthwise,)))
+        return grouped_pointwise(depthwise, pointwise_weight, stage.paths)
 
     @staticmethod
     def backward(ctx, grad):
-        x, dw_weight, pw_weight, *kept = ctx.saved_tensors
-        needs_x, needs_dw, needs_pw = ctx.needs_input_grad[:3]
+        x, depthwise_weight, pointwise_weight, *kept = ctx.saved_tensors
+        stage = ctx.stage
+        needs_x, needs_w = ctx.needs_input_grad[0], any(ctx.needs_input_grad[2:])
         # Under autocast the forward ran in the grad's dtype: so does the recomputation.
-        depthwise = kept[0] if kept else depthwise_conv(cast(x, grad.dtype),
-                                                        cast(dw_weight, grad.dtype), ctx.repeat)
-        grad_depthwise, grad_pw = pointwise_grads(depthwise, pw_weight, ctx.groups, grad,
-                                                  needs_x or needs_dw, needs_pw, ctx.paths)
+        depthwise = kept[0] if kept else depthwise_conv(
+            cast(x, grad.dtype), cast(depthwise_weight, grad.dtype), stage.repeats)
+        grad_depthwise, grad_pw = pointwise_grads(depthwise, pointwise_weight, grad,
+                                                  needs_x or needs_w, needs_w, stage.paths)
         grad_x = grad_dw = None
-        if needs_x or needs_dw:
-            grad_x, grad_dw = depthwise_grads(x, dw_weight, ctx.repeat, grad_depthwise,
-                                              needs_x, needs_dw,
-                                              ctx.paths.onednn_weight_grads)
-        return grad_x, grad_dw, grad_pw, None, None, None, None
+        if needs_x or needs_w:
+            grad_x, grad_dw = depthwise_grads(x, depthwise_weight, stage.repeats,
+                                              grad_depthwise, needs_x, needs_w,
+                                              stage.paths.onednn_weight_grads)
+        if not needs_w:
+            return grad_x, None, *(None,) * (2 * stage.types)
+        t, g = stage.types, stage.groups
+        return (grad_x, None, *depthwise_parameter_grads(grad_dw, t, g, ctx.kernels),
+                *pointwise_parameter_grads(grad_pw, t, g, stage.edges))
+
+
+def _concat(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """torch.cat along dim 0, without a call (and a copy) for a single tensor."""
+    return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
+
+
+def depthwise_weights(depthwise, groups: int, size) -> torch.Tensor:
+    """The depthwise parameters of the separable types (`SeparableConv`), (K*C, 1, k, k) each,
+    as one stage's convolution reads them: (T*G*K*C, 1, k, k), every (type, group, edge) in
+    order, each group with the same filters, the smaller filters zero-padded to the largest
+    (exact: the padded taps multiply by zero and their gradient is dropped,
+    `depthwise_parameter_grads`), cut to the taps that can read inside `size`
+    (`reachable_taps`)."""
+    kernel = max(w.shape[-1] for w in depthwise)
+    padded = [w if w.shape[-1] == kernel else F.pad(w, ((kernel - w.shape[-1]) // 2,) * 4)
+              for w in depthwise]
+    return reachable_taps(_concat([w for w in padded for _ in range(groups)]), 1, size)
+
+
+def pointwise_blocks(pointwise, groups: int, edges: int,
+                     block_diagonal_max_channels: int) -> torch.Tensor:
+    """The pointwise parameters of the separable types, (K*C_out, C_in, 1, 1) each, as
+    `grouped_pointwise` reads them: (T*G*K, C_out, C_in), one matrix per (type, group, edge),
+    each group with the same; for C_in <= `block_diagonal_max_channels`, (T*G, K*C_out,
+    K*C_in), the K edges of a (type, group) one block-diagonal matrix (K times the
+    multiply-adds, but MKL is slow on 8 x 8 matrices)."""
+    rows, c_in = pointwise[0].shape[:2]
+    blocks = _concat([w for w in pointwise for _ in range(groups)]).view(-1, rows // edges, c_in)
+    if c_in <= block_diagonal_max_channels and edges > 1:
+        blocks = _block_diagonal(blocks, edges)
+    return blocks
+
+
+def _block_diagonal(blocks: torch.Tensor, k: int) -> torch.Tensor:
+    """(B*K, C_out, C_in) -> (B, K*C_out, K*C_in), blocks b*K..b*K+K-1 on the diagonal of b."""
+    b, c_out, c_in = blocks.shape
+    out = blocks.new_zeros(b // k, k, c_out, k, c_in)
+    out.diagonal(dim1=1, dim2=3).copy_(blocks.view(b // k, k, c_out, c_in).permute(0, 2, 3, 1))
+    return out.view(b // k, k * c_out, k * c_in)
+
+
+def depthwise_parameter_grads(grad: torch.Tensor, t: int, g: int,
+                              kernels: list[int]) -> tuple[torch.Tensor, ...]:
+    """The gradient of each of the `t` types' depthwise parameters, (K*C, 1, k, k) with k in
+    `kernels`, from that of `depthwise_weights`' output for `g` groups: summed over the groups,
+    the unreachable taps' (zero) restored, the zero-padded taps dropped."""
+    rows, cols = grad.shape[-2:]
+    grad = (grad.reshape(t, g, -1, 1, rows, cols).sum(dim=1) if g > 1
+            else grad.reshape(t, -1, 1, rows, cols))
+    largest = max(kernels)
+    if rows < largest or cols < largest:
+        grad = F.pad(grad, ((largest - cols) // 2,) * 2 + ((largest - rows) // 2,) * 2)
+    per_type = grad.unbind() if t > 1 else (grad.view(grad.shape[1:]),)
+    return tuple(part if kernel == largest else
+                 part[..., (largest - kernel) // 2:(largest + kernel) // 2,
+                      (largest - kernel) // 2:(largest + kernel) // 2]
+                 for part, kernel in zip(per_type, kernels))
+
+
+def pointwise_parameter_grads(grad: torch.Tensor, t: int, g: int, k: int
+                              ) -> tuple[torch.Tensor, ...]:
+    """The gradient of each of the `t` types' pointwise parameters, (K*C_out, C_in, 1, 1),
+    from that of `pointwise_blocks`' output for `g` groups and `k` edges: summed over the
+    groups; of block-diagonal matrices, the diagonal blocks."""
+    if grad.shape[0] == t * g * k:  # one matrix per (type, group, edge)
+        c_out, c_in = grad.shape[1:]
+        grad = grad.view(t, g, k * c_out, c_in, 1, 1)
+        grad = grad.sum(dim=1) if g > 1 else grad.view(t, k * c_out, c_in, 1, 1)
+    else:  # block-diagonal over the edges
+        c_out, c_in = grad.shape[1] // k, grad.shape[2] // k
+        grad = (grad.view(t, g, k, c_out, k, c_in).diagonal(dim1=2, dim2=4).sum(dim=1)
+                .permute(0, 3, 1, 2).reshape(t, k * c_out, c_in, 1, 1))
+    return grad.unbind() if t > 1 else (grad.view(grad.shape[1:]),)
 
 
 def depthwise_conv(x: torch.Tensor, weight: torch.Tensor, repeat) -> torch.Tensor:
@@ -436,15 +574,32 @@ def depthwise_grads(x, weight, repeat, grad, needs_x: bool, needs_w: bool,
                                   device=grad.device, memory_format=torch.channels_last)
                       if repeated else x)
         grad_x = _depthwise_backward(grad, shape_only, weight, same_padding(weight), "input")
-        if repeated:
-            c = channels // groups
-            grad_x = to_nchw(nhwc(grad_x).view(n, h, w, outer, groups, inner, c)
-                             .sum(dim=(3, 5)).view(n, h, w, channels))
+        if repeated:  # summed over the copies: (N, H, W, T, G, K, C) -> (N, H, W, G, C)
+            copies = memory_view(grad_x.contiguous(memory_format=torch.channels_last),
+                                 (n, h, w, outer, groups, inner, channels // groups))
+            grad_x = as_channels_last(copies.sum(dim=(3, 5)))
         grad_x = cast(grad_x, x_dtype)
     if needs_w:
         grad_w = cast(_depthwise_weight_grad(x, grad, weight, repeat, onednn_weight_grads),
                       w_dtype)
     return grad_x, grad_w
+
+
+def as_channels_last(x: torch.Tensor) -> torch.Tensor:
+    """A contiguous (N, H, W, ...) tensor as the (N, C, H, W) channels-last view of its memory,
+    C the product of the trailing dims: one call (where view, then permute, are two)."""
+    n, h, w = x.shape[:3]
+    c = math.prod(x.shape[3:])
+    return x.as_strided((n, c, h, w), (h * w * c, 1, w * c, c), x.storage_offset())
+
+
+def memory_view(x: torch.Tensor, shape) -> torch.Tensor:
+    """The memory of x, contiguous in channels-last order, as a contiguous tensor of `shape`
+    (as many elements): one call for what would be a chain of views."""
+    strides = [1]
+    for size in reversed(shape[1:]):
+        strides.insert(0, strides[0] * size)
+    return x.as_strided(shape, strides, x.storage_offset())
 
 
 def _depthwise_backward(grad, x, weight, padding, wrt: str) -> torch.Tensor:
@@ -465,79 +620,54 @@ def _depthwise_weight_grad(x, grad, weight, repeat, sliced: bool):
     height, width = x.shape[-2:]
     if not sliced or (kw <= 3 and min(height, width) > kh - 1):
         return _depthwise_backward(grad, repeat_channels(x, repeat), weight, (ph, pw), "weight")
-    # Padded once, before the repeat (the smaller tensor); the gradient is used as it is.
-    x = repeat_channels(F.pad(x, (pw, pw, ph, ph)).contiguous(memory_format=torch.channels_last),
-                        repeat)
+    x = F.pad(x, (pw, pw, ph, ph))  # padded once, before the repeat (the smaller tensor)
     parts = []
-    for first in range(0, kw, 3):  # taps [first, first + cols) of every filter row
-        cols = min(3, kw - first)
-        # Copied into a channels-last tensor here: given the strided slice, oneDNN's path
-        # copies it into another layout first, which took 3-10x as long (0.35 against 0.06-0.15
-        # ms at 52 x 50 x 80 channels).
-        columns = x[..., first:first + width + cols - 1].contiguous(
-            memory_format=torch.channels_last)
-        parts.append(_depthwise_backward(grad, columns, weight[..., first:first + cols], (0, 0),
-                                         "weight"))
+    for first, taps in zip(range(0, kw, 3), weight.split(3, dim=-1)):
+        # Taps [first, first + 3) of every filter row; the columns they read, repeated into
+        # their own channels-last tensor: given a strided slice, oneDNN's path copies it into
+        # another layout first, which took 3-10x as long (0.35 against 0.06-0.15 ms at 52 x
+        # 50 x 80 channels).
+        columns = repeat_channels(x, repeat, slice(first, first + width + taps.shape[-1] - 1))
+        parts.append(_depthwise_backward(grad, columns, taps, (0, 0), "weight"))
     return torch.cat(parts, dim=-1)
 
 
-def grouped_pointwise(x: torch.Tensor, weight: torch.Tensor, groups: int,
-                      paths: FastPaths) -> torch.Tensor:
+def grouped_pointwise(x: torch.Tensor, weight: torch.Tensor, paths: FastPaths) -> torch.Tensor:
     """The 1x1 convolutions of every (type, group, edge) block of C channels, as one `bmm`.
 
-    x: (N, T*G*K*C, H, W) channels-last, channels (type, group, edge, channel); weight: (T, K,
-    C_out, C_in), the same for every group. oneDNN has no fast path for grouped 1x1
-    convolutions (torch loops over the groups in its slow kernel), so the blocks become the
-    batch of a `bmm` that reads the channels-last memory through strided views and writes it
-    likewise (below `paths.strided_output_min_rows` rows through one copy, which is faster
-    there); at up to `paths.block_diagonal_max_channels` channels the K edges of a (type,
-    group) are one block-diagonal block (`_per_block`). Returns the same layout with C_out, in x's dtype
-    (autocast off: the caller's dtype, as given).
+    x: (N, B*C_in, H, W) channels-last; weight: (B, C_out, C_in), one matrix per block
+    (`pointwise_blocks`; a block-diagonal one spans several blocks). oneDNN has no fast path
+    for grouped 1x1 convolutions (torch loops over the groups in its slow kernel), so the
+    blocks become the batch of a `bmm` that reads the channels-last memory through a strided
+    view and writes it likewise (below `paths.strided_output_min_rows` rows through one copy,
+    which is faster there). Returns (N, B*C_out, H, W) channels-last, in x's dtype (autocast
+    off: the caller's dtype, as given).
     """
     with torch.autocast(x.device.type, enabled=False):
-        per_block = _per_block(cast(weight, x.dtype), groups, paths.block_diagonal_max_channels)
-        return _blockwise_matmul(x, per_block.transpose(1, 2), paths.strided_output_min_rows)
+        return _blockwise_matmul(x, cast(weight, x.dtype).transpose(1, 2),
+                                 paths.strided_output_min_rows)
 
 
-def pointwise_grads(x, weight, groups: int, grad, needs_x: bool, needs_w: bool,
-                    paths: FastPaths):
+def pointwise_grads(x, weight, grad, needs_x: bool, needs_w: bool, paths: FastPaths):
     """The gradients (input, weight) of `grouped_pointwise`, each in its input's dtype."""
     x_dtype, w_dtype = x.dtype, weight.dtype
     grad = grad.contiguous(memory_format=torch.channels_last)
-    t, k, c_out, c_in = weight.shape
+    weight = cast(weight, grad.dtype)
     grad_x = grad_w = None
-    per_block = _per_block(cast(weight, grad.dtype), groups, paths.block_diagonal_max_channels)
     if needs_x:
-        grad_x = cast(_blockwise_matmul(grad, per_block, paths.strided_output_min_rows), x_dtype)
+        grad_x = cast(_blockwise_matmul(grad, weight, paths.strided_output_min_rows), x_dtype)
     if needs_w:
         x = cast(x, grad.dtype).contiguous(memory_format=torch.channels_last)
-        block_out, block_in = per_block.shape[1:]
-        full = torch.bmm(_blocks(grad, block_out).transpose(1, 2), _blocks(x, block_in))
-        if block_out == c_out:
-            grad_w = full.view(t, groups, k, c_out, c_in).sum(dim=1)
-        else:  # block-diagonal over the edges: the edges' own blocks are its diagonal
-            grad_w = (full.view(t, groups, k, c_out, k, c_in).diagonal(dim1=2, dim2=4)
-                      .sum(dim=1).permute(0, 3, 1, 2))
-        grad_w = cast(grad_w, w_dtype)
+        c_out, c_in = weight.shape[1:]
+        grad_w = cast(torch.bmm(_blocks(grad, c_out).transpose(1, 2), _blocks(x, c_in)),
+                      w_dtype)
     return grad_x, grad_w
 
 
-def _per_block(weight: torch.Tensor, groups: int, block_diagonal_max_channels: int) -> torch.Tensor:
-    """(T, K, C_out, C_in) -> the bmm's weights, (T*G*K, C_out, C_in): block (t, g, k) uses
-    weight[t, k]; for C_in <= block_diagonal_max_channels (T*G, K*C_out, K*C_in), block (t, g)
-    block-diagonal with weight[t, 0..K-1]."""
-    t, k, c_out, c_in = weight.shape
-    if c_in <= block_diagonal_max_channels and k > 1:
-        eye = torch.eye(k, dtype=weight.dtype, device=weight.device)
-        weight = torch.einsum("kl,tkoi->tkoli", eye, weight).reshape(t, 1, k * c_out, k * c_in)
-        return weight.expand(t, groups, k * c_out, k * c_in).reshape(-1, k * c_out, k * c_in)
-    return weight.unsqueeze(1).expand(t, groups, k, c_out, c_in).reshape(-1, c_out, c_in)
-
-
 def _blocks(x: torch.Tensor, c: int) -> torch.Tensor:
-    """(N, B*C, H, W) channels-last -> the (B, N*H*W, C) view of its memory."""
-    n, channels, h, w = x.shape
-    return nhwc(x).reshape(n * h * w, channels // c, c).transpose(0, 1)
+    """(N, B*C, H, W) channels-last contiguous -> the (B, N*H*W, C) view of its memory."""
+    n, channels, h, w = x.shape  # row r = (n, h, w) of block b starts at r*channels + b*c
+    return x.as_strided((channels // c, n * h * w, c), (c, channels, 1), x.storage_offset())
 
 
 def _blockwise_matmul(x: torch.Tensor, weight: torch.Tensor,
@@ -549,10 +679,11 @@ def _blockwise_matmul(x: torch.Tensor, weight: torch.Tensor,
     blocks, c_in, c_out = weight.shape
     x = _blocks(x.contiguous(memory_format=torch.channels_last), c_in)
     if n * h * w < strided_output_min_rows:
-        return to_nchw(torch.bmm(x, weight).transpose(0, 1).reshape(n, h, w, -1))
-    out = torch.empty(n, h, w, blocks * c_out, dtype=x.dtype, device=x.device)
-    torch.bmm(x, weight, out=_blocks(to_nchw(out), c_out))
-    return to_nchw(out)
+        return as_channels_last(torch.bmm(x, weight).transpose(0, 1).reshape(n, h, w, -1))
+    out = torch.empty(n, blocks * c_out, h, w, dtype=x.dtype, device=x.device,
+                      memory_format=torch.channels_last)
+    torch.bmm(x, weight, out=_blocks(out, c_out))
+    return out
 
 
 def channel_shuffle(x: torch.Tensor, parts: int) -> torch.Tensor:

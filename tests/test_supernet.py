@@ -165,26 +165,41 @@ def pointwise_reference(x, weight, groups):
 
 
 def separable_reference(x, depthwise, pointwise, stage, groups):
-    """Stage 1 repeats x's channels per (type, edge); then torch's depthwise convolution and
-    the pointwise blocks by einsum."""
-    types, edges = pointwise.shape[:2]
+    """Plain torch: each type's filters zero-padded to the largest and repeated per group,
+    stage 1's input repeated per (type, edge), torch's depthwise convolution, then the
+    pointwise blocks by einsum."""
+    types, kernel = len(depthwise), max(w.shape[-1] for w in depthwise)
+    filters = torch.stack([torch.nn.functional.pad(w, ((kernel - w.shape[-1]) // 2,) * 4)
+                           for w in depthwise])  # (T, K*C, 1, k, k)
+    filters = filters.unsqueeze(1).expand(types, groups, *filters.shape[1:]).reshape(
+        -1, 1, kernel, kernel)
+    c_out, c_in = pointwise[0].shape[:2]
+    edges = depthwise[0].shape[0] // c_in
     if stage == 1:
         x = repeated(x, (types, groups, edges))
-    k = depthwise.shape[-1]
-    y = torch.nn.functional.conv2d(x, depthwise, padding=k // 2, groups=x.shape[1])
-    return pointwise_reference(y, pointwise, groups)
+    y = torch.nn.functional.conv2d(x, filters, padding=kernel // 2, groups=x.shape[1])
+    return pointwise_reference(y, torch.stack([w.view(edges, c_out // edges, c_in)
+                                               for w in pointwise]), groups)
 
 
 def separable_inputs(stage, types, groups, edges, channels, size, kernel, dtype, device="cpu"):
+    """x and each type's parameters as SharedSourceOps holds them; with two types, the first
+    type's filters 2 smaller than `kernel` (as sep_conv_3x3 beside sep_conv_5x5)."""
     x = torch.randn(2, (1 if stage == 1 else types * edges) * groups * channels, *size,
                     dtype=dtype).to(device).contiguous(
         memory_format=torch.channels_last).requires_grad_()
-    wide = types * groups * edges * channels
-    depthwise = torch.randn(wide, 1, kernel, kernel, dtype=dtype).to(device).requires_grad_()
-    pointwise = torch.randn(types, edges, channels, channels, dtype=dtype).to(
-        device).requires_grad_()
-    repeat = (types, groups, edges) if stage == 1 else (1, 1, 1)
-    return x, depthwise, pointwise, repeat
+    kernels = [max(1, kernel - 2), kernel][-types:]
+    depthwise = [torch.randn(edges * channels, 1, k, k, dtype=dtype).to(device).requires_grad_()
+                 for k in kernels]
+    pointwise = [torch.randn(edges * channels, channels, 1, 1, dtype=dtype).to(
+        device).requires_grad_() for _ in range(types)]
+    stage_spec = dict(types=types, groups=groups, edges=edges, repeat=stage == 1)
+    return x, depthwise, pointwise, stage_spec
+
+
+def separable(x, depthwise, pointwise, spec, recompute, paths):
+    stage = search_cell.SeparableStage(**spec, recompute=recompute, paths=paths)
+    return search_cell.SeparableConv.apply(x, stage, *depthwise, *pointwise)
 
 
 @pytest.mark.parametrize("recompute", [False, True])
@@ -193,52 +208,73 @@ def separable_inputs(stage, types, groups, edges, channels, size, kernel, dtype,
     (1, 1, 1, 6), (2, 3, 2, 2), (1, 1, 3, 2),  # block-diagonal pointwise (C <= 8)
     (2, 2, 2, 10)])  # one pointwise block per edge
 @pytest.mark.parametrize("size,kernel", [((2, 2), 3), ((4, 4), 5), ((5, 7), 5), ((9, 6), 3),
-                                         ((6, 8), 5), ((1, 1), 1)])
+                                         ((6, 8), 5), ((1, 1), 1), ((2, 3), 5)])
 def test_separable_conv_equals_torchs_depthwise_then_einsum(size, kernel, types, groups, edges,
                                                             channels, stage, recompute, device):
     # Covers oneDNN's own depthwise weight gradient (3 wide, large enough input) and the split
-    # one, a repeated input's gradient summed over the copies, both pointwise paths, and the
-    # depthwise output kept or computed again in the backward pass.
+    # one, filters cut to their reachable taps, a repeated input's gradient summed over the
+    # copies, both pointwise paths, the depthwise output kept or computed again in the
+    # backward pass, and each parameter's gradient: summed over the groups, the zero-padded
+    # taps of the smaller filters dropped.
     torch.manual_seed(0)
-    x, depthwise, pointwise, repeat = separable_inputs(stage, types, groups, edges, channels,
-                                                       size, kernel, torch.float64, device)
-    y = search_cell.SeparableConv.apply(x, depthwise, pointwise, repeat, groups, recompute,
-                                        FastPaths.for_device(device))
+    x, depthwise, pointwise, spec = separable_inputs(stage, types, groups, edges, channels,
+                                                     size, kernel, torch.float64, device)
+    y = separable(x, depthwise, pointwise, spec, recompute, FastPaths.for_device(device))
     ref = separable_reference(x, depthwise, pointwise, stage, groups)
     assert y.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(y, ref)
     grad = torch.randn_like(ref)
-    inputs = (x, depthwise, pointwise)
+    inputs = (x, *depthwise, *pointwise)
     for mine, theirs in zip(torch.autograd.grad(y, inputs, grad),
                             torch.autograd.grad(ref, inputs, grad)):
+        assert mine.shape == theirs.shape
         torch.testing.assert_close(mine, theirs)
 
 
 @pytest.mark.parametrize("size,kernel", [((4, 4), 5), ((9, 7), 5), ((2, 2), 3), ((6, 5), 3)])
-def test_depthwise_weight_grad_in_slices_equals_one_call(size, kernel, device):
-    # The oneDNN workaround (filter columns in slices of at most 3) against the plain call
-    # that other devices take: the same sums, split by tap.
+@pytest.mark.parametrize("repeat", [(2, 1, 1), (2, 3, 2), (1, 1, 1)])
+def test_depthwise_weight_grad_in_slices_equals_one_call(size, kernel, repeat, device):
+    # The oneDNN workaround (filter columns in slices of at most 3, each slice's input
+    # repeated on its own) against the plain call that other devices take: the same sums,
+    # split by tap.
     torch.manual_seed(0)
-    x = torch.randn(2, 4 * 3, *size, dtype=torch.float64).to(device)
-    weight = torch.randn(2 * 4 * 3, 1, kernel, kernel, dtype=torch.float64).to(device)
-    grad = torch.randn(2, 2 * 4 * 3, *size, dtype=torch.float64).to(device)
-    repeat = (2, 1, 1)
+    outer, groups, inner = repeat
+    x = torch.randn(2, groups * 3, *size, dtype=torch.float64).to(device).contiguous(
+        memory_format=torch.channels_last)
+    wide = outer * groups * inner * 3
+    weight = torch.randn(wide, 1, kernel, kernel, dtype=torch.float64).to(device)
+    grad = torch.randn(2, wide, *size, dtype=torch.float64).to(device)
     sliced = search_cell._depthwise_weight_grad(x, grad, weight, repeat, sliced=True)
     plain = search_cell._depthwise_weight_grad(x, grad, weight, repeat, sliced=False)
     torch.testing.assert_close(sliced, plain)
 
 
-def test_separable_conv_recomputing_keeps_only_its_inputs():
-    x, depthwise, pointwise, repeat = separable_inputs(1, 2, 2, 3, 4, (6, 6), 5, torch.float32)
-    for recompute, kept in ((True, 3), (False, 4)):
+def test_repeat_channels_equals_the_plain_repeat_and_cuts_columns():
+    x = torch.randn(2, 3 * 4, 5, 7).contiguous(memory_format=torch.channels_last)
+    for repeat in ((2, 3, 5), (1, 3, 2), (1, 1, 1)):
+        plain = repeated(x, repeat)
+        mine = search_cell.repeat_channels(x, repeat)
+        assert mine.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(mine, plain, rtol=0, atol=0)
+        cut = search_cell.repeat_channels(x, repeat, slice(2, 6))
+        assert cut.is_contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(cut, plain[..., 2:6], rtol=0, atol=0)
+
+
+def test_separable_conv_recomputing_keeps_only_its_inputs_and_weights():
+    x, depthwise, pointwise, spec = separable_inputs(1, 2, 2, 3, 4, (6, 6), 5, torch.float32)
+    wide = (2, 2 * 2 * 3 * 4, 6, 6)  # the depthwise output, as wide as every (type, edge)
+    for recompute in (True, False):
         saved = []
         with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t,
                                                       lambda t: t):
-            search_cell.SeparableConv.apply(x, depthwise, pointwise, repeat, 2, recompute,
-                                            CPU_FAST_PATHS)
-        assert len(saved) == kept
-        assert [t.data_ptr() for t in saved[:3]] == [
-            x.data_ptr(), depthwise.data_ptr(), pointwise.data_ptr()]
+            separable(x, depthwise, pointwise, spec, recompute, CPU_FAST_PATHS)
+        assert saved[0].data_ptr() == x.data_ptr()
+        # The weights as the convolutions read them: the filters of every (type, group,
+        # edge) and the pointwise matrices, small beside the activations.
+        assert [tuple(t.shape) for t in saved[1:3]] == [(2 * 2 * 3 * 4, 1, 5, 5),
+                                                        (2 * 2, 3 * 4, 3 * 4)]
+        assert [tuple(t.shape) for t in saved[3:]] == ([] if recompute else [wide])
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
@@ -248,14 +284,13 @@ def test_separable_conv_under_autocast_matches_torchs(stage, recompute, dtype, d
     # Autocast (--amp, on CUDA in practice; the CPU's autocast exercises the same casts): the
     # output in the autocast dtype, each gradient in its input's dtype.
     torch.manual_seed(0)
-    x, depthwise, pointwise, repeat = separable_inputs(stage, 2, 2, 2, 4, (6, 6), 5,
-                                                       torch.float32, device)
+    x, depthwise, pointwise, spec = separable_inputs(stage, 2, 2, 2, 4, (6, 6), 5,
+                                                     torch.float32, device)
     with torch.autocast(device.type, dtype=dtype):
-        y = search_cell.SeparableConv.apply(x, depthwise, pointwise, repeat, 2, recompute,
-                                            FastPaths.for_device(device))
+        y = separable(x, depthwise, pointwise, spec, recompute, FastPaths.for_device(device))
     assert y.dtype == dtype
     grad = torch.randn(y.shape).to(device)
-    inputs = (x, depthwise, pointwise)
+    inputs = (x, *depthwise, *pointwise)
     mine = torch.autograd.grad(y, inputs, grad.to(y.dtype))
     theirs = torch.autograd.grad(separable_reference(x, depthwise, pointwise, stage, 2), inputs,
                                  grad)
@@ -272,15 +307,19 @@ def test_grouped_pointwise_and_its_gradients_equal_einsum(types, groups, edges, 
     torch.manual_seed(0)
     x = torch.randn(2, types * groups * edges * c_in, 5, 3, dtype=torch.float64).to(
         device).contiguous(memory_format=torch.channels_last).requires_grad_()
-    w = torch.randn(types, edges, c_out, c_in, dtype=torch.float64).to(device).requires_grad_()
+    ws = [torch.randn(edges * c_out, c_in, 1, 1, dtype=torch.float64).to(device).requires_grad_()
+          for _ in range(types)]
     paths = FastPaths.for_device(device)
-    y = search_cell.grouped_pointwise(x, w, groups, paths)
-    ref = pointwise_reference(x, w, groups)
+    blocks = search_cell.pointwise_blocks(ws, groups, edges, paths.block_diagonal_max_channels)
+    y = search_cell.grouped_pointwise(x, blocks.detach(), paths)
+    ref = pointwise_reference(x, torch.stack([w.view(edges, c_out, c_in) for w in ws]), groups)
     assert y.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(y, ref)
     grad = torch.randn_like(ref)
-    mine = search_cell.pointwise_grads(x, w, groups, grad, True, True, paths)
-    for a, b in zip(mine, torch.autograd.grad(ref, (x, w), grad)):
+    grad_x, grad_blocks = search_cell.pointwise_grads(x, blocks.detach(), grad, True, True,
+                                                      paths)
+    mine = (grad_x, *search_cell.pointwise_parameter_grads(grad_blocks, types, groups, edges))
+    for a, b in zip(mine, torch.autograd.grad(ref, (x, *ws), grad)):
         torch.testing.assert_close(a, b)
 
 
