@@ -31,7 +31,7 @@ file evaluates:
   incoming state. Adding an operation to the table gives a correct search, slower only for it.
 
 Channel layout of a state read by `k` edges with `G` groups: (N, G*C) in, (N, G, k, C) out
-(with the parameter-free terms apart, (k, N, H, W, G, C)).
+(the parameter-free terms, mixed apart as (k, N, H, W, G, C), are added to it).
 """
 from __future__ import annotations
 
@@ -219,9 +219,7 @@ class SharedSourceOps(nn.Module):
     def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """x: (N, G*C, H, W) channels-last; weights: (k, len(PRIMITIVES)) normalised alphas.
 
-        Returns the mixed operation of every edge (paper Eq. 2) as two terms to add: the
-        operations with parameters, (N, H, W, G, k, C), and the parameter-free ones, (k, N, H,
-        W, G, C).
+        Returns the mixed operation of every edge (paper Eq. 2), (N, H, W, G, k, C).
         """
         n, _, h, w = x.shape
         g, k, c = self.groups, self.num_edges, self.channels
@@ -268,7 +266,7 @@ class SharedSourceOps(nn.Module):
             out = out + nhwc(getattr(self, f"{name}_bn")(y, next(scales))).view(
                 n, h, w, g, k, c)
         # Parameter-free operations: one tensor for all k edges, mixed by one small matmul
-        # whose output is edge-major, so each edge's term is contiguous (no transposes).
+        # (edge-major; added to the others' (group, edge)-major terms as a strided view).
         max_pool = self.max_pool_bn(F.max_pool2d(x, 3, 1, 1))
         avg_pool = self.avg_pool_bn(F.avg_pool2d(x, 3, 1, 1, count_include_pad=False))
         skip = skip_connect(x, self.skip_dropout, self.training)
@@ -281,7 +279,7 @@ class SharedSourceOps(nn.Module):
             y = torch.stack([torch.stack([nhwc(op(part)) for op in edge_ops], dim=3)
                              for part in x.split(c, dim=1)], dim=3)  # (N, H, W, G, k, C)
             out = out + y * weights[:, OP[name]].view(k, 1)
-        return out, free
+        return out + free.permute(1, 2, 3, 4, 0, 5)
 
 
 def cast(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -515,10 +513,14 @@ def depthwise_parameter_grads(grad: torch.Tensor, t: int, g: int,
     if rows < largest or cols < largest:
         grad = F.pad(grad, ((largest - cols) // 2,) * 2 + ((largest - rows) // 2,) * 2)
     per_type = grad.unbind() if t > 1 else (grad.view(grad.shape[1:]),)
-    return tuple(part if kernel == largest else
-                 part[..., (largest - kernel) // 2:(largest + kernel) // 2,
-                      (largest - kernel) // 2:(largest + kernel) // 2]
+    return tuple(part if kernel == largest else _centre(part, kernel)
                  for part, kernel in zip(per_type, kernels))
+
+
+def _centre(x: torch.Tensor, k: int) -> torch.Tensor:
+    """The central k x k taps of x (..., K, K), copied: a contiguous gradient is what the
+    parameter keeps as it is (a strided view would be copied once more)."""
+    return F.pad(x, (-((x.shape[-1] - k) // 2),) * 4)
 
 
 def pointwise_parameter_grads(grad: torch.Tensor, t: int, g: int, k: int
@@ -569,10 +571,9 @@ def depthwise_grads(x, weight, repeat, grad, needs_x: bool, needs_w: bool,
     repeated = outer * inner > 1
     grad_x = grad_w = None
     if needs_x:
-        # The input gradient reads only the input's shape and layout: no repeat made.
-        shape_only = (torch.empty(n, weight.shape[0], h, w, dtype=grad.dtype,
-                                  device=grad.device, memory_format=torch.channels_last)
-                      if repeated else x)
+        # The input gradient reads only the input's shape and layout: no repeat made, the
+        # gradient (of the output, as large as the repeated input) stands in for it.
+        shape_only = grad if repeated else x
         grad_x = _depthwise_backward(grad, shape_only, weight, same_padding(weight), "input")
         if repeated:  # summed over the copies: (N, H, W, T, G, K, C) -> (N, H, W, G, C)
             copies = memory_view(grad_x.contiguous(memory_format=torch.channels_last),
@@ -785,13 +786,12 @@ class SearchCell(nn.Module):
             else:
                 op_in = state
             g = op_in.shape[3]
-            out, free = ops(to_nchw(op_in.reshape(n, *size, g * op_in.shape[-1])), weights)
+            out = ops(to_nchw(op_in.reshape(n, *size, g * op_in.shape[-1])), weights)
             # unbind, not out[..., e]: the backward of k selects would zero-fill and add k
             # tensors of out's full size, the backward of unbind stacks once.
-            for e, (block, term, free_term) in enumerate(zip(
-                    range(max(0, j - 1), self.steps), out.unbind(dim=4), free.unbind(dim=0))):
+            for e, (block, term) in enumerate(zip(range(max(0, j - 1), self.steps),
+                                                  out.unbind(dim=4))):
                 add(blocks, block, term)
-                add(blocks, block, free_term)
                 if parts > 1:
                     add(passed, block, rest * scale[e])
 
@@ -809,9 +809,9 @@ class SearchCell(nn.Module):
             # Block j-1 is complete once states 0..j have been read (it is state j+1).
             read(j, x if j == 1 else state_of_block(j - 2), ops)
 
-        # Paper Eq. 6: the beta-weighted sum over incoming states, block by block (the
-        # blocks are kept for the backward pass anyway; their concatenation need not be).
-        betas = betas.view(groups, 1)
-        out = torch.cat([(state_of_block(b) * betas).sum(dim=3)
-                         for b in range(self.steps - self.block_multiplier, self.steps)], dim=-1)
-        return to_nchw(out)  # (N, mult*C, H, W), channels-last
+        # Paper Eq. 6: the beta-weighted sum over incoming states of the output blocks, all
+        # at once (stacked, they are the output's channels already: no concatenation after).
+        last = torch.stack([state_of_block(b) for b in range(self.steps - self.block_multiplier,
+                                                             self.steps)], dim=3)
+        out = (last * betas.view(groups, 1)).sum(dim=4)  # (N, H, W, mult, C)
+        return to_nchw(out.view(n, *size, -1))  # (N, mult*C, H, W), channels-last

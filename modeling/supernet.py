@@ -139,6 +139,10 @@ class AutoDeepLabSearch(nn.Module):
                              cfg.aspp_channels or cfg.output_channels(last, s),
                              ASPP_RATE_BASE // level_stride(s), cfg.num_classes)
             for s in self.head_levels})
+        # The convolution weights channels-last, as the activations: their gradients then come
+        # in the parameters' own layout and are kept as they are (otherwise copied, one call
+        # each, and each weight converted in every forward call).
+        self.to(memory_format=torch.channels_last)
 
     @staticmethod
     def _key(layer: int, level: int) -> str:
