@@ -104,6 +104,7 @@ SEP_CONVS = ("sep_conv_3x3", "sep_conv_5x5")
 SEP_KERNEL = 5  # the larger depthwise kernel of SEP_CONVS
 ATROUS_CONVS = ("atrous_conv_3x3", "atrous_conv_5x5")
 PARAMETER_FREE = ("max_pool_3x3", "avg_pool_3x3", "skip_connect")  # the order of `stacked`
+WEIGHTED_OPS = (*SEP_CONVS, *ATROUS_CONVS)  # the channel order of `weighted_bn`
 # The operations with a fast path here; every other operation of the table runs as the plain
 # supernet runs it. Both together are the table, exactly.
 FAST_OPS = (NONE_OP, *PARAMETER_FREE, *SEP_CONVS, *ATROUS_CONVS)
@@ -178,12 +179,13 @@ class SharedSourceOps(nn.Module):
         self.sep_conv_5x5_pw2 = _conv_weight(k, c, c, 1)
         # Both separable types run as one tensor, channels (type, group, edge, channel).
         self.sep_conv_bn1 = AffineFreeBN(len(SEP_CONVS) * wide)
-        self.sep_conv_bn2 = AffineFreeBN(len(SEP_CONVS) * wide)
-        # Dilated convolutions (read by name in `forward`: <type>, <type>_bn).
+        # Dilated convolutions (read by name in `forward`).
         self.atrous_conv_3x3 = _conv_weight(k, c, c, 3)
-        self.atrous_conv_3x3_bn = AffineFreeBN(wide)
         self.atrous_conv_5x5 = _conv_weight(k, c, c, 5)
-        self.atrous_conv_5x5_bn = AffineFreeBN(wide)
+        # The batch norm that ends every operation with parameters (the separable types'
+        # second, the dilated types' only), for all of them at once: channels (type, group,
+        # edge, channel), types in WEIGHTED_OPS order.
+        self.weighted_bn = AffineFreeBN(len(WEIGHTED_OPS) * wide)
         self.max_pool_bn = AffineFreeBN(groups * c)
         self.avg_pool_bn = AffineFreeBN(groups * c)
         # Operations without a fast path: one search module per edge, shared by the groups.
@@ -199,6 +201,15 @@ class SharedSourceOps(nn.Module):
                 if all(key in state_dict for key in old):
                     state_dict[f"{prefix}sep_conv_{stage}.{stat}"] = torch.cat(
                         [state_dict.pop(key) for key in old])
+        # Written before the operations with parameters shared their last batch norm: one for
+        # both separable types, one per dilated type; the shared one's channels are theirs,
+        # concatenated in WEIGHTED_OPS order.
+        for stat in ("running_mean", "running_var"):
+            old = [f"{prefix}sep_conv_bn2.{stat}",
+                   *(f"{prefix}{name}_bn.{stat}" for name in ATROUS_CONVS)]
+            if all(key in state_dict for key in old):
+                state_dict[f"{prefix}weighted_bn.{stat}"] = torch.cat(
+                    [state_dict.pop(key) for key in old])
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _separable(self, x: torch.Tensor, stage: int, names, recompute: bool,
@@ -235,36 +246,32 @@ class SharedSourceOps(nn.Module):
         # of keeping them (`SeparableConv`): they hold most of the search's memory.
         large = h * w > paths.merged_depthwise_max_pixels
         calls = [(name,) for name in SEP_CONVS] if large else [SEP_CONVS]
-        # The operation weights of every (op, group, edge, channel), the scales of the batch
-        # norms that end the operations: made once, then split per call.
-        scaled = [*calls, *((name,) for name in ATROUS_CONVS)]
-        names = tuple(name for call in scaled for name in call)
-        ops = weights[:, op_columns(names)].t()  # (ops, k), a view in the default order
-        scales = iter(ops.reshape(len(names), 1, k, 1).expand(len(names), g, k, c).reshape(-1)
-                      .split([len(call) * g * k * c for call in scaled]))
-        out, first = None, 0
+        terms, first = [], 0  # each type's output before the batch norm that ends it
         for names in calls:
             t = len(names)
-            # The shared batch norms' channels of these types; None: all of them.
+            # The shared batch norm's channels of these types; None: all of them.
             channels = None if t == len(SEP_CONVS) else slice(first * g * k * c,
                                                                (first + t) * g * k * c)
             y = self._separable(r, 1, names, large, paths)
             # Stage 2: per-edge BN, ReLU and depthwise conv, then the pointwise convs again.
             # In place: batch norm's backward needs its input, not its output.
             y = F.relu(self.sep_conv_bn1(y, channels=channels), inplace=True)
-            y = self._separable(y, 2, names, large, paths)
-            y = self.sep_conv_bn2(y, next(scales), channels=channels)
-            y = nhwc(y).view(n, h, w, t, g, k, c)
-            y = y.sum(dim=3) if t > 1 else y.squeeze(3)  # (N, H, W, G, k, C)
-            out = y if out is None else out + y
+            terms.append(self._separable(y, 2, names, large, paths))
             first += t
         # The dense atrous convolutions see the groups as more images (the weights are the
         # same for every group): oneDNN's grouped dense kernels are up to 3x slower.
         r_batch = groups_to_batch(r, g)
         for name in ATROUS_CONVS:
-            y = batch_to_groups(same_conv(r_batch, getattr(self, name), ATROUS_DILATION), g)
-            out = out + nhwc(getattr(self, f"{name}_bn")(y, next(scales))).view(
-                n, h, w, g, k, c)
+            terms.append(batch_to_groups(same_conv(r_batch, getattr(self, name),
+                                                   ATROUS_DILATION), g))
+        # One batch norm ends every operation with parameters, each (type, group, edge,
+        # channel) with its own statistics; its scale is the edge's weight of the operation
+        # (alpha), so the weighted sum of Eq. 2 is a sum over the types.
+        ops = weights[:, op_columns(WEIGHTED_OPS)].t()  # (types, k), a view in the default order
+        types = len(WEIGHTED_OPS)
+        scale = ops.reshape(types, 1, k, 1).expand(types, g, k, c).reshape(-1)
+        y = self.weighted_bn(torch.cat(terms, dim=1), scale)
+        out = nhwc(y).view(n, h, w, types, g, k, c).sum(dim=3)  # (N, H, W, G, k, C)
         # Parameter-free operations: one tensor for all k edges, mixed by one small matmul
         # (edge-major; added to the others' (group, edge)-major terms as a strided view).
         max_pool = self.max_pool_bn(F.max_pool2d(x, 3, 1, 1))

@@ -148,7 +148,8 @@ def test_separable_running_statistics_same_whether_types_run_together_or_apart()
     for merged_max_pixels in (10 ** 6, 0):
         model = tiny_model(seed=3, fast_paths=FastPaths(merged_max_pixels))
         model(x)
-        stats.append({k: v for k, v in model.state_dict().items() if "sep_conv_bn" in k})
+        stats.append({k: v for k, v in model.state_dict().items()
+                      if "sep_conv_bn" in k or "weighted_bn" in k})
     assert stats[0].keys() == stats[1].keys() and stats[0]
     for key, value in stats[0].items():
         torch.testing.assert_close(stats[1][key], value, msg=key)
@@ -323,18 +324,31 @@ def test_grouped_pointwise_and_its_gradients_equal_einsum(types, groups, edges, 
         torch.testing.assert_close(a, b)
 
 
-def test_checkpoints_with_a_batch_norm_per_separable_type_still_load():
+@pytest.mark.parametrize("layout", ["one batch norm per separable type",
+                                    "one batch norm per type ending the weighted ops"])
+def test_checkpoints_with_earlier_batch_norm_layouts_still_load(layout):
     model = tiny_model(seed=5)
     model(torch.randn(2, 3, 32, 32))  # running statistics that are not the initial ones
     state = model.state_dict()
-    old = {}  # the layout written before both types shared one batch norm
+    # The layouts written before the types shared batch norms: the last batch norm of each
+    # operation with parameters its own (both separable types one, or each type its own),
+    # and the separable types' first either shared or one per type.
+    per_type = layout.startswith("one batch norm per separable")
+    old = {}
     for key, value in state.items():
-        if ".sep_conv_bn" in key:
-            module, stage_stat = key.split(".sep_conv_")
-            for name, half in zip(search_cell.SEP_CONVS, value.chunk(2)):
-                old[f"{module}.{name}_{stage_stat}"] = half
+        module, _, rest = key.rpartition(".weighted_bn.")
+        if module:
+            sep, *atrous = value.split([len(value) // 2, len(value) // 4, len(value) // 4])
+            old[f"{module}.sep_conv_bn2.{rest}"] = sep
+            for name, part in zip(search_cell.ATROUS_CONVS, atrous):
+                old[f"{module}.{name}_bn.{rest}"] = part
         else:
             old[key] = value
+    if per_type:
+        for key in [k for k in old if ".sep_conv_bn" in k]:
+            module, stage_stat = key.split(".sep_conv_")
+            for name, half in zip(search_cell.SEP_CONVS, old.pop(key).chunk(2)):
+                old[f"{module}.{name}_{stage_stat}"] = half
     assert len(old) > len(state)
     rebuilt = tiny_model(seed=6)
     rebuilt.load_state_dict(old)
