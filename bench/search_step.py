@@ -44,6 +44,10 @@ def get_args_parser():
     p.add_argument("--supernet", default="fast",
                    choices=getattr(supernet, "IMPLEMENTATIONS", ("fast",)),
                    help="the fast cells, or the plain ones (one module per edge) as baseline")
+    p.add_argument("--fast-paths", default="device", choices=["device", "cpu", "other"],
+                   help="the search cell's fast paths (modeling.search_cell.FastPaths): the "
+                        "device's own, the CPU's, or those of every other device (a GPU's "
+                        "operator calls, counted on this machine)")
     p.add_argument("--cuda-graphs", action="store_true",
                    help="both steps as CUDA graphs, as train_autodeeplab.py --cuda-graphs "
                         "(captured in the untimed steps)")
@@ -62,7 +66,13 @@ def build(args, crop: int):
                             partial_channels=args.partial_channels,
                             **({} if args.supernet == "fast" else
                                {"implementation": args.supernet}))
-    model = AutoDeepLabSearch(config, checkpoint_cells=args.checkpoint_cells).to(device).train()
+    # Revisions before the flag know only the device's own paths (bench/revisions_ab.py).
+    paths, fast_paths = getattr(args, "fast_paths", "device"), {}
+    if paths != "device":
+        from modeling.search_cell import CPU_FAST_PATHS, OTHER_FAST_PATHS
+        fast_paths["fast_paths"] = CPU_FAST_PATHS if paths == "cpu" else OTHER_FAST_PATHS
+    model = AutoDeepLabSearch(config, checkpoint_cells=args.checkpoint_cells,
+                              **fast_paths).to(device).train()
     criterion = torch.nn.CrossEntropyLoss(ignore_index=255)
     weights = model.weight_parameters()
     optimizer = torch.optim.SGD(weights, lr=0.025, momentum=0.9, weight_decay=3e-4,
@@ -111,7 +121,8 @@ def measure(args, crop: int) -> dict:
         "crop": crop, "batch": args.batch_size, "F": args.filter_multiplier,
         "B": args.block_multiplier, "steps": args.steps, "L": args.num_layers,
         "checkpoint_cells": args.checkpoint_cells, "partial_channels": args.partial_channels,
-        "supernet": args.supernet, "cuda_graphs": args.cuda_graphs,
+        "supernet": args.supernet, "fast_paths": args.fast_paths,
+        "cuda_graphs": args.cuda_graphs,
         "device": str(device), "amp": args.amp, "tf32": args.tf32,
         "threads": torch.get_num_threads(),
         "weight_step_s": {"median": round(w_med, 3), "min": round(w_min, 3)},

@@ -47,7 +47,8 @@ class MixedOp(nn.Module):
 
 class PlainSearchCell(nn.Module):
     """The cell of one node, applied to each incoming state; the arguments and the forward
-    are `modeling.search_cell.SearchCell`'s.
+    are `modeling.search_cell.SearchCell`'s, except that the forward reads the alphas (E, ops)
+    and the edge weights as they are.
 
     With `partial_channels` K > 1 (PC-DARTS), every edge runs its mixed operation on the first
     C/K channels of its input, passes the others, concatenates and shuffles the channels; a
@@ -79,10 +80,11 @@ class PlainSearchCell(nn.Module):
         return edge_weights[index] * out
 
     def forward(self, inputs: list[torch.Tensor], prev_prev: torch.Tensor,
-                alphas: torch.Tensor, betas: torch.Tensor, size: tuple[int, int],
+                betas: torch.Tensor, size: tuple[int, int], alphas: torch.Tensor,
                 edge_weights: torch.Tensor | None = None) -> torch.Tensor:
-        """inputs: the incoming states; prev_prev: H(l-2); alphas: (E, ops) and betas: (G,)
-        normalised; size: this level's (H, W). Returns (N, block_multiplier * C, H, W)."""
+        """inputs: the incoming states; prev_prev: H(l-2); betas: (G,) normalised; size: this
+        level's (H, W); alphas: (E, ops) normalised; edge_weights: (E,) normalised (partial
+        channels only). Returns (N, block_multiplier * C, H, W)."""
         s0 = self.preprocess_prev_prev(prev_prev, size)
         out = 0
         for pre, direction, h, beta in zip(self.preprocess, self.directions, inputs, betas):

@@ -116,6 +116,44 @@ if not set(FAST_OPS) <= set(PRIMITIVES):
                       f"and SharedSourceOps too")
 
 
+def state_edges(steps: int) -> list[list[int]]:
+    """For each state j of a cell (0 = H(l-2), 1 = H(l-1), b + 2 = block b), the edges that
+    read it, in block order: blocks max(0, j-1)..steps-1."""
+    return [[edge_offset(b) + j for b in range(max(0, j - 1), steps)] for j in range(steps + 1)]
+
+
+@dataclass(frozen=True)
+class EdgeWeights:
+    """The normalised alphas of the k edges that read one state, as `SharedSourceOps` reads
+    them: the parameter-free operations' columns, `free` (k, len(PARAMETER_FREE)); those of
+    the operations with parameters, transposed, `weighted` (len(WEIGHTED_OPS), k); whole rows,
+    `rows` (k, ops), where operations without a fast path need them (else None). With partial
+    channels, `scale`: the edges' normalised edge weights (k,), by which the others are
+    scaled already (the mixed operation is linear in its weights)."""
+
+    free: torch.Tensor
+    weighted: torch.Tensor
+    rows: torch.Tensor | None = None
+    scale: torch.Tensor | None = None
+
+
+def weights_by_state(alphas: torch.Tensor, order: torch.Tensor, counts: list[int],
+                     edge_weights: torch.Tensor | None = None) -> list[EdgeWeights]:
+    """The normalised alphas (E, ops) as every `SearchCell` reads them, state by state
+    (`EdgeWeights`): every cell reads the same, so the supernet arranges them once per forward
+    pass, a gather and a few splits instead of a gather and slices per cell and state.
+    `order`: the edges of `state_edges`, concatenated (on alphas' device); `counts`: how many
+    per state; `edge_weights` (E,): partial channels' normalised edge weights."""
+    rows, scales = alphas[order], [None] * len(counts)
+    if edge_weights is not None:
+        scale = edge_weights[order]
+        rows, scales = rows * scale.unsqueeze(1), scale.split(counts)
+    free = rows[:, op_columns(PARAMETER_FREE)].split(counts)
+    weighted = rows[:, op_columns(WEIGHTED_OPS)].t().split(counts, dim=1)
+    whole = rows.split(counts) if FALLBACK_OPS else [None] * len(counts)
+    return [EdgeWeights(*parts) for parts in zip(free, weighted, whole, scales)]
+
+
 @dataclass(frozen=True)
 class FastPaths:
     """The fast paths' size thresholds, and whether the oneDNN workarounds run. They change
@@ -134,22 +172,31 @@ class FastPaths:
     onednn_weight_grads: the depthwise weight gradient in slices of at most 3 filter columns,
         each copied to channels-last first (`_depthwise_weight_grad`): works around oneDNN's
         slow generic kernels. Other devices take the gradient in one call.
+    atrous_groups_as_images: the dense atrous convolutions see the groups (incoming states)
+        as more images, one copy into that layout and one out (`groups_to_batch`): oneDNN's
+        grouped dense kernels are up to 3x slower. Other devices run one grouped
+        convolution per type, its weights repeated per group: no copies, fewer calls.
     """
 
     merged_depthwise_max_pixels: int = 16 * 16
     block_diagonal_max_channels: int = 8
     strided_output_min_rows: int = 1024
     onednn_weight_grads: bool = True
+    atrous_groups_as_images: bool = True
 
     @staticmethod
     def for_device(device: torch.device | str) -> "FastPaths":
         """The defaults of `device`: the CPU's were measured there; elsewhere the oneDNN
-        workarounds are off and the thresholds are the CPU's until measured on a GPU."""
+        workarounds are off, matmuls write their strided outputs themselves, and the other
+        thresholds are the CPU's until measured on a GPU."""
         return CPU_FAST_PATHS if torch.device(device).type == "cpu" else OTHER_FAST_PATHS
 
 
 CPU_FAST_PATHS = FastPaths()
-OTHER_FAST_PATHS = FastPaths(onednn_weight_grads=False)
+# Other devices: no oneDNN workarounds; every pointwise matmul writes its strided output
+# itself (cuBLAS takes any output stride; a copy after it would be one kernel more).
+OTHER_FAST_PATHS = FastPaths(strided_output_min_rows=0, onednn_weight_grads=False,
+                             atrous_groups_as_images=False)
 
 
 class SharedSourceOps(nn.Module):
@@ -227,8 +274,8 @@ class SharedSourceOps(nn.Module):
         return SeparableConv.apply(x, spec, *(getattr(self, f"{name}_dw{stage}") for name in names),
                                    *(getattr(self, f"{name}_pw{stage}") for name in names))
 
-    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """x: (N, G*C, H, W) channels-last; weights: (k, len(PRIMITIVES)) normalised alphas.
+    def forward(self, x: torch.Tensor, weights: EdgeWeights) -> torch.Tensor:
+        """x: (N, G*C, H, W) channels-last; weights: the k edges' normalised alphas.
 
         Returns the mixed operation of every edge (paper Eq. 2), (N, H, W, G, k, C).
         """
@@ -258,18 +305,22 @@ class SharedSourceOps(nn.Module):
             y = F.relu(self.sep_conv_bn1(y, channels=channels), inplace=True)
             terms.append(self._separable(y, 2, names, large, paths))
             first += t
-        # The dense atrous convolutions see the groups as more images (the weights are the
-        # same for every group): oneDNN's grouped dense kernels are up to 3x slower.
-        r_batch = groups_to_batch(r, g)
-        for name in ATROUS_CONVS:
-            terms.append(batch_to_groups(same_conv(r_batch, getattr(self, name),
-                                                   ATROUS_DILATION), g))
+        # The dense atrous convolutions: the same weights for every group (incoming state),
+        # the groups as more images on the CPU, else one grouped convolution
+        # (`FastPaths.atrous_groups_as_images`).
+        if paths.atrous_groups_as_images:
+            r_batch = groups_to_batch(r, g)
+            for name in ATROUS_CONVS:
+                terms.append(batch_to_groups(same_conv(r_batch, getattr(self, name),
+                                                       ATROUS_DILATION), g))
+        else:
+            for name in ATROUS_CONVS:
+                terms.append(same_conv(r, getattr(self, name), ATROUS_DILATION, groups=g))
         # One batch norm ends every operation with parameters, each (type, group, edge,
         # channel) with its own statistics; its scale is the edge's weight of the operation
         # (alpha), so the weighted sum of Eq. 2 is a sum over the types.
-        ops = weights[:, op_columns(WEIGHTED_OPS)].t()  # (types, k), a view in the default order
         types = len(WEIGHTED_OPS)
-        scale = ops.reshape(types, 1, k, 1).expand(types, g, k, c).reshape(-1)
+        scale = weights.weighted.reshape(types, 1, k, 1).expand(types, g, k, c).reshape(-1)
         y = self.weighted_bn(torch.cat(terms, dim=1), scale)
         out = nhwc(y).view(n, h, w, types, g, k, c).sum(dim=3)  # (N, H, W, G, k, C)
         # Parameter-free operations: one tensor for all k edges, mixed by one small matmul
@@ -277,15 +328,15 @@ class SharedSourceOps(nn.Module):
         max_pool = self.max_pool_bn(F.max_pool2d(x, 3, 1, 1))
         avg_pool = self.avg_pool_bn(F.avg_pool2d(x, 3, 1, 1, count_include_pad=False))
         skip = skip_connect(x, self.skip_dropout, self.training)
-        stacked = torch.stack([nhwc(t) for t in (max_pool, avg_pool, skip)])  # (3, N, H, W, G*C)
-        mix = weights[:, op_columns(PARAMETER_FREE)]  # (k, 3), a view in the default order
-        free = torch.mm(mix, stacked.view(len(PARAMETER_FREE), -1)).view(k, n, h, w, g, c)
+        # Concatenated as images, channels-last: memory (3, N, H, W, G*C), one row per op.
+        stacked = nhwc(torch.cat([max_pool, avg_pool, skip])).reshape(len(PARAMETER_FREE), -1)
+        free = torch.mm(weights.free, stacked).view(k, n, h, w, g, c)
         # Operations without a fast path, as the plain supernet runs them: every edge's module
         # on every group (incoming state) apart, so batch norm sees one application at a time.
         for name, edge_ops in self.fallback.items():
             y = torch.stack([torch.stack([nhwc(op(part)) for op in edge_ops], dim=3)
                              for part in x.split(c, dim=1)], dim=3)  # (N, H, W, G, k, C)
-            out = out + y * weights[:, OP[name]].view(k, 1)
+            out = out + y * weights.rows[:, OP[name]].view(k, 1)
         return out + free.permute(1, 2, 3, 4, 0, 5)
 
 
@@ -345,10 +396,15 @@ def _regroup(x: torch.Tensor, groups: int, to_batch: bool) -> torch.Tensor:
     return as_channels_last(view.reshape(n, h, w, groups * c))
 
 
-def same_conv(x: torch.Tensor, weight: torch.Tensor, dilation: int) -> torch.Tensor:
-    """A dense stride-1 'same' convolution on its reachable taps (`reachable_taps`)."""
+def same_conv(x: torch.Tensor, weight: torch.Tensor, dilation: int,
+              groups: int = 1) -> torch.Tensor:
+    """A dense stride-1 'same' convolution on its reachable taps (`reachable_taps`); with
+    `groups`, every group of x's channels convolved with the same `weight`."""
     weight = reachable_taps(weight, dilation, x.shape[-2:])
-    return F.conv2d(x, weight, padding=same_padding(weight, dilation), dilation=dilation)
+    if groups > 1:
+        weight = weight.repeat(groups, 1, 1, 1)
+    return F.conv2d(x, weight, padding=same_padding(weight, dilation), dilation=dilation,
+                    groups=groups)
 
 
 def reachable_taps(weight: torch.Tensor, dilation: int, size) -> torch.Tensor:
@@ -754,18 +810,13 @@ class SearchCell(nn.Module):
         self.source_ops = nn.ModuleList(
             SharedSourceOps(op_channels, steps - max(0, j - 1), groups, fast_paths)
             for j in range(1, steps + 1))
-        for j in range(steps + 1):
-            first = max(0, j - 1)
-            edges = [edge_offset(b) + j for b in range(first, steps)]
-            self.register_buffer(f"edges_{j}", torch.tensor(edges), persistent=False)
 
     def forward(self, inputs: list[torch.Tensor], prev_prev: torch.Tensor,
-                alphas: torch.Tensor, betas: torch.Tensor, size: tuple[int, int],
-                edge_weights: torch.Tensor | None = None):
+                betas: torch.Tensor, size: tuple[int, int], alphas: list[EdgeWeights]):
         """inputs: the incoming states in `incoming` order; prev_prev: H(l-2) at its level;
-        alphas: (E, ops) normalised; betas: (G,) normalised weights of the incoming
-        transitions; size: this level's (H, W); edge_weights: (E,) normalised edge weights
-        (partial channels only). Returns (N, block_multiplier * C, H, W).
+        betas: (G,) normalised weights of the incoming transitions; size: this level's (H, W);
+        alphas: the normalised alphas by state (`weights_by_state`; with partial channels the
+        edge weights folded in). Returns (N, block_multiplier * C, H, W).
         """
         c, groups, parts = self.channels, len(inputs), self.partial_channels
         states = []
@@ -784,11 +835,8 @@ class SearchCell(nn.Module):
 
         def read(j: int, state: torch.Tensor, ops: SharedSourceOps):
             """All edges from state j, (N, H, W, G, C), into the blocks that read it."""
-            edges = getattr(self, f"edges_{j}")
-            weights = alphas[edges]
+            weights = alphas[j]
             if parts > 1:
-                scale = edge_weights[edges]  # (k,)
-                weights = weights * scale.unsqueeze(1)  # the mixed op is linear in them
                 op_in, rest = state[..., :c // parts], state[..., c // parts:]
             else:
                 op_in = state
@@ -800,7 +848,7 @@ class SearchCell(nn.Module):
                                                   out.unbind(dim=4))):
                 add(blocks, block, term)
                 if parts > 1:
-                    add(passed, block, rest * scale[e])
+                    add(passed, block, rest * weights.scale[e])
 
         complete: dict[int, torch.Tensor] = {}
 

@@ -16,7 +16,7 @@ import torch.utils.checkpoint
 from modeling.aspp import ASPPHead
 from modeling.operations import PRIMITIVES, SEARCH_STEM, Stem
 from modeling.plain_supernet import PlainSearchCell
-from modeling.search_cell import FastPaths, SearchCell
+from modeling.search_cell import FastPaths, SearchCell, state_edges, weights_by_state
 from modeling.search_space import (DIRECTIONS, NUM_LEVELS, STEM_LEVELS, layer_levels,
                                    level_channels, level_exists, level_sizes, level_stride,
                                    normalize_alphas, normalize_betas, normalize_edge_weights,
@@ -123,15 +123,17 @@ class AutoDeepLabSearch(nn.Module):
                 self.cells[self._key(layer, target)] = (
                     SearchCell(*args, fast_paths=fast_paths) if cfg.implementation == "fast"
                     else PlainSearchCell(*args))
-        # Where each node's incoming transitions sit in betas.view(-1), built once: the forward
-        # gathers all of them in one call and gives each cell a slice.
-        index: list[int] = []
-        self.beta_slices: dict[tuple[int, int], slice] = {}
-        for (layer, target), sources in self.incoming.items():
-            start = len(index)
-            index += [(layer * NUM_LEVELS + s) * len(DIRECTIONS) + d for s, d in sources]
-            self.beta_slices[(layer, target)] = slice(start, len(index))
+        # Where each node's incoming transitions sit in betas.view(-1), node by node in
+        # `incoming` order, built once: the forward gathers all of them in one call and splits
+        # them per node in another.
+        index = [(layer * NUM_LEVELS + s) * len(DIRECTIONS) + d
+                 for (layer, _), sources in self.incoming.items() for s, d in sources]
         self.register_buffer("beta_index", torch.tensor(index), persistent=False)
+        # The fast cells read the alphas by state, arranged once per forward pass
+        # (`weights_by_state`): the edges in that order, and how many per state.
+        edges = state_edges(cfg.steps)
+        self.register_buffer("alpha_order", torch.tensor(sum(edges, [])), persistent=False)
+        self.state_counts = [len(e) for e in edges]
         last = cfg.num_layers - 1
         self.head_levels = [s for s in range(NUM_LEVELS) if level_exists(last, s)]
         self.heads = nn.ModuleDict({
@@ -194,9 +196,15 @@ class AutoDeepLabSearch(nn.Module):
         alphas = self.normalized_alphas()  # (E, ops)
         if operation_mask is not None:
             alphas = alphas * operation_mask.to(alphas.dtype)
-        # Per incoming transition of every node, in `beta_slices` order.
-        betas = self.normalized_betas().reshape(-1)[self.beta_index]
+        # Each node's normalised betas, (G,) for its G incoming transitions.
+        betas = dict(zip(self.incoming, self.normalized_betas().reshape(-1)[self.beta_index]
+                         .split([len(sources) for sources in self.incoming.values()])))
         edge_weights = self.normalized_edge_weights()  # (E,) or None
+        # What every cell reads of them; the fast cells read them alike, arranged once.
+        if cfg.implementation == "fast":
+            arch = (weights_by_state(alphas, self.alpha_order, self.state_counts, edge_weights),)
+        else:
+            arch = (alphas, edge_weights)
         # Channels-last from the stem on: the cells' grouped convolutions are fastest on it.
         images = images.contiguous(memory_format=torch.channels_last)
         half, quarter = self.stem(images)  # (N, 64, H/2, W/2), (N, 128, H/4, W/4)
@@ -211,9 +219,8 @@ class AutoDeepLabSearch(nn.Module):
                     continue
                 cell = self.cells[self._key(layer, target)]
                 inputs = [prev[s] for s, _ in sources]
-                weights = betas[self.beta_slices[(layer, target)]]  # (G,)
-                args = (inputs, prev_prev[self.prev_prev_levels[(layer, target)]], alphas,
-                        weights, sizes[target], edge_weights)
+                args = (inputs, prev_prev[self.prev_prev_levels[(layer, target)]],
+                        betas[(layer, target)], sizes[target], *arch)
                 if self.checkpoint_cells and self.training:
                     current[target] = torch.utils.checkpoint.checkpoint(
                         cell, *args, use_reentrant=False)

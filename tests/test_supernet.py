@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from modeling import search_cell
-from modeling.search_cell import CPU_FAST_PATHS, FastPaths
+from modeling.search_cell import CPU_FAST_PATHS, OTHER_FAST_PATHS, FastPaths
 from modeling.operations import PRIMITIVES
 from modeling.search_space import NUM_LEVELS, normalize_betas, num_edges, transition_mask
 from modeling.supernet import AutoDeepLabSearch, SupernetConfig, arch_entropy
@@ -92,12 +92,16 @@ def test_beta_normalisation_per_source_node():
 
 # The fast paths' size thresholds at their defaults and at both extremes, so that every branch
 # runs at these tiny sizes: which levels run both depthwise kernels as one call, which
-# pointwise blocks are block-diagonal, which matmuls write a strided output.
+# pointwise blocks are block-diagonal, which matmuls write a strided output; the oneDNN
+# workarounds on and off.
 THRESHOLDS = {
     "defaults": None,  # those of the test's device
     "small levels merged": FastPaths(merged_depthwise_max_pixels=30),
-    "every branch low, no oneDNN workarounds": FastPaths(0, 0, 0, onednn_weight_grads=False),
-    "every branch high": FastPaths(10 ** 9, 10 ** 9, 10 ** 9, onednn_weight_grads=True),
+    "every branch low, no oneDNN workarounds": FastPaths(0, 0, 0, onednn_weight_grads=False,
+                                                         atrous_groups_as_images=False),
+    "every branch high": FastPaths(10 ** 9, 10 ** 9, 10 ** 9, onednn_weight_grads=True,
+                                   atrous_groups_as_images=True),
+    "other devices' paths": OTHER_FAST_PATHS,
 }
 
 
