@@ -649,6 +649,11 @@ def depthwise_grads(x, weight, repeat, grad, needs_x: bool, needs_w: bool,
     return grad_x, grad_w
 
 
+# The strided views below (`as_strided`, one call where a chain of views takes several) serve
+# tensors that autograd does not record, inside the autograd Functions of this file: recorded,
+# an `as_strided` would cost a zero-filled copy of its input in the backward pass.
+
+
 def as_channels_last(x: torch.Tensor) -> torch.Tensor:
     """A contiguous (N, H, W, ...) tensor as the (N, C, H, W) channels-last view of its memory,
     C the product of the trailing dims: one call (where view, then permute, are two)."""
