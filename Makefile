@@ -1,7 +1,7 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   virtual environment, requirements, then search -> decode -> retrain -> predict
 #               on a generated dataset, by default the planted context task, whose answer is
-#               known (CPU-sized: 7-10 min on 2 cores from a fresh clone with .venv installed)
+#               known (CPU-sized: 6-10 min on 2 cores from a fresh clone with .venv installed)
 #   make test   virtual environment, requirements, then the whole test suite
 PYTHON ?= python3
 VENV ?= .venv
