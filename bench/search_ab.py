@@ -9,9 +9,9 @@ alternately (ABBA...), so a slow minute costs both alike, and the ratio B/A is w
 The revision's cell classes lend their methods to the current ones, so both revisions must
 give the supernet the same parameters and buffers, and their cells take the same arguments
 (revisions before 2b6ee2e, whose cells read the alphas unarranged, or before bf265f1, with a
-batch norm per type, do not: compare those with bench/revisions_ab.py). Prints one JSON object per crop: median and
-minimum seconds per weight and architecture step for A and B, and B/A of the medians, of the
-process CPU time and of the minima.
+batch norm per type, do not: compare those with bench/revisions_ab.py). Prints one JSON
+object per crop: median and minimum seconds per weight and architecture step for A and B,
+and B/A of the medians, of the process CPU time and of the minima.
 """
 from __future__ import annotations
 

@@ -16,13 +16,16 @@ file evaluates:
   strided views); on small levels both separable types run as one tensor (one batch norm, one
   ReLU, one depthwise call with the 3x3 filters zero-padded to 5x5), on large levels one type
   at a time, their depthwise outputs computed again in the backward pass rather than stored
-  (`SeparableConv`); the dense atrous convolutions of all edges are one convolution, the
-  groups seen as more images; the parameter-free operations (pools followed by affine-free
-  BN, identity) give the same tensor for every edge and are mixed by one small matmul,
-  edge-major;
+  (`SeparableConv`, one autograd node per stage that makes the weights its convolutions
+  read from the parameters itself); the dense atrous convolutions of all edges are one
+  convolution, the groups seen as more images on the CPU, a grouped convolution elsewhere;
+  the parameter-free operations (pools followed by affine-free BN, identity) give the same
+  tensor for every edge and are mixed by one small matmul, edge-major;
 - depthwise gradients on oneDNN's fast kernels (`depthwise_grads`);
-- each edge's operation weight (alpha) is the scale of the batch norm that ends the
-  operation, so the weighted sum of Eq. 2 costs no multiplications of its own;
+- one batch norm ends every operation with parameters, and each edge's operation weight
+  (alpha) is its scale, so the weighted sum of Eq. 2 costs no multiplications of its own;
+- the alphas arranged by source state once per forward pass for all cells
+  (`weights_by_state`);
 - the H(l-2) input once, since it is the same tensor for all incoming states of a node;
 - `none` not at all (its contribution is zero; its alpha still gets a gradient through the
   softmax);
@@ -484,10 +487,11 @@ class SeparableConv(torch.autograd.Function):
     The weights as the convolutions read them (`depthwise_weights`, `pointwise_blocks`:
     stacked, repeated per group, zero-padded to the largest kernel) are made here, where
     autograd does not record them, and their gradients go back to the parameters here: one
-    autograd node instead of a dozen views and copies, each with its backward, per call. With `stage.recompute`, only the
-    inputs and these weights are kept for the backward pass and the depthwise output, as wide
-    as all edges together, is computed again there: one depthwise convolution more, for the
-    largest tensors of the search that would otherwise be stored.
+    autograd node instead of a dozen views and copies, each with its backward, per call.
+    With `stage.recompute`, only the inputs and these weights are kept for the backward pass
+    and the depthwise output, as wide as all edges together, is computed again there: one
+    depthwise convolution more, for the largest tensors of the search that would otherwise be
+    stored.
     """
 
     @staticmethod
