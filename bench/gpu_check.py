@@ -24,8 +24,9 @@ with its own time limit, and a failure is recorded and the next check runs:
   gloo standing in for NCCL (AUTODEEPLAB_DIST_BACKEND) and torch's SyncBatchNorm on CUDA
   (utils/sync_batchnorm.py elsewhere). One GPU cannot check NCCL itself.
 - `search step`: bench/search_step.py at the paper's setting (F = 8, B = 5, L = 12, batch 2,
-  crop 321): float32 with TF32 off and on, bf16 and fp16 autocast, and float32 and bf16 with
-  both steps as CUDA graphs (--cuda-graphs); time, peak memory and operator calls.
+  crop 321): float32 with TF32 off and on, bf16 and fp16 autocast, float32 and bf16 with
+  both steps as CUDA graphs (--cuda-graphs), and float32 on the CPU's fast paths (against the
+  GPU's defaults); time, peak memory and operator calls.
 - `retrain step`: bench/retrain_step.py, Auto-DeepLab-S at crop 769, batch 2, float32
   channels-last (as train.py runs) and contiguous, and bf16.
 - `latency`: bench/latency.py, batch-1 inference of S, M and L at 512 x 1024 and 1024 x 2048
@@ -178,7 +179,10 @@ def search_step(args) -> dict:
     variants = {"fp32, TF32 off": ["--tf32", "off"], "fp32, TF32 on": ["--tf32", "on"],
                 "bf16": ["--amp", "bf16"], "fp16": ["--amp", "fp16"],
                 "fp32, TF32 off, CUDA graphs": ["--tf32", "off", "--cuda-graphs"],
-                "bf16, CUDA graphs": ["--amp", "bf16", "--cuda-graphs"]}
+                "bf16, CUDA graphs": ["--amp", "bf16", "--cuda-graphs"],
+                # The GPU's fast-path defaults (no oneDNN workarounds, grouped atrous
+                # convolutions, strided matmul outputs) against the CPU's, never timed on a GPU.
+                "fp32, TF32 off, the CPU's fast paths": ["--tf32", "off", "--fast-paths", "cpu"]}
     if args.tiny:  # one variant per flag is enough to rehearse
         variants = {name: variants[name] for name in ("fp32, TF32 off", "bf16")}
     if not args.device.startswith("cuda"):  # CUDA graphs, and autocast, need CUDA

@@ -27,6 +27,20 @@ def test_search_step_reports_time_memory_and_flops_per_crop():
     assert rows[1]["forward_gflop"] > rows[0]["forward_gflop"]  # more pixels, more work
 
 
+def test_search_step_counts_the_calls_of_the_cpus_and_other_devices_fast_paths():
+    # Other devices skip the oneDNN workarounds (regrouping copies around the atrous
+    # convolutions, depthwise weight gradients in column slices) and the copy after small
+    # matmuls: fewer calls for the same step.
+    calls = {}
+    for paths in ("cpu", "other"):
+        row, = run_bench("search_step.py", "--crops", "16", "--filter-multiplier", "2",
+                         "--num-layers", "3", "--batch-size", "2", "--fast-paths", paths)
+        assert row["fast_paths"] == paths
+        calls[paths] = row["operator_calls"]
+    for step in ("weight_step", "arch_step"):
+        assert calls["other"][step]["top_level"] < calls["cpu"][step]["top_level"]
+
+
 def test_retrain_step_reports_the_paper_network():
     (row,) = run_bench("retrain_step.py", "--crops", "33", "--batch-size", "2")
     assert row["model"] == "autodeeplab-s" and row["crop"] == 33
