@@ -104,7 +104,6 @@ def _conv_weight(num_edges: int, channels: int, in_per_group: int, k: int) -> nn
 
 
 SEP_CONVS = ("sep_conv_3x3", "sep_conv_5x5")
-SEP_KERNEL = 5  # the larger depthwise kernel of SEP_CONVS
 ATROUS_CONVS = ("atrous_conv_3x3", "atrous_conv_5x5")
 PARAMETER_FREE = ("max_pool_3x3", "avg_pool_3x3", "skip_connect")  # the order of `stacked`
 WEIGHTED_OPS = (*SEP_CONVS, *ATROUS_CONVS)  # the channel order of `weighted_bn`
@@ -389,14 +388,11 @@ def _regroup(x: torch.Tensor, groups: int, to_batch: bool) -> torch.Tensor:
     x = x.contiguous(memory_format=torch.channels_last)
     n, c, h, w = x.shape
     if to_batch:  # memory (N, H, W, G, C) read as (N, G, H, W, C)
-        c = c // groups
-        view = x.as_strided((n, groups, h, w, c), (h * w * groups * c, c, w * groups * c,
-                                                   groups * c, 1), x.storage_offset())
-        return as_channels_last(view.reshape(n * groups, h, w, c))
-    n = n // groups  # memory (N, G, H, W, C) read as (N, H, W, G, C)
-    view = x.as_strided((n, h, w, groups, c), (groups * h * w * c, w * c, c, h * w * c, 1),
-                        x.storage_offset())
-    return as_channels_last(view.reshape(n, h, w, groups * c))
+        view = memory_view(x, (n, h, w, groups, c // groups), (0, 3, 1, 2, 4))
+        return as_channels_last(view.reshape(n * groups, h, w, c // groups))
+    # memory (N, G, H, W, C) read as (N, H, W, G, C)
+    view = memory_view(x, (n // groups, groups, h, w, c), (0, 2, 3, 1, 4))
+    return as_channels_last(view.reshape(n // groups, h, w, groups * c))
 
 
 def same_conv(x: torch.Tensor, weight: torch.Tensor, dilation: int,
@@ -579,9 +575,8 @@ def depthwise_parameter_grads(grad: torch.Tensor, t: int, g: int,
     largest = max(kernels)
     if rows < largest or cols < largest:
         grad = F.pad(grad, ((largest - cols) // 2,) * 2 + ((largest - rows) // 2,) * 2)
-    per_type = grad.unbind() if t > 1 else (grad.view(grad.shape[1:]),)
     return tuple(part if kernel == largest else _centre(part, kernel)
-                 for part, kernel in zip(per_type, kernels))
+                 for part, kernel in zip(grad.unbind(), kernels))
 
 
 def _centre(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -603,7 +598,7 @@ def pointwise_parameter_grads(grad: torch.Tensor, t: int, g: int, k: int
         c_out, c_in = grad.shape[1] // k, grad.shape[2] // k
         grad = (grad.view(t, g, k, c_out, k, c_in).diagonal(dim1=2, dim2=4).sum(dim=1)
                 .permute(0, 3, 1, 2).reshape(t, k * c_out, c_in, 1, 1))
-    return grad.unbind() if t > 1 else (grad.view(grad.shape[1:]),)
+    return grad.unbind()
 
 
 def depthwise_conv(x: torch.Tensor, weight: torch.Tensor, repeat) -> torch.Tensor:
@@ -658,21 +653,23 @@ def depthwise_grads(x, weight, repeat, grad, needs_x: bool, needs_w: bool,
 # an `as_strided` would cost a zero-filled copy of its input in the backward pass.
 
 
-def as_channels_last(x: torch.Tensor) -> torch.Tensor:
-    """A contiguous (N, H, W, ...) tensor as the (N, C, H, W) channels-last view of its memory,
-    C the product of the trailing dims: one call (where view, then permute, are two)."""
-    n, h, w = x.shape[:3]
-    c = math.prod(x.shape[3:])
-    return x.as_strided((n, c, h, w), (h * w * c, 1, w * c, c), x.storage_offset())
-
-
-def memory_view(x: torch.Tensor, shape) -> torch.Tensor:
+def memory_view(x: torch.Tensor, shape, dims=None) -> torch.Tensor:
     """The memory of x, contiguous in channels-last order, as a contiguous tensor of `shape`
-    (as many elements): one call for what would be a chain of views."""
+    (as many elements), its dims then permuted to `dims` when given: one call for what would
+    be a chain of views."""
     strides = [1]
     for size in reversed(shape[1:]):
         strides.insert(0, strides[0] * size)
+    if dims is not None:
+        shape, strides = [shape[d] for d in dims], [strides[d] for d in dims]
     return x.as_strided(shape, strides, x.storage_offset())
+
+
+def as_channels_last(x: torch.Tensor) -> torch.Tensor:
+    """A contiguous (N, H, W, ...) tensor as the (N, C, H, W) channels-last view of its memory,
+    C the product of the trailing dims (where view, then permute, are two calls)."""
+    n, h, w = x.shape[:3]
+    return memory_view(x, (n, h, w, math.prod(x.shape[3:])), (0, 3, 1, 2))
 
 
 def _depthwise_backward(grad, x, weight, padding, wrt: str) -> torch.Tensor:
@@ -739,8 +736,8 @@ def pointwise_grads(x, weight, grad, needs_x: bool, needs_w: bool, paths: FastPa
 
 def _blocks(x: torch.Tensor, c: int) -> torch.Tensor:
     """(N, B*C, H, W) channels-last contiguous -> the (B, N*H*W, C) view of its memory."""
-    n, channels, h, w = x.shape  # row r = (n, h, w) of block b starts at r*channels + b*c
-    return x.as_strided((channels // c, n * h * w, c), (c, channels, 1), x.storage_offset())
+    n, channels, h, w = x.shape
+    return memory_view(x, (n * h * w, channels // c, c), (1, 0, 2))
 
 
 def _blockwise_matmul(x: torch.Tensor, weight: torch.Tensor,
