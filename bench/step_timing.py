@@ -168,17 +168,27 @@ VIEW_OPS = frozenset(f"aten::{name}" for name in (
 def count_operator_calls(step) -> dict:
     """The torch operator calls of one `step()`, forward and backward, from the profiler:
     `top_level` (calls made by our code or by autograd, not from inside another operator),
-    of those `non_view` (excluding VIEW_OPS) and `to` (dtype or device conversions), and
-    `all_events` (nested calls included). Every call costs host dispatch time whatever its
-    size: on a GPU, that time bounds a step from below."""
+    of those `non_view` (all but VIEW_OPS, and those of VIEW_OPS that copy, `copying_views`:
+    a `reshape` or `contiguous` that cannot be a view runs a kernel) and `to` (dtype or
+    device conversions), and `all_events` (nested calls included). Every call costs host
+    dispatch time whatever its size: on a GPU, that time bounds a step from below."""
     from torch.profiler import ProfilerActivity, profile
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         step()
     events = [e for e in prof.events() if e.name.startswith("aten::")]
     top = [e for e in events if e.cpu_parent is None or not
            e.cpu_parent.name.startswith("aten::")]
-    return {"top_level": len(top), "non_view": sum(e.name not in VIEW_OPS for e in top),
-            "to": sum(e.name == "aten::to" for e in top), "all_events": len(events)}
+    copying = sum(e.name in VIEW_OPS and _runs_kernel(e) for e in top)
+    return {"top_level": len(top),
+            "non_view": sum(e.name not in VIEW_OPS for e in top) + copying,
+            "copying_views": copying, "to": sum(e.name == "aten::to" for e in top),
+            "all_events": len(events)}
+
+
+def _runs_kernel(event) -> bool:
+    """Whether a profiler event calls, at any depth, an operator that is not a view."""
+    return any(child.name not in VIEW_OPS or _runs_kernel(child)
+               for child in event.cpu_children if child.name.startswith("aten::"))
 
 
 def throughput(total_flops: int, seconds: float, device) -> dict:

@@ -128,32 +128,58 @@ def state_edges(steps: int) -> list[list[int]]:
 class EdgeWeights:
     """The normalised alphas of the k edges that read one state, as `SharedSourceOps` reads
     them: the parameter-free operations' columns, `free` (k, len(PARAMETER_FREE)); those of
-    the operations with parameters, transposed, `weighted` (len(WEIGHTED_OPS), k); whole rows,
-    `rows` (k, ops), where operations without a fast path need them (else None). With partial
-    channels, `scale`: the edges' normalised edge weights (k,), by which the others are
-    scaled already (the mixed operation is linear in its weights)."""
+    the operations with parameters as the batch norm that ends them reads them (its scale),
+    `bn_scales[(groups, channels)]`, channels (type, group, edge, channel), each edge's weight
+    repeated over groups and channels; whole rows, `rows` (k, ops), where operations without
+    a fast path need them (else None). With partial channels, `scale`: the edges' normalised
+    edge weights (k,), by which the others are scaled already (the mixed operation is linear
+    in its weights)."""
 
     free: torch.Tensor
-    weighted: torch.Tensor
+    bn_scales: dict[tuple[int, int], torch.Tensor]
     rows: torch.Tensor | None = None
     scale: torch.Tensor | None = None
 
 
 def weights_by_state(alphas: torch.Tensor, order: torch.Tensor, counts: list[int],
-                     edge_weights: torch.Tensor | None = None) -> list[EdgeWeights]:
+                     bn_widths, edge_weights: torch.Tensor | None = None
+                     ) -> list[EdgeWeights]:
     """The normalised alphas (E, ops) as every `SearchCell` reads them, state by state
     (`EdgeWeights`): every cell reads the same, so the supernet arranges them once per forward
     pass, a gather and a few splits instead of a gather and slices per cell and state.
     `order`: the edges of `state_edges`, concatenated (on alphas' device); `counts`: how many
-    per state; `edge_weights` (E,): partial channels' normalised edge weights."""
+    per state; `bn_widths`: the (groups, channels) of the `SharedSourceOps` that will read
+    them, each given its batch-norm scales of every state by one gather (where each state's
+    expanded copy took a call, and its backward another); `edge_weights` (E,): partial
+    channels' normalised edge weights."""
     rows, scales = alphas[order], [None] * len(counts)
     if edge_weights is not None:
         scale = edge_weights[order]
         rows, scales = rows * scale.unsqueeze(1), scale.split(counts)
     free = rows[:, op_columns(PARAMETER_FREE)].split(counts)
-    weighted = rows[:, op_columns(WEIGHTED_OPS)].t().split(counts, dim=1)
     whole = rows.split(counts) if FALLBACK_OPS else [None] * len(counts)
-    return [EdgeWeights(*parts) for parts in zip(free, weighted, whole, scales)]
+    bn_scales = [{} for _ in counts]
+    for groups, channels in bn_widths:
+        index = _scale_index(tuple(counts), rows.shape[1], groups, channels, rows.device)
+        sizes = [len(WEIGHTED_OPS) * groups * k * channels for k in counts]
+        for state, values in enumerate(torch.take(rows, index).split(sizes)):
+            bn_scales[state][groups, channels] = values
+    return [EdgeWeights(*parts) for parts in zip(free, bn_scales, whole, scales)]
+
+
+@functools.cache
+def _scale_index(counts: tuple[int, ...], ops: int, groups: int, channels: int,
+                 device: torch.device) -> torch.Tensor:
+    """Where each batch-norm scale of `weights_by_state` sits in the rows (E, ops),
+    flattened: state after state, channels (type, group, edge, channel)."""
+    columns = torch.tensor([OP[name] for name in WEIGHTED_OPS])
+    parts, first = [], 0
+    for k in counts:
+        edges = torch.arange(first, first + k)
+        index = (edges * ops).view(1, 1, k, 1) + columns.view(-1, 1, 1, 1)
+        parts.append(index.expand(-1, groups, k, channels).reshape(-1))
+        first += k
+    return torch.cat(parts).to(device)
 
 
 @dataclass(frozen=True)
@@ -322,8 +348,7 @@ class SharedSourceOps(nn.Module):
         # channel) with its own statistics; its scale is the edge's weight of the operation
         # (alpha), so the weighted sum of Eq. 2 is a sum over the types.
         types = len(WEIGHTED_OPS)
-        scale = weights.weighted.reshape(types, 1, k, 1).expand(types, g, k, c).reshape(-1)
-        y = self.weighted_bn(torch.cat(terms, dim=1), scale)
+        y = self.weighted_bn(torch.cat(terms, dim=1), weights.bn_scales[g, c])
         out = nhwc(y).view(n, h, w, types, g, k, c).sum(dim=3)  # (N, H, W, G, k, C)
         # Parameter-free operations: one tensor for all k edges, mixed by one small matmul
         # (edge-major; added to the others' (group, edge)-major terms as a strided view).
@@ -399,11 +424,52 @@ def same_conv(x: torch.Tensor, weight: torch.Tensor, dilation: int,
               groups: int = 1) -> torch.Tensor:
     """A dense stride-1 'same' convolution on its reachable taps (`reachable_taps`); with
     `groups`, every group of x's channels convolved with the same `weight`."""
-    weight = reachable_taps(weight, dilation, x.shape[-2:])
-    if groups > 1:
-        weight = weight.repeat(groups, 1, 1, 1)
+    taps = reachable_size(weight.shape[-2:], dilation, x.shape[-2:])
+    if groups > 1 or taps != tuple(weight.shape[-2:]):
+        weight = GroupWeights.apply(weight, taps, groups)
     return F.conv2d(x, weight, padding=same_padding(weight, dilation), dilation=dilation,
                     groups=groups)
+
+
+class GroupWeights(torch.autograd.Function):
+    """The central `taps` (k'_h, k'_w) of `weight` (O, I, k_h, k_w), repeated for `groups`
+    groups, as a grouped `same_conv` reads them: (G*O, I, k'_h, k'_w). The backward sums the
+    groups' gradients straight into the parameter's channels-last layout, the cut taps' zero
+    around them: where a slice's and a repeat's backward, then a copy into the parameter's
+    layout, took up to four kernels, one or two here."""
+
+    @staticmethod
+    def forward(ctx, weight, taps: tuple[int, int], groups: int):
+        ctx.groups, ctx.kernel = groups, tuple(weight.shape[-2:])
+        centre = _centre_view(weight, taps)
+        return centre.repeat(groups, 1, 1, 1) if groups > 1 else centre
+
+    @staticmethod
+    def backward(ctx, grad):
+        g, (kh, kw) = ctx.groups, ctx.kernel
+        rows, channels, th, tw = grad.shape
+        if not grad.is_contiguous(memory_format=torch.channels_last):
+            grad = grad.contiguous(memory_format=torch.channels_last)
+        # Channels-last memory, (G, O, k'_h, k'_w, I): summed over the groups, it is the
+        # parameter's channels-last memory (O, k_h, k_w, I), or its centre.
+        per_group = memory_view(grad, (g, rows // g, th, tw, channels) if g > 1
+                                else (rows, th, tw, channels))
+        if (th, tw) == (kh, kw):
+            out = per_group.sum(dim=0) if g > 1 else per_group
+        else:
+            out = grad.new_zeros(rows // g, kh, kw, channels)
+            centre = _centre_view(out, (th, tw), dims=(1, 2))
+            if g > 1:
+                torch.sum(per_group, dim=0, out=centre)
+            else:
+                centre.copy_(per_group)
+        return out.permute(0, 3, 1, 2), None, None
+
+
+def reachable_size(kernel, dilation: int, size) -> tuple[int, int]:
+    """The central taps (k'_h, k'_w) of an odd `kernel` (k_h, k_w) at `dilation` that can read
+    inside an input of `size` (H, W) (`reachable_taps`)."""
+    return tuple(min(k, 2 * ((extent - 1) // dilation) + 1) for k, extent in zip(kernel, size))
 
 
 def reachable_taps(weight: torch.Tensor, dilation: int, size) -> torch.Tensor:
@@ -414,12 +480,18 @@ def reachable_taps(weight: torch.Tensor, dilation: int, size) -> torch.Tensor:
     to its centre. Skipping the others is exact: they multiply zeros, and their gradient is
     zero too. `weight` itself when every tap can read inside.
     """
-    kh, kw = weight.shape[-2:]
-    ch, cw = (kh - 1) // 2, (kw - 1) // 2
-    rh, rw = min(ch, (size[0] - 1) // dilation), min(cw, (size[1] - 1) // dilation)
-    if rh < ch or rw < cw:
-        weight = weight[:, :, ch - rh:ch + rh + 1, cw - rw:cw + rw + 1]
-    return weight
+    return _centre_view(weight, reachable_size(weight.shape[-2:], dilation, size))
+
+
+def _centre_view(x: torch.Tensor, taps: tuple[int, int], dims=(2, 3)) -> torch.Tensor:
+    """The central `taps` of x's dims `dims` (odd sizes), as one strided view; x itself when
+    they are all of them."""
+    sizes, strides = list(x.shape), x.stride()
+    offset = x.storage_offset()
+    for dim, t in zip(dims, taps):
+        offset += (sizes[dim] - t) // 2 * strides[dim]
+        sizes[dim] = t
+    return x if sizes == list(x.shape) else x.as_strided(sizes, strides, offset)
 
 
 def same_padding(weight: torch.Tensor, dilation: int = 1) -> tuple[int, int]:

@@ -16,7 +16,8 @@ import torch.utils.checkpoint
 from modeling.aspp import ASPPHead
 from modeling.operations import PRIMITIVES, SEARCH_STEM, Stem
 from modeling.plain_supernet import PlainSearchCell
-from modeling.search_cell import FastPaths, SearchCell, state_edges, weights_by_state
+from modeling.search_cell import (FastPaths, SearchCell, SharedSourceOps, state_edges,
+                                  weights_by_state)
 from modeling.search_space import (DIRECTIONS, NUM_LEVELS, STEM_LEVELS, layer_levels,
                                    level_channels, level_exists, level_sizes, level_stride,
                                    normalize_alphas, normalize_betas, normalize_edge_weights,
@@ -134,6 +135,10 @@ class AutoDeepLabSearch(nn.Module):
         edges = state_edges(cfg.steps)
         self.register_buffer("alpha_order", torch.tensor(sum(edges, [])), persistent=False)
         self.state_counts = [len(e) for e in edges]
+        # ... and the (groups, channels) of every state's operations, whose batch norms' scales
+        # are made for all of them at once.
+        self.bn_widths = sorted({(ops.groups, ops.channels) for ops in self.modules()
+                                 if isinstance(ops, SharedSourceOps)})
         last = cfg.num_layers - 1
         self.head_levels = [s for s in range(NUM_LEVELS) if level_exists(last, s)]
         self.heads = nn.ModuleDict({
@@ -202,7 +207,8 @@ class AutoDeepLabSearch(nn.Module):
         edge_weights = self.normalized_edge_weights()  # (E,) or None
         # What every cell reads of them; the fast cells read them alike, arranged once.
         if cfg.implementation == "fast":
-            arch = (weights_by_state(alphas, self.alpha_order, self.state_counts, edge_weights),)
+            arch = (weights_by_state(alphas, self.alpha_order, self.state_counts,
+                                     self.bn_widths, edge_weights),)
         else:
             arch = (alphas, edge_weights)
         # Channels-last from the stem on: the cells' grouped convolutions are fastest on it.

@@ -41,6 +41,19 @@ def test_search_step_counts_the_calls_of_the_cpus_and_other_devices_fast_paths()
         assert calls["other"][step]["top_level"] < calls["cpu"][step]["top_level"]
 
 
+def test_operator_counts_take_a_copying_reshape_for_a_kernel():
+    sys.path.insert(0, str(REPO))
+    import torch
+    from bench.step_timing import count_operator_calls
+    x = torch.randn(4, 6)
+    views = count_operator_calls(lambda: x.reshape(24).view(6, 4).t())
+    assert views == {"top_level": 3, "non_view": 0, "copying_views": 0, "to": 0,
+                     "all_events": views["all_events"]}
+    copies = count_operator_calls(lambda: (x.t().reshape(24), x.t().contiguous(), x + 1))
+    assert copies["top_level"] == 5 and copies["copying_views"] == 2  # reshape, contiguous
+    assert copies["non_view"] == 3  # those two and the add; not the two transposes
+
+
 def test_retrain_step_reports_the_paper_network():
     (row,) = run_bench("retrain_step.py", "--crops", "33", "--batch-size", "2")
     assert row["model"] == "autodeeplab-s" and row["crop"] == 33
