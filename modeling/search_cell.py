@@ -793,23 +793,46 @@ def grouped_pointwise(x: torch.Tensor, weight: torch.Tensor, paths: FastPaths) -
 def pointwise_grads(x, weight, grad, needs_x: bool, needs_w: bool, paths: FastPaths):
     """The gradients (input, weight) of `grouped_pointwise`, each in its input's dtype."""
     x_dtype, w_dtype = x.dtype, weight.dtype
-    grad = grad.contiguous(memory_format=torch.channels_last)
+    # The gradient of a stage that ends in a concatenation (stage 2) is a slice of its
+    # channels: read in place, not copied.
+    grad = pixel_rows(grad)
     weight = cast(weight, grad.dtype)
     grad_x = grad_w = None
     if needs_x:
         grad_x = cast(_blockwise_matmul(grad, weight, paths.strided_output_min_rows), x_dtype)
     if needs_w:
-        x = cast(x, grad.dtype).contiguous(memory_format=torch.channels_last)
+        x = pixel_rows(cast(x, grad.dtype))
         c_out, c_in = weight.shape[1:]
         grad_w = cast(torch.bmm(_blocks(grad, c_out).transpose(1, 2), _blocks(x, c_in)),
                       w_dtype)
     return grad_x, grad_w
 
 
-def _blocks(x: torch.Tensor, c: int) -> torch.Tensor:
-    """(N, B*C, H, W) channels-last contiguous -> the (B, N*H*W, C) view of its memory."""
+def pixel_rows(x: torch.Tensor) -> torch.Tensor:
+    """x (N, C, H, W) if its memory is one row of unit-stride channels per pixel, the rows
+    evenly spaced (channels-last, or a channel slice of a channels-last tensor); else its
+    channels-last copy."""
     n, channels, h, w = x.shape
-    return memory_view(x, (n * h * w, channels // c, c), (1, 0, 2))
+    step = _pixel_step(x)
+    for size, stride, expected in ((w, x.stride(3), step), (h, x.stride(2), step * w),
+                                   (n, x.stride(0), step * h * w), (channels, x.stride(1), 1)):
+        if size > 1 and stride != expected:
+            return x.contiguous(memory_format=torch.channels_last)
+    return x if step >= channels else x.contiguous(memory_format=torch.channels_last)
+
+
+def _pixel_step(x: torch.Tensor) -> int:
+    """The elements from one pixel's channels to the next's, of a `pixel_rows` tensor."""
+    n, channels, h, w = x.shape
+    return x.stride(3) if w > 1 else x.stride(2) if h > 1 else x.stride(0) if n > 1 else channels
+
+
+def _blocks(x: torch.Tensor, c: int) -> torch.Tensor:
+    """(N, B*C, H, W) with one row of channels per pixel (`pixel_rows`) -> the (B, N*H*W, C)
+    view of its memory."""
+    n, channels, h, w = x.shape
+    return x.as_strided((channels // c, n * h * w, c), (c, _pixel_step(x), 1),
+                        x.storage_offset())
 
 
 def _blockwise_matmul(x: torch.Tensor, weight: torch.Tensor,
@@ -819,7 +842,7 @@ def _blockwise_matmul(x: torch.Tensor, weight: torch.Tensor,
     rows on, else through one copy)."""
     n, _, h, w = x.shape
     blocks, c_in, c_out = weight.shape
-    x = _blocks(x.contiguous(memory_format=torch.channels_last), c_in)
+    x = _blocks(pixel_rows(x), c_in)
     if n * h * w < strided_output_min_rows:
         return as_channels_last(torch.bmm(x, weight).transpose(0, 1).reshape(n, h, w, -1))
     out = torch.empty(n, blocks * c_out, h, w, dtype=x.dtype, device=x.device,

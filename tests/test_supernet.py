@@ -328,6 +328,33 @@ def test_grouped_pointwise_and_its_gradients_equal_einsum(types, groups, edges, 
         torch.testing.assert_close(a, b)
 
 
+@pytest.mark.parametrize("size", [(5, 3), (4, 1), (1, 1)])
+def test_pointwise_grads_read_a_channel_slice_in_place(size, device):
+    # Stage 2's output gradient arrives as a channel slice of the concatenation's gradient:
+    # read where it lies (`pixel_rows`), with the same result as from its copy.
+    torch.manual_seed(0)
+    types, groups, edges, c = 2, 3, 2, 4
+    width = types * groups * edges * c
+    x = torch.randn(2, width, *size, dtype=torch.float64).to(device).contiguous(
+        memory_format=torch.channels_last)
+    blocks = torch.randn(types * groups * edges, c, c, dtype=torch.float64).to(device)
+    whole = torch.randn(2, 3 * width, *size, dtype=torch.float64).to(device).contiguous(
+        memory_format=torch.channels_last)
+    grad = whole[:, width:2 * width]
+    assert search_cell.pixel_rows(grad) is grad
+    paths = FastPaths.for_device(device)
+    mine = search_cell.pointwise_grads(x, blocks, grad, True, True, paths)
+    copied = search_cell.pointwise_grads(x, blocks, grad.clone(memory_format=torch.channels_last),
+                                         True, True, paths)
+    for a, b in zip(mine, copied):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    # Not one row of channels per pixel: copied first.
+    nchw = grad.contiguous()
+    assert search_cell.pixel_rows(nchw).is_contiguous(memory_format=torch.channels_last)
+    for a, b in zip(search_cell.pointwise_grads(x, blocks, nchw, True, True, paths), copied):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("layout", ["one batch norm per separable type",
                                     "one batch norm per type ending the weighted ops"])
 def test_checkpoints_with_earlier_batch_norm_layouts_still_load(layout):
