@@ -33,8 +33,9 @@ file evaluates:
   (`FALLBACK_OPS`) as the plain supernet runs it: one module per edge, called once per edge and
   incoming state. Adding an operation to the table gives a correct search, slower only for it.
 
-Channel layout of a state read by `k` edges with `G` groups: (N, G*C) in, (N, G, k, C) out
-(the parameter-free terms, mixed apart as (k, N, H, W, G, C), are added to it).
+Layout of a state read by `k` edges with `G` groups: (N, G*C, H, W) channels-last in,
+(k, N, H, W, G, C) out, edge-major, so that the cell adds each state's edges to the pending
+blocks' sums in one call and splits each complete block off as a contiguous tensor.
 """
 from __future__ import annotations
 
@@ -305,7 +306,8 @@ class SharedSourceOps(nn.Module):
     def forward(self, x: torch.Tensor, weights: EdgeWeights) -> torch.Tensor:
         """x: (N, G*C, H, W) channels-last; weights: the k edges' normalised alphas.
 
-        Returns the mixed operation of every edge (paper Eq. 2), (N, H, W, G, k, C).
+        Returns the mixed operation of every edge (paper Eq. 2), edge-major: (k, N, H, W, G,
+        C), contiguous.
         """
         n, _, h, w = x.shape
         g, k, c = self.groups, self.num_edges, self.channels
@@ -349,9 +351,10 @@ class SharedSourceOps(nn.Module):
         # (alpha), so the weighted sum of Eq. 2 is a sum over the types.
         types = len(WEIGHTED_OPS)
         y = self.weighted_bn(torch.cat(terms, dim=1), weights.bn_scales[g, c])
-        out = nhwc(y).view(n, h, w, types, g, k, c).sum(dim=3)  # (N, H, W, G, k, C)
+        # Summed over the types, edge-major: (k, N, H, W, G, C), contiguous.
+        out = nhwc(y).view(n, h, w, types, g, k, c).permute(5, 0, 1, 2, 4, 6, 3).sum(dim=6)
         # Parameter-free operations: one tensor for all k edges, mixed by one small matmul
-        # (edge-major; added to the others' (group, edge)-major terms as a strided view).
+        # (edge-major, as the others' sum).
         max_pool = self.max_pool_bn(F.max_pool2d(x, 3, 1, 1))
         avg_pool = self.avg_pool_bn(F.avg_pool2d(x, 3, 1, 1, count_include_pad=False))
         skip = skip_connect(x, self.skip_dropout, self.training)
@@ -361,10 +364,10 @@ class SharedSourceOps(nn.Module):
         # Operations without a fast path, as the plain supernet runs them: every edge's module
         # on every group (incoming state) apart, so batch norm sees one application at a time.
         for name, edge_ops in self.fallback.items():
-            y = torch.stack([torch.stack([nhwc(op(part)) for op in edge_ops], dim=3)
-                             for part in x.split(c, dim=1)], dim=3)  # (N, H, W, G, k, C)
-            out = out + y * weights.rows[:, OP[name]].view(k, 1)
-        return out + free.permute(1, 2, 3, 4, 0, 5)
+            y = torch.stack([torch.stack([nhwc(op(part)) for op in edge_ops])
+                             for part in x.split(c, dim=1)], dim=4)  # (k, N, H, W, G, C)
+            out = out + y * weights.rows[:, OP[name]].view(k, 1, 1, 1, 1, 1)
+        return out + free
 
 
 def cast(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -926,48 +929,44 @@ class SearchCell(nn.Module):
         n = states[0].shape[0]
         x = torch.stack(states, dim=3)  # (N, H, W, G, C)
 
-        # Per block, the sum over its edges, (N, H, W, G or 1, C); with partial channels the
-        # operated part (C/K) and the passed-through part (C - C/K) are summed separately.
-        blocks: list[torch.Tensor | None] = [None] * self.steps
-        passed: list[torch.Tensor | None] = [None] * self.steps
-
-        def add(acc, i, term):
-            acc[i] = term if acc[i] is None else acc[i] + term
+        # The blocks not complete yet, summed over the edges read so far: (blocks, N, H, W, G
+        # or 1, C), the first block first. Each state's edges join them in one call, and each
+        # block, once all its edges are in, is split off (contiguous, block-major). With
+        # partial channels the operated part (C/K) and the passed-through part (C - C/K) are
+        # summed apart.
+        pending: list[torch.Tensor | None] = [None, None]  # operated, passed through
 
         def read(j: int, state: torch.Tensor, ops: SharedSourceOps):
             """All edges from state j, (N, H, W, G, C), into the blocks that read it."""
             weights = alphas[j]
-            if parts > 1:
-                op_in, rest = state[..., :c // parts], state[..., c // parts:]
-            else:
-                op_in = state
+            op_in = state[..., :c // parts] if parts > 1 else state
             g = op_in.shape[3]
-            out = ops(to_nchw(op_in.reshape(n, *size, g * op_in.shape[-1])), weights)
-            # unbind, not out[..., e]: the backward of k selects would zero-fill and add k
-            # tensors of out's full size, the backward of unbind stacks once.
-            for e, (block, term) in enumerate(zip(range(max(0, j - 1), self.steps),
-                                                  out.unbind(dim=4))):
-                add(blocks, block, term)
-                if parts > 1:
-                    add(passed, block, rest * weights.scale[e])
+            terms = [ops(to_nchw(op_in.reshape(n, *size, g * op_in.shape[-1])), weights)]
+            if parts > 1:  # (k, N, H, W, G, C - C/K), each edge's weight on the rest
+                terms.append(state[..., c // parts:] * weights.scale.view(-1, 1, 1, 1, 1, 1))
+            for i, term in enumerate(terms):
+                pending[i] = term if pending[i] is None else pending[i] + term
 
-        complete: dict[int, torch.Tensor] = {}
-
-        def state_of_block(b: int) -> torch.Tensor:
-            if parts == 1:
-                return blocks[b]
-            if b not in complete:
-                complete[b] = channel_shuffle(torch.cat([blocks[b], passed[b]], dim=-1), parts)
-            return complete[b]
+        def complete_block() -> torch.Tensor:
+            """The first pending block, split off: its state (N, H, W, G, C)."""
+            done = []
+            for i, sums in enumerate(pending):
+                if sums is None:
+                    continue
+                first, pending[i] = (sums.split([1, len(sums) - 1]) if len(sums) > 1
+                                     else (sums, None))
+                done.append(first[0])
+            return done[0] if parts == 1 else channel_shuffle(torch.cat(done, dim=-1), parts)
 
         read(0, nhwc(self.preprocess_prev_prev(prev_prev, size)).unsqueeze(3), self.prev_prev_ops)
+        blocks = []
         for j, ops in enumerate(self.source_ops, start=1):
             # Block j-1 is complete once states 0..j have been read (it is state j+1).
-            read(j, x if j == 1 else state_of_block(j - 2), ops)
+            read(j, x if j == 1 else blocks[-1], ops)
+            blocks.append(complete_block())
 
         # Paper Eq. 6: the beta-weighted sum over incoming states of the output blocks, all
         # at once (stacked, they are the output's channels already: no concatenation after).
-        last = torch.stack([state_of_block(b) for b in range(self.steps - self.block_multiplier,
-                                                             self.steps)], dim=3)
+        last = torch.stack(blocks[self.steps - self.block_multiplier:], dim=3)
         out = (last * betas.view(groups, 1)).sum(dim=4)  # (N, H, W, mult, C)
         return to_nchw(out.view(n, *size, -1))  # (N, mult*C, H, W), channels-last
