@@ -955,7 +955,7 @@ class SearchCell(nn.Module):
                     continue
                 first, pending[i] = (sums.split([1, len(sums) - 1]) if len(sums) > 1
                                      else (sums, None))
-                done.append(first[0])
+                done.append(first.squeeze(0))
             return done[0] if parts == 1 else channel_shuffle(torch.cat(done, dim=-1), parts)
 
         read(0, nhwc(self.preprocess_prev_prev(prev_prev, size)).unsqueeze(3), self.prev_prev_ops)
