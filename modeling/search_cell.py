@@ -143,8 +143,8 @@ class EdgeWeights:
 
 
 def weights_by_state(alphas: torch.Tensor, order: torch.Tensor, counts: list[int],
-                     bn_widths, edge_weights: torch.Tensor | None = None
-                     ) -> list[EdgeWeights]:
+                     bn_widths: list[tuple[int, int]],
+                     edge_weights: torch.Tensor | None = None) -> list[EdgeWeights]:
     """The normalised alphas (E, ops) as every `SearchCell` reads them, state by state
     (`EdgeWeights`): every cell reads the same, so the supernet arranges them once per forward
     pass, a gather and a few splits instead of a gather and slices per cell and state.
@@ -455,17 +455,12 @@ class GroupWeights(torch.autograd.Function):
             grad = grad.contiguous(memory_format=torch.channels_last)
         # Channels-last memory, (G, O, k'_h, k'_w, I): summed over the groups, it is the
         # parameter's channels-last memory (O, k_h, k_w, I), or its centre.
-        per_group = memory_view(grad, (g, rows // g, th, tw, channels) if g > 1
-                                else (rows, th, tw, channels))
+        per_group = memory_view(grad, (g, rows // g, th, tw, channels))
         if (th, tw) == (kh, kw):
-            out = per_group.sum(dim=0) if g > 1 else per_group
+            out = per_group.sum(dim=0)
         else:
             out = grad.new_zeros(rows // g, kh, kw, channels)
-            centre = _centre_view(out, (th, tw), dims=(1, 2))
-            if g > 1:
-                torch.sum(per_group, dim=0, out=centre)
-            else:
-                centre.copy_(per_group)
+            torch.sum(per_group, dim=0, out=_centre_view(out, (th, tw), dims=(1, 2)))
         return out.permute(0, 3, 1, 2), None, None
 
 
@@ -832,7 +827,8 @@ def _pixel_step(x: torch.Tensor) -> int:
 
 def _blocks(x: torch.Tensor, c: int) -> torch.Tensor:
     """(N, B*C, H, W) with one row of channels per pixel (`pixel_rows`) -> the (B, N*H*W, C)
-    view of its memory."""
+    view of its memory (`memory_view` serves contiguous memory only; these rows may be
+    further apart than their channels)."""
     n, channels, h, w = x.shape
     return x.as_strided((channels // c, n * h * w, c), (c, _pixel_step(x), 1),
                         x.storage_offset())
